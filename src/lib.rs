@@ -1,0 +1,9 @@
+//! markgate: a milter that enforces protective-marking policy at a mail gateway.
+//!
+//! The module map follows `ARCHITECTURE.md`: bytes come in through [`milter`], are collected
+//! into a [`transaction`], and at end-of-message the filter runs inspect → policy → rewrite →
+//! audit before the milter layer sends the edits and the final answer.
+#![forbid(unsafe_code)]
+
+/// The milter protocol engine (no labels, no policy).
+pub mod milter;

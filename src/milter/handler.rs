@@ -1,0 +1,192 @@
+//! The boundary between the protocol engine and the rest of markgate.
+//!
+//! The milter layer collects a whole transaction through a [`MessageSink`] that the handler
+//! supplies (so storage, e.g. spilling big bodies to disk, belongs to the caller), and asks the
+//! [`Handler`] once, at end-of-message, for an [`Outcome`]: a final verdict plus the
+//! modifications to send before it. The handler never sees protocol stages, negotiation or
+//! framing. This module must not know anything about labels or policy.
+
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+
+use bytes::Bytes;
+
+/// What the MTA told us about the SMTP client, from CONNECT and HELO (connection-scoped).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionFacts {
+    /// Client hostname as the MTA sent it (`[1.2.3.4]` when unresolved), raw bytes.
+    pub hostname: Vec<u8>,
+    /// Client address, when the family was inet/inet6 and the text parsed.
+    pub addr: Option<IpAddr>,
+    /// Client TCP port (0 when unknown).
+    pub port: u16,
+    /// For a unix-socket client, the socket path; otherwise empty.
+    pub unix_path: Vec<u8>,
+    /// The HELO/EHLO argument, if the MTA sent HELO.
+    pub helo: Option<Vec<u8>>,
+}
+
+/// Macro values the MTA sent, flattened (later stages override earlier ones with the same name).
+/// Names are kept exactly as sent: `i`, `{auth_authen}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Macros {
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Macros {
+    /// Set or replace one macro.
+    pub fn set(&mut self, name: &[u8], value: &[u8]) {
+        if let Some(slot) = self.pairs.iter_mut().find(|(n, _)| n == name) {
+            slot.1 = value.to_vec();
+        } else {
+            self.pairs.push((name.to_vec(), value.to_vec()));
+        }
+    }
+
+    /// The value of a macro, accepting both `name` and `{name}` spellings for long names.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        let braced;
+        let alt: &str = if name.starts_with('{') || name.len() == 1 {
+            name
+        } else {
+            braced = format!("{{{name}}}");
+            &braced
+        };
+        self.pairs
+            .iter()
+            .find(|(n, _)| n == name.as_bytes() || n == alt.as_bytes())
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// Every macro in the order first seen.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.pairs.iter().map(|(n, v)| (n.as_slice(), v.as_slice()))
+    }
+}
+
+/// Receives one message's data as the MTA streams it. Implemented outside `milter/`
+/// (by `crate::transaction`), so the milter layer never decides how a message is stored.
+///
+/// Every method may fail with an I/O error (a spill file could not be written); the milter layer
+/// then answers the message with a temporary failure.
+pub trait MessageSink: Send + 'static {
+    /// MAIL FROM: the address exactly as sent (with or without `<>`) and its ESMTP arguments.
+    fn mail_from(&mut self, sender: &[u8], args: &[Vec<u8>]) -> io::Result<()>;
+    /// One RCPT TO, in order.
+    fn rcpt_to(&mut self, recipient: &[u8], args: &[Vec<u8>]) -> io::Result<()>;
+    /// One header, in order. `value` is as sent by the MTA with folding as bare LF; the milter
+    /// layer has already normalised the leading space (the value never starts with the single
+    /// space that follows the colon).
+    fn header(&mut self, name: &[u8], value: &[u8]) -> io::Result<()>;
+    /// A chunk of the body: CRLF line ends, chunk boundaries arbitrary.
+    fn body_chunk(&mut self, chunk: &[u8]) -> io::Result<()>;
+    /// Called at end-of-message with the macros collected for this message (connection
+    /// macros included).
+    fn macros(&mut self, macros: &Macros) -> io::Result<()>;
+}
+
+/// SMTP reply text for reject/tempfail: code, optional enhanced status, and lines of text.
+/// The milter layer validates it (class digits agree, `%` doubled, CR/LF never inside a line)
+/// before sending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpReply {
+    /// Three-digit code, 4xx or 5xx.
+    pub code: u16,
+    /// Enhanced status code such as `5.7.1`; its class must match `code`.
+    pub enhanced: Option<String>,
+    /// One or more text lines (sent as a multi-line reply when more than one).
+    pub lines: Vec<String>,
+}
+
+/// The final answer for a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Deliver (with the outcome's modifications applied).
+    Continue,
+    /// Permanent refusal; `None` lets the MTA use its default text.
+    Reject(Option<SmtpReply>),
+    /// Temporary refusal; the sender's MTA retries.
+    Tempfail(Option<SmtpReply>),
+    /// Accept and silently drop. markgate's policy never asks for this; it exists for completeness.
+    Discard,
+}
+
+/// A new body for REPLBODY, streamed in chunks so large bodies need not be in memory.
+pub enum NewBody {
+    /// The whole body in memory (CRLF line ends).
+    Bytes(Bytes),
+    /// The whole body in a file, read from its current position to the end.
+    File(std::fs::File),
+}
+
+impl std::fmt::Debug for NewBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NewBody::Bytes(b) => write!(f, "NewBody::Bytes({} bytes)", b.len()),
+            NewBody::File(_) => write!(f, "NewBody::File(..)"),
+        }
+    }
+}
+
+/// One modification, sent (in order) before the final verdict. Header values use bare LF for
+/// folding and never carry the leading space (the milter layer adds it when HDR_LEADSPC was
+/// negotiated).
+#[derive(Debug)]
+pub enum Modification {
+    /// SMFIR_ADDHEADER: append after the last header.
+    AddHeader { name: String, value: Vec<u8> },
+    /// SMFIR_INSHEADER: insert at a 0-based position over all headers.
+    InsertHeader { index: u32, name: String, value: Vec<u8> },
+    /// SMFIR_CHGHEADER: change the `index`-th (1-based) header of that name; empty value deletes.
+    ChangeHeader { index: u32, name: String, value: Vec<u8> },
+    /// SMFIR_REPLBODY: replace the whole body.
+    ReplaceBody(NewBody),
+    /// SMFIR_ADDRCPT
+    AddRecipient { recipient: Vec<u8> },
+    /// SMFIR_ADDRCPT_PAR
+    AddRecipientWithArgs { recipient: Vec<u8>, args: Vec<u8> },
+    /// SMFIR_DELRCPT
+    DeleteRecipient { recipient: Vec<u8> },
+    /// SMFIR_CHGFROM
+    ChangeSender { sender: Vec<u8>, args: Option<Vec<u8>> },
+    /// SMFIR_QUARANTINE: put the message on hold with a reason.
+    Quarantine { reason: Vec<u8> },
+}
+
+/// The handler's answer at end-of-message.
+#[derive(Debug)]
+pub struct Outcome {
+    pub verdict: Verdict,
+    pub modifications: Vec<Modification>,
+}
+
+impl Outcome {
+    /// Let the message through unchanged.
+    pub fn pass() -> Self {
+        Outcome {
+            verdict: Verdict::Continue,
+            modifications: Vec::new(),
+        }
+    }
+}
+
+/// The error a handler returns when it cannot decide; the milter layer answers 4xx.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What markgate plugs into the protocol engine. One instance is shared by every connection.
+pub trait Handler: Send + Sync + 'static {
+    /// Where one message's data goes.
+    type Sink: MessageSink;
+
+    /// Start a message (at MAIL). Failing here tempfails the message.
+    fn begin_message(&self, conn: &ConnectionFacts) -> Result<Self::Sink, HandlerError>;
+
+    /// Decide a complete message (at end-of-message). Errors, panics and timeouts in here
+    /// become a 4xx tempfail for this message only.
+    fn end_of_message(
+        &self,
+        conn: &ConnectionFacts,
+        message: Self::Sink,
+    ) -> impl Future<Output = Result<Outcome, HandlerError>> + Send;
+}
