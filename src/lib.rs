@@ -7,3 +7,7 @@
 
 /// The milter protocol engine (no labels, no policy).
 pub mod milter;
+
+/// Fuzz target bodies (shared by `fuzz/` and the corpus-replay test).
+#[doc(hidden)]
+pub mod fuzzing;
