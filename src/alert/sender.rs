@@ -514,7 +514,55 @@ fn body(host: &str, batch: &[Pending], drops: u64) -> String {
     }
     let _ = writeln!(
         s,
-        "\nThe audit trail holds the full decision for each message: markgate audit report."
+        "\nThe audit trail holds the full decision for each message:\nmarkgate audit report."
     );
-    s
+    wrap(&s, 72)
+}
+
+/// Wrap lines longer than `width` at spaces (continuations indented; lettre picks 7bit only
+/// for lines under 75 octets), so the mail goes as
+/// readable 7bit/8bit text rather than quoted-printable.
+fn wrap(text: &str, width: usize) -> String {
+    const INDENT: &str = "    ";
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in text.lines() {
+        let mut rest = line;
+        let mut first = true;
+        loop {
+            let room = if first { width } else { width - INDENT.len() };
+            if !first {
+                out.push_str(INDENT);
+            }
+            if rest.chars().count() <= room {
+                out.push_str(rest);
+                out.push('\n');
+                break;
+            }
+            let limit = rest.char_indices().nth(room).map_or(rest.len(), |(i, _)| i);
+            let cut = rest[..limit].rfind(' ').filter(|&i| i > 0).unwrap_or(limit);
+            out.push_str(rest[..cut].trim_end());
+            out.push('\n');
+            rest = rest[cut..].trim_start();
+            first = false;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrap;
+
+    #[test]
+    fn wrap_keeps_every_line_within_width() {
+        let long = format!("summary:    {}", "word ".repeat(40));
+        let unbroken = "x".repeat(200);
+        for text in [long.as_str(), unbroken.as_str(), "short", ""] {
+            let w = wrap(text, 72);
+            assert!(w.lines().all(|l| l.chars().count() <= 72), "{w}");
+            let joined: String = w.split_whitespace().collect();
+            let orig: String = text.split_whitespace().collect();
+            assert_eq!(joined, orig, "no text lost");
+        }
+    }
 }
