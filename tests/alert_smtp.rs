@@ -221,9 +221,13 @@ async fn digest_mode_batches_a_window() {
     let Some(sink) = Sink::start(dir.path()) else {
         return;
     };
-    let alerts = AlertHandle::spawn(settings(sink.port, AlertMode::Digest), None);
+    let mut s = settings(sink.port, AlertMode::Digest);
+    s.window = Duration::from_secs(2);
+    let alerts = AlertHandle::spawn(s, None);
+    // Incidents trickle in within one window (2 s from the first).
     for n in 1..=3 {
         assert_eq!(alerts.raise(incident(n)), Raised::Queued);
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let mut forged = Incident::new(
         IncidentKind::ForgedLabel,
@@ -233,7 +237,7 @@ async fn digest_mode_batches_a_window() {
     alerts.raise(forged);
     let mails = sink.wait_for(1).await;
     // Give a second mail the chance to appear if batching were broken.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let mails_after = sink.mails();
     assert_eq!(mails_after.len(), 1, "one digest for the window");
     let m = &mails[0].replace("\n ", " ");

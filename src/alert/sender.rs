@@ -196,7 +196,7 @@ impl AlertTask {
             let wake = self.next_wake();
             tokio::select! {
                 got = self.rx.recv() => match got {
-                    Some(incident) => self.pending.push_back(Pending { incident, since: Instant::now(), attempts: 0 }),
+                    Some(incident) => self.enqueue(incident),
                     None => break,
                 },
                 req = self.stop_rx.recv() => {
@@ -206,11 +206,7 @@ impl AlertTask {
                 _ = tokio::time::sleep_until(wake) => {}
             }
             while let Ok(incident) = self.rx.try_recv() {
-                self.pending.push_back(Pending {
-                    incident,
-                    since: Instant::now(),
-                    attempts: 0,
-                });
+                self.enqueue(incident);
             }
             self.tick(false).await;
         }
@@ -232,6 +228,19 @@ impl AlertTask {
         if let Some(done) = stop {
             let _ = done.send(());
         }
+    }
+
+    /// Queue an incident; in digest mode the first incident after a quiet spell opens the
+    /// window, so a digest goes out one window after the first incident it carries.
+    fn enqueue(&mut self, incident: Incident) {
+        if self.pending.is_empty() && self.settings.mode == AlertMode::Digest {
+            self.window_start = Instant::now();
+        }
+        self.pending.push_back(Pending {
+            incident,
+            since: Instant::now(),
+            attempts: 0,
+        });
     }
 
     fn next_wake(&self) -> Instant {
@@ -388,9 +397,6 @@ impl AlertTask {
             if self.settings.mode == AlertMode::Digest {
                 break;
             }
-        }
-        if self.settings.mode == AlertMode::Digest && self.pending.is_empty() {
-            self.window_start = Instant::now();
         }
     }
 

@@ -317,6 +317,7 @@ pub fn open(config: &AuditConfig) -> Result<(AuditHandle, WriterTask), AuditErro
             pending,
             needs_newline,
             outage: None,
+            open_error: None,
             syslog,
             shared,
             health: health_tx,
@@ -400,6 +401,8 @@ struct Writer {
     /// The file ends in a fragment that must be terminated before the next line.
     needs_newline: bool,
     outage: Option<Outage>,
+    /// Why the file is not open, when the last (re)open failed.
+    open_error: Option<String>,
     syslog: Option<SyslogForwarder>,
     shared: Arc<Shared>,
     health: watch::Sender<SinkHealth>,
@@ -423,7 +426,12 @@ impl Writer {
                 Request::Record(event, ack) => records.push((event, ack)),
                 Request::Reopen(done) => {
                     self.commit(std::mem::take(&mut records));
-                    let _ = done.send(self.reopen("reopen requested"));
+                    let result = self.reopen("reopen requested");
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "audit file could not be reopened; records \
+                            are refused until it can be");
+                    }
+                    let _ = done.send(result);
                 }
                 Request::Shutdown(done) => {
                     self.commit(std::mem::take(&mut records));
@@ -574,10 +582,13 @@ impl Writer {
         for l in chunk {
             buf.extend_from_slice(&l.bytes);
         }
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("audit file is not open"))?;
+        let Some(file) = self.file.as_mut() else {
+            let why = self
+                .open_error
+                .as_deref()
+                .unwrap_or("audit file is not open");
+            return Err(io::Error::other(why.to_string()));
+        };
         file.write_all(&buf)?;
         let durable = match self.sync {
             SyncMode::None => false,
