@@ -14,4 +14,4 @@ pub mod sender;
 
 pub use config::{AlertConfig, AlertMode, AlertSettings, RelayConfig, StartTls};
 pub use incident::{ErrorBurst, Incident, IncidentKind};
-pub use sender::{AlertHandle, AlertStats, Raised};
+pub use sender::{AlertHandle, AlertStats, Raised, watch_audit_health};

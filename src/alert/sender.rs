@@ -555,6 +555,29 @@ fn wrap(text: &str, width: usize) -> String {
     out
 }
 
+/// Raise an [`IncidentKind::AuditFailure`] incident each time the audit sink starts failing
+/// (one per outage, not per refused record). The daemon calls this once at start-up with
+/// [`AuditHandle::health`]; the task ends when the audit writer is gone.
+pub fn watch_audit_health(
+    mut health: tokio::sync::watch::Receiver<crate::audit::SinkHealth>,
+    alerts: AlertHandle,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while health.changed().await.is_ok() {
+            let state = health.borrow_and_update().clone();
+            if let crate::audit::SinkHealth::Failing { since, error } = state {
+                let mut incident = Incident::new(
+                    IncidentKind::AuditFailure,
+                    "the audit file cannot be written; mail is tempfailed (or passes unaudited \
+                     with fail_open) until it recovers",
+                );
+                incident.details = vec![format!("since: {since}"), format!("error: {error}")];
+                alerts.raise(incident);
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::wrap;
