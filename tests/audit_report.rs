@@ -186,6 +186,7 @@ fn report_counts_a_day() {
     assert_eq!(labels.status, "exceptions");
 
     let text = r.render_text();
+    println!("{text}"); // visible with --nocapture: a sample of what people read
     for needle in [
         "by verdict:",
         "auto-forwards of marked mail: 1",
