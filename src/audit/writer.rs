@@ -35,7 +35,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::config::{AuditConfig, SyncMode};
-use super::event::{AuditEvent, ChainResumed, SinkRecovered, SinkTrouble};
+use super::event::{AuditEvent, ChainResumed, EventKind, Severity, SinkRecovered, SinkTrouble};
 use super::record::{GENESIS_PREV, Record, line_hash, now_rfc3339};
 use super::syslog::{LineMeta, SyslogForwarder, SyslogStats};
 
@@ -414,6 +414,11 @@ struct Line {
     seq: u64,
     hash: String,
     ack: Option<AckTx>,
+    /// What the syslog header says about the record (kept to avoid parsing the line again).
+    kind: EventKind,
+    severity: Severity,
+    security_event: bool,
+    time: String,
 }
 
 impl Writer {
@@ -501,6 +506,10 @@ impl Writer {
                         seq,
                         hash: prev.clone(),
                         ack,
+                        kind: record.event.kind(),
+                        severity: record.severity,
+                        security_event: record.security_event,
+                        time: record.time,
                     });
                 }
                 Err(e) => {
@@ -747,21 +756,17 @@ impl Writer {
 
     fn forward_syslog(&mut self, line: &Line) {
         if let Some(sys) = &mut self.syslog {
-            // Parse only what the header needs; the line itself is forwarded verbatim.
-            if let Ok(r) = Record::from_line(&line.bytes) {
-                let kind = r.event.kind();
-                sys.forward(
-                    &LineMeta {
-                        seq: line.seq,
-                        event: kind.as_str(),
-                        severity: r.severity,
-                        security_event: r.security_event,
-                        hash: &line.hash,
-                        time: &r.time,
-                    },
-                    &line.bytes,
-                );
-            }
+            sys.forward(
+                &LineMeta {
+                    seq: line.seq,
+                    event: line.kind.as_str(),
+                    severity: line.severity,
+                    security_event: line.security_event,
+                    hash: &line.hash,
+                    time: &line.time,
+                },
+                &line.bytes,
+            );
         }
     }
 
