@@ -112,7 +112,8 @@ async fn sync_modes_count_fsyncs() {
 #[tokio::test]
 async fn chain_continues_after_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("audit.jsonl");
+    // The directory is created on first start, as for the built-in /var/log/markgate.
+    let path = dir.path().join("log/markgate/audit.jsonl");
     let cfg = audit_support::config(&path, SyncMode::Batch);
     let h = audit::start(&cfg).expect("start");
     for n in 0..3 {

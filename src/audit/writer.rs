@@ -26,7 +26,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -249,6 +249,20 @@ pub fn open(config: &AuditConfig) -> Result<(AuditHandle, WriterTask), AuditErro
     config.validate().map_err(AuditError::Config)?;
     let path = config.path.clone();
     let host = config.host.clone().unwrap_or_else(kernel_hostname);
+    // A first run with the built-in default may find /var/log/markgate missing.
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(|e| AuditError::Open {
+                path: path.display().to_string(),
+                error: format!("cannot create the directory {}: {e}", dir.display()),
+            })?;
+    }
     let recovered = recover(&path).map_err(|e| AuditError::Open {
         path: path.display().to_string(),
         error: e.to_string(),
