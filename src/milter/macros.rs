@@ -3,9 +3,9 @@
 //! A `D` packet names the command it precedes (`C H M R T L N B E U`) and replaces that
 //! stage's set, as libmilter does. Connection-scoped stages (CONNECT `C`, HELO `H`, UNKNOWN
 //! `U`) live until the SMTP session ends; message-scoped stages (MAIL `M` through EOM `E`) are
-//! dropped on ABORT and when a new transaction starts. Unknown
-//! stage bytes are accepted and ignored, as libmilter does (pitfall 3), so a hostile MTA
-//! cannot make the table hold more than one set per known stage. Pure; no I/O.
+//! dropped on ABORT and when a new transaction starts. Unknown stage bytes are accepted and
+//! ignored, as libmilter does (pitfall 3), so a hostile MTA cannot make the table hold more
+//! than one set per known stage. Pure; no I/O.
 
 use bytes::Bytes;
 
