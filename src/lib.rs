@@ -5,5 +5,9 @@
 //! audit before the milter layer sends the edits and the final answer.
 #![forbid(unsafe_code)]
 
+/// Read-only facts about a message: markings, forward evidence (MIME facts: `inspect::mime`).
+pub mod inspect;
 /// The milter protocol engine (no labels, no policy).
 pub mod milter;
+/// The TOML policy, label grammars and `decide()`.
+pub mod policy;
