@@ -5,6 +5,9 @@
 //! audit before the milter layer sends the edits and the final answer.
 #![forbid(unsafe_code)]
 
+/// Fuzz-target bodies shared by `fuzz/` and the corpus-replay tests.
+#[doc(hidden)]
+pub mod fuzzing;
 /// Read-only facts about a message: markings, forward evidence (MIME facts: `inspect::mime`).
 pub mod inspect;
 /// The milter protocol engine (no labels, no policy).

@@ -317,3 +317,19 @@ pub fn header_fields(raw: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
     }
     out
 }
+
+/// Markings and forward evidence for one message's headers, as [`Facts`] ready for
+/// `policy::decide`. The MIME facts (`disclaimer_present`, `signed_or_encrypted`) are left
+/// `false` for the caller to fill from `inspect::mime`.
+///
+/// [`Facts`]: crate::policy::Facts
+pub fn header_facts<'a>(policy: &Policy, headers: &[(&'a [u8], &'a [u8])]) -> crate::policy::Facts {
+    let found = find(policy, headers.iter().copied());
+    crate::policy::Facts {
+        subject: found.subject,
+        markings: found.markings,
+        forward: super::forward::evidence(policy, headers.iter().copied()),
+        disclaimer_present: false,
+        signed_or_encrypted: false,
+    }
+}
