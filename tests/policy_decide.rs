@@ -350,6 +350,72 @@ fn gpms_direction_by_authentication() {
 }
 
 #[test]
+fn direction_by_daemon_name() {
+    let text = std::fs::read_to_string(format!(
+        "{}/policies/uk-gpms.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .replacen(
+        "outbound_when = [\"network\", \"authenticated\"]",
+        "outbound_when = [\"daemon\"]\noutbound_daemons = [\"ORIGINATING\"]",
+        1,
+    );
+    let p = Policy::from_str("daemon.toml", &text).expect("loads");
+    let f = facts(&p, &[("Subject", "hello")]);
+    let mut env = inbound(ALICE, &[NET]);
+    env.daemon_name = Some("ORIGINATING".into());
+    let d = decide(&p, &f, &env);
+    assert_eq!(d.direction, Direction::Outbound);
+    assert_eq!(
+        d.direction_reason,
+        "received by the MTA service ORIGINATING"
+    );
+    env.daemon_name = Some("smtpd".into());
+    assert_eq!(decide(&p, &f, &env).direction, Direction::Inbound);
+    let broken = text.replacen("outbound_daemons = [\"ORIGINATING\"]", "", 1);
+    let e = Policy::from_str("daemon.toml", &broken).expect_err("daemon without names");
+    assert!(e.to_string().contains("without `outbound_daemons`"), "{e}");
+}
+
+#[test]
+fn stacked_subject_markings_collapse_to_one() {
+    let p = policy("uk-gpms.toml");
+    for (subject, want) in [
+        (
+            "PROTECT - PERSONAL: RE: PROTECT - PERSONAL: notes",
+            "RE: PROTECT - PERSONAL: notes",
+        ),
+        (
+            "RE: [PROTECT - PERSONAL] RE: PROTECT - PERSONAL: notes",
+            "RE: RE: PROTECT - PERSONAL: notes",
+        ),
+        (
+            "RE: PROTECT - PERSONAL: PROTECT - PERSONAL: notes",
+            "RE: PROTECT - PERSONAL: notes",
+        ),
+    ] {
+        let f = facts(&p, &[("Subject", subject)]);
+        assert_eq!(f.markings.len(), 2, "{subject}: {:?}", f.markings);
+        let d = decide(&p, &f, &out(ALICE, &[BOB]));
+        assert_eq!(
+            d.verdict,
+            Verdict::Accept,
+            "{subject}: identical markings are not a conflict"
+        );
+        assert_eq!(
+            d.labels.subject.as_ref().unwrap().new_subject.as_deref(),
+            Some(want),
+            "{subject}"
+        );
+    }
+    // Different stacked markings are the "multiple" situation.
+    let f = facts(&p, &[("Subject", "PROTECT: RE: RESTRICTED: notes")]);
+    let d = decide(&p, &f, &out(ALICE, &[BOB]));
+    assert_eq!(rejected_by(&d).map(|r| r.0), Some("GPMS-MULTIPLE"));
+}
+
+#[test]
 fn gpms_disclaimer_present_or_signed() {
     let p = policy("uk-gpms.toml");
     let mut f = facts(&p, &[("Subject", "RE: Agenda")]);

@@ -146,30 +146,56 @@ fn header_marking(policy: &Policy, source: MarkingSource, raw: String) -> FoundM
     }
 }
 
+/// At most this many stacked subject markings are read (a bound, not a limit seen in practice).
+const MAX_STACKED: usize = 16;
+
 fn subject_markings(policy: &Policy, subject: &str) -> Vec<FoundMarking> {
     let vocab = &policy.scheme.vocab;
     let ci = policy.read.subject_case_insensitive;
     let mut out = Vec::new();
+    // UK forms: markings at the start of the subject after the reply chain — and again after
+    // each one (clients that re-add a marking produce "PROTECT: RE: PROTECT: x"), so every
+    // stacked marking is found and the rewrite leaves exactly one.
+    let uk_forms: Vec<SubjectForm> = policy
+        .read
+        .subject_forms
+        .iter()
+        .copied()
+        .filter(|f| matches!(f, SubjectForm::Prefix | SubjectForm::Bracketed))
+        .collect();
+    if policy.scheme.grammar != Grammar::AuEpms && !uk_forms.is_empty() {
+        let style = uk_style(policy.scheme.grammar);
+        let mut pos = labels::reply_chain_end(subject);
+        for _ in 0..MAX_STACKED {
+            let found = uk_forms.iter().find_map(|form| {
+                let m = match form {
+                    SubjectForm::Prefix => uk::parse_subject_prefix(subject, pos, vocab, style, ci),
+                    _ => uk::parse_subject_bracketed(subject, pos, vocab, style, ci),
+                }?;
+                Some((*form, m))
+            });
+            let Some((form, m)) = found else { break };
+            let raw = subject.get(m.start..m.end).unwrap_or("").to_owned();
+            let (range, remove) = (m.start..m.end, m.start..m.rest.max(m.end));
+            let next = m.rest.max(m.end);
+            out.push(uk_found(
+                policy,
+                MarkingSource::Subject { form },
+                raw,
+                Some(range),
+                Some(remove),
+                m,
+            ));
+            if next <= pos || next >= subject.len() {
+                break;
+            }
+            pos = next + labels::reply_chain_end(&subject[next..]);
+        }
+    }
     for form in &policy.read.subject_forms {
         let source = MarkingSource::Subject { form: *form };
         match form {
-            SubjectForm::Prefix | SubjectForm::Bracketed => {
-                if policy.scheme.grammar == Grammar::AuEpms {
-                    continue;
-                }
-                let at = labels::reply_chain_end(subject);
-                let style = uk_style(policy.scheme.grammar);
-                let parsed = if *form == SubjectForm::Prefix {
-                    uk::parse_subject_prefix(subject, at, vocab, style, ci)
-                } else {
-                    uk::parse_subject_bracketed(subject, at, vocab, style, ci)
-                };
-                if let Some(m) = parsed {
-                    let raw = subject.get(m.start..m.end).unwrap_or("").to_owned();
-                    let (range, remove) = (m.start..m.end, m.start..m.rest.max(m.end));
-                    out.push(uk_found(policy, source, raw, Some(range), Some(remove), m));
-                }
-            }
+            SubjectForm::Prefix | SubjectForm::Bracketed => {}
             SubjectForm::SecSuffix => {
                 if policy.scheme.grammar != Grammar::AuEpms {
                     continue;

@@ -644,6 +644,7 @@ impl<'a> Compiler<'a> {
         let own = t.strings("own", &mut p).unwrap_or_default();
         let networks = t.strings("networks", &mut p).unwrap_or_default();
         let when = t.strings("outbound_when", &mut p);
+        let daemons = t.strings("outbound_daemons", &mut p);
         let own_level = t.required_string("own_level", "the organisation's own rating", &mut p);
         let default_ceiling = t.required_string(
             "default_ceiling",
@@ -651,11 +652,13 @@ impl<'a> Compiler<'a> {
             &mut p,
         );
         let ceilings = t.table("ceilings", &mut p);
+        let span = t.span();
         t.finish(
             &[
                 "own",
                 "networks",
                 "outbound_when",
+                "outbound_daemons",
                 "own_level",
                 "default_ceiling",
                 "ceilings",
@@ -702,6 +705,7 @@ impl<'a> Compiler<'a> {
                     "network" => Some(OutboundWhen::Network),
                     "authenticated" => Some(OutboundWhen::Authenticated),
                     "sender-domain" => Some(OutboundWhen::SenderDomain),
+                    "daemon" => Some(OutboundWhen::Daemon),
                     other => {
                         self.err(
                             w.span(),
@@ -714,6 +718,19 @@ impl<'a> Compiler<'a> {
                 })
                 .collect(),
         };
+        let outbound_daemons: Vec<String> = daemons
+            .unwrap_or_default()
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect();
+        if outbound_when.contains(&OutboundWhen::Daemon) && outbound_daemons.is_empty() {
+            self.err(
+                span.clone(),
+                "domains",
+                "`\"daemon\"` in `outbound_when` without `outbound_daemons`".into(),
+                "`outbound_daemons`, the {daemon_name} values that mean outbound (e.g. [\"ORIGINATING\"])".into(),
+            );
+        }
         let own_level = own_level.and_then(|l| self.level_ref(&l, "domains.own_level"));
         let default_ceiling =
             default_ceiling.and_then(|l| self.level_ref(&l, "domains.default_ceiling"));
@@ -771,6 +788,7 @@ impl<'a> Compiler<'a> {
             own: own_map,
             networks: nets,
             outbound_when,
+            outbound_daemons,
             own_level: own_level?,
             default_ceiling: default_ceiling?,
             ceilings: ceiling_map,

@@ -653,6 +653,16 @@ fn direction(policy: &Policy, env: &Envelope) -> (Direction, String) {
                     );
                 }
             }
+            OutboundWhen::Daemon => {
+                if let Some(daemon) = env.daemon_name.as_deref()
+                    && policy.domains.outbound_daemons.iter().any(|d| d == daemon)
+                {
+                    return (
+                        Direction::Outbound,
+                        format!("received by the MTA service {daemon}"),
+                    );
+                }
+            }
             OutboundWhen::SenderDomain => {
                 let d = domain_of(&env.sender);
                 if !d.is_empty() && policy.domains.is_own(d) {

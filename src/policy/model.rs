@@ -181,10 +181,14 @@ pub enum OutboundWhen {
     /// The envelope sender's domain is one of `domains.own` (forgeable: only when the gateway
     /// receives nothing from outside).
     SenderDomain,
+    /// The MTA's `{daemon_name}` macro is one of `domains.outbound_daemons` (Postfix:
+    /// `-o milter_macro_daemon_name=ORIGINATING` on the submission service).
+    Daemon,
 }
 
 impl OutboundWhen {
-    pub const NAMES: &'static [&'static str] = &["network", "authenticated", "sender-domain"];
+    pub const NAMES: &'static [&'static str] =
+        &["network", "authenticated", "sender-domain", "daemon"];
 }
 
 /// `[domains]`.
@@ -193,6 +197,8 @@ pub struct Domains {
     pub own: DomainMap<()>,
     pub networks: Vec<Network>,
     pub outbound_when: Vec<OutboundWhen>,
+    /// `{daemon_name}` values that mean outbound (with `OutboundWhen::Daemon`).
+    pub outbound_daemons: Vec<String>,
     /// The organisation's own rating (its domains' ceiling and the source rating of outbound mail).
     pub own_level: usize,
     pub default_ceiling: usize,
