@@ -693,3 +693,18 @@ fn decide_is_total() {
         assert!(d.recipients.is_empty());
     }
 }
+
+#[test]
+fn gpms_inbound_above_own_level_is_refused() {
+    let p = policy("uk-gpms.toml");
+    let f = facts(&p, &[("Subject", "SECRET: plans")]);
+    let d = decide(&p, &f, &inbound(BOB, &[ALICE]));
+    assert_eq!(
+        rejected_by(&d),
+        Some(("GPMS-ABOVE-CEILING-IN", 550, "5.7.1"))
+    );
+    let f = facts(&p, &[("Subject", "RESTRICTED: plans")]);
+    let d = decide(&p, &f, &inbound(BOB, &[ALICE]));
+    assert_eq!(d.verdict, Verdict::Accept);
+    assert_eq!(d.recipients[0].ceiling_from, "own");
+}
