@@ -5,7 +5,7 @@
 //! audit before the milter layer sends the edits and the final answer.
 #![forbid(unsafe_code)]
 
-/// Fuzz-target bodies shared by `fuzz/` and the corpus-replay tests.
+/// Fuzz target bodies (shared by `fuzz/` and the corpus-replay test).
 #[doc(hidden)]
 pub mod fuzzing;
 /// Read-only facts about a message: markings, forward evidence (MIME facts: `inspect::mime`).

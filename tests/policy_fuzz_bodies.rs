@@ -1,5 +1,6 @@
-//! The policy fuzz bodies over their committed seed corpora, plus a deterministic mutation run
-//! (a cheap stand-in for the long cargo-fuzz runs, so every `cargo test` shakes the parsers).
+//! A deterministic mutation run over the policy fuzz bodies, seeded from their committed corpora
+//! (a cheap stand-in for the long cargo-fuzz runs, so every `cargo test` shakes the parsers; the
+//! corpora themselves replay in `tests/fuzz_replay.rs`).
 
 use std::path::PathBuf;
 
@@ -18,32 +19,6 @@ fn corpus(name: &str) -> Vec<Vec<u8>> {
         .iter()
         .map(|p| std::fs::read(p).expect("readable seed"))
         .collect()
-}
-
-#[test]
-fn policy_toml_corpus() {
-    let seeds = corpus("policy_toml");
-    assert!(seeds.len() >= 10);
-    for s in &seeds {
-        bodies::policy_toml(s);
-    }
-}
-
-#[test]
-fn label_corpus() {
-    let seeds = corpus("labels");
-    assert!(seeds.len() >= 50);
-    for s in &seeds {
-        bodies::label_uk_gpms(s);
-        bodies::label_uk_gsc(s);
-        bodies::label_au_epms(s);
-        let mut block = b"Subject: ".to_vec();
-        block.extend_from_slice(s);
-        block.extend_from_slice(b"\nX-Protective-Marking: ");
-        block.extend_from_slice(s);
-        block.push(b'\n');
-        bodies::markings_and_decide(&block);
-    }
 }
 
 /// xorshift: deterministic, no dependency.
@@ -131,7 +106,9 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
 
 #[test]
 fn deterministic_mutations() {
-    let labels = corpus("labels");
+    let mut labels = corpus("label_uk_gpms");
+    labels.extend(corpus("label_au_epms"));
+    labels.extend(corpus("markings"));
     let policies = corpus("policy_toml");
     // MARKGATE_FUZZ_SCALE=N multiplies the rounds for a longer local shake.
     let scale: usize = std::env::var("MARKGATE_FUZZ_SCALE")

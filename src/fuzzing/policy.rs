@@ -3,7 +3,7 @@
 //! Invariants checked: nothing panics; a failed load reports at least one error, each with a
 //! position; every byte range a parser returns lies inside its input on character boundaries;
 //! what markgate renders re-parses to the same marking; decide() answers for any policy that
-//! loads. Corpora: `fuzz/corpus/policy_toml/`, `fuzz/corpus/labels/`.
+//! loads. Corpora: `fuzz/corpus/{policy_toml,label_uk_gpms,label_uk_gsc,label_au_epms,markings}/`.
 
 use std::sync::OnceLock;
 
