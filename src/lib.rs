@@ -9,9 +9,12 @@
 pub mod alert;
 /// The tamper-evident audit trail: records, writer, syslog, verify and report.
 pub mod audit;
-/// The milter protocol engine (no labels, no policy).
-pub mod milter;
-
 /// Fuzz target bodies (shared by `fuzz/` and the corpus-replay test).
 #[doc(hidden)]
 pub mod fuzzing;
+/// Read-only facts about a message: markings, forward evidence (MIME facts: `inspect::mime`).
+pub mod inspect;
+/// The milter protocol engine (no labels, no policy).
+pub mod milter;
+/// The TOML policy, label grammars and `decide()`.
+pub mod policy;
