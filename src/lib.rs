@@ -7,3 +7,5 @@
 
 /// The milter protocol engine (no labels, no policy).
 pub mod milter;
+/// One message: envelope, headers in order, body (spilled to disk when large).
+pub mod transaction;
