@@ -5,6 +5,8 @@
 //! audit before the milter layer sends the edits and the final answer.
 #![forbid(unsafe_code)]
 
+/// Daemon settings (listen, limits, timeouts, logging) — not policy.
+pub mod config;
 /// The milter protocol engine (no labels, no policy).
 pub mod milter;
 /// One message: envelope, headers in order, body (spilled to disk when large).
