@@ -5,9 +5,15 @@
 //! audit before the milter layer sends the edits and the final answer.
 #![forbid(unsafe_code)]
 
+/// The command line (`markgate run`, `markgate version`) and exit codes.
+pub mod cli;
 /// Daemon settings (listen, limits, timeouts, logging) — not policy.
 pub mod config;
+/// The production milter handler (glue between the milter layer and the decision pipeline).
+pub mod filter;
 /// The milter protocol engine (no labels, no policy).
 pub mod milter;
+/// Logging setup and what each log level is for.
+pub mod telemetry;
 /// One message: envelope, headers in order, body (spilled to disk when large).
 pub mod transaction;
