@@ -206,3 +206,27 @@ fn sigint_with_json_logs_on_a_unix_socket() {
     assert!(err.contains("\"signal\":\"SIGINT\""), "{err}");
     assert!(!sock.exists(), "socket left behind");
 }
+
+/// Started with stdin, stdout and stderr closed (as a careless init script might), markgate
+/// still has all three open on /dev/null, so no socket can take their place.
+#[test]
+fn closed_standard_fds_are_reopened_on_dev_null() {
+    let port = ports::free_port();
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec "$0" run --listen "$1" <&- >&- 2>&-"#)
+        .arg(env!("CARGO_BIN_EXE_markgate"))
+        .arg(format!("inet:127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start markgate through sh");
+    assert!(ports::wait_listening(port, 20), "markgate did not listen");
+    for fd in 0..3 {
+        let target = std::fs::read_link(format!("/proc/{}/fd/{fd}", child.id()))
+            .unwrap_or_else(|e| panic!("fd {fd}: {e}"));
+        assert_eq!(target, std::path::Path::new("/dev/null"), "fd {fd}");
+    }
+    let (code, _, _) = stop(child, "-TERM");
+    assert_eq!(code, Some(0));
+}
