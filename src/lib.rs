@@ -17,3 +17,7 @@ pub mod milter;
 pub mod telemetry;
 /// One message: envelope, headers in order, body (spilled to disk when large).
 pub mod transaction;
+
+/// Fuzz target bodies (shared by `fuzz/` and the corpus-replay test).
+#[doc(hidden)]
+pub mod fuzzing;
