@@ -424,6 +424,43 @@ fn graceful_shutdown_finishes_the_message_in_flight() {
     );
 }
 
+/// Mail Postfix accepted was filtered before it was queued: held in the queue
+/// (`defer_transports`), it is delivered by a flush with its edits even after markgate stopped.
+#[test]
+fn queued_mail_is_delivered_by_a_flush_after_markgate_stopped() {
+    if !peers_ok("queued_mail_is_delivered_by_a_flush_after_markgate_stopped") {
+        return;
+    }
+    let handler = TestHandler::new(spill(1024 * 1024), |_| Outcome {
+        verdict: Verdict::Continue,
+        modifications: vec![Modification::AddHeader {
+            name: "X-Markgate-Test".into(),
+            value: b"filtered before queueing".to_vec(),
+        }],
+    });
+    let milter = Milter::start_tcp(handler);
+    let pf = Postfix::start(PostfixConfig {
+        extra: vec![("defer_transports".into(), "smtp".into())],
+        ..PostfixConfig::with_milter(milter.postfix_spec())
+    });
+    let r = pf.send_data(
+        "alice@example.org",
+        &["bob@example.net"],
+        &sample_message("held in the queue"),
+    );
+    assert_eq!(r.code, 0, "{}", r.dialog);
+    pf.wait_log("status=deferred", DELIVERY);
+    assert!(pf.queue().contains("bob@example.net"), "{}", pf.queue());
+    milter.stop();
+
+    pf.flush();
+    let got = pf.wait_delivered(1, DELIVERY);
+    assert_eq!(
+        got[0].header("X-Markgate-Test").as_deref(),
+        Some("filtered before queueing")
+    );
+}
+
 /// Locally submitted mail (the pickup path, `non_smtpd_milters`) that arrives while markgate is
 /// down stays in Postfix's maildrop and is delivered by itself once markgate is back.
 #[test]
