@@ -461,6 +461,51 @@ fn queued_mail_is_delivered_by_a_flush_after_markgate_stopped() {
     );
 }
 
+/// Older Postfix setups may still say `milter_protocol = 2`: markgate negotiates down and its
+/// header and body edits still arrive.
+#[test]
+fn milter_protocol_2_still_gets_edits() {
+    if !peers_ok("milter_protocol_2_still_gets_edits") {
+        return;
+    }
+    let handler = TestHandler::new(spill(1024 * 1024), |t| {
+        let subject = t.first_header("Subject").expect("Subject");
+        Outcome {
+            verdict: Verdict::Continue,
+            modifications: vec![
+                Modification::AddHeader {
+                    name: "X-Markgate-Test".into(),
+                    value: b"protocol 2".to_vec(),
+                },
+                Modification::ChangeHeader {
+                    index: subject.occurrence,
+                    name: "Subject".into(),
+                    value: b"[EDITED] v2".to_vec(),
+                },
+                Modification::ReplaceBody(NewBody::Bytes(Bytes::from_static(b"v2 body\r\n"))),
+            ],
+        }
+    });
+    let milter = Milter::start_tcp(handler);
+    let pf = Postfix::start(PostfixConfig {
+        protocol: 2,
+        ..PostfixConfig::with_milter(milter.postfix_spec())
+    });
+    let r = pf.send_data(
+        "alice@example.org",
+        &["bob@example.net"],
+        &sample_message("old protocol"),
+    );
+    assert_eq!(r.code, 0, "{}", r.dialog);
+    let got = pf.wait_delivered(1, DELIVERY);
+    assert_eq!(
+        got[0].header("X-Markgate-Test").as_deref(),
+        Some("protocol 2")
+    );
+    assert_eq!(got[0].header("Subject").as_deref(), Some("[EDITED] v2"));
+    assert_eq!(got[0].body(), b"v2 body\n");
+}
+
 /// Locally submitted mail (the pickup path, `non_smtpd_milters`) that arrives while markgate is
 /// down stays in Postfix's maildrop and is delivered by itself once markgate is back.
 #[test]
