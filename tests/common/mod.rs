@@ -292,48 +292,19 @@ pub struct Mta<S> {
 
 impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Mta<S> {
     pub async fn negotiate(mut client: MtaClient<S>, offer: Offer) -> Mta<S> {
-        match client.negotiate(offer).await.unwrap() {
-            Reply::OptNeg {
-                version,
-                actions,
-                protocol,
-                macros,
-            } => Mta {
-                client,
-                protocol,
-                actions,
-                version,
-                macros,
-            },
-            other => panic!("expected OPTNEG, got {other:?}"),
+        let a = client.negotiate(offer).await.unwrap();
+        Mta {
+            client,
+            protocol: a.protocol.0,
+            actions: a.actions.0,
+            version: a.version,
+            macros: a.macros,
         }
-    }
-
-    fn no_reply(&self, code: u8) -> bool {
-        let bit = match code {
-            b'C' => 0x1000,
-            b'H' => 0x2000,
-            b'M' => 0x4000,
-            b'R' => 0x8000,
-            b'T' => 0x10000,
-            b'U' => 0x20000,
-            b'L' => 0x80,
-            b'N' => 0x40000,
-            b'B' => 0x80000,
-            b'D' | b'A' | b'Q' | b'K' => return true,
-            _ => return false,
-        };
-        self.protocol & bit != 0
     }
 
     /// Send a command; when it expects a reply, read and return it (up to the final one).
     pub async fn step(&mut self, cmd: Command) -> Vec<Reply> {
-        if self.no_reply(cmd.code()) {
-            self.client.send(&cmd).await.unwrap();
-            Vec::new()
-        } else {
-            self.client.command(&cmd).await.unwrap()
-        }
+        self.client.step(&cmd).await.unwrap()
     }
 
     /// CONNECT with its macros, then HELO.
