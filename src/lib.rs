@@ -15,13 +15,16 @@ pub mod cli;
 pub mod config;
 /// The production milter handler (glue between the milter layer and the decision pipeline).
 pub mod filter;
+/// Fuzz target bodies (shared by `fuzz/` and the corpus-replay test).
+#[doc(hidden)]
+pub mod fuzzing;
+/// Read-only facts about a message: markings, forward evidence (MIME facts: `inspect::mime`).
+pub mod inspect;
 /// The milter protocol engine (no labels, no policy).
 pub mod milter;
+/// The TOML policy, label grammars and `decide()`.
+pub mod policy;
 /// Logging setup and what each log level is for.
 pub mod telemetry;
 /// One message: envelope, headers in order, body (spilled to disk when large).
 pub mod transaction;
-
-/// Fuzz target bodies (shared by `fuzz/` and the corpus-replay test).
-#[doc(hidden)]
-pub mod fuzzing;
