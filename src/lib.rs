@@ -5,5 +5,11 @@
 //! audit before the milter layer sends the edits and the final answer.
 #![forbid(unsafe_code)]
 
+#[doc(hidden)]
+pub mod fuzzing;
+/// Read-only facts about a message (MIME shape; markings from the policy branch).
+pub mod inspect;
 /// The milter protocol engine (no labels, no policy).
 pub mod milter;
+/// Edit plans (labels, subject, disclaimer) and their application to raw messages.
+pub mod rewrite;
