@@ -85,6 +85,8 @@ pub enum SkipReason {
     UnsupportedTransferEncoding(String),
     /// The input had no header block.
     NotParsed,
+    /// The re-encoded part would contain an enclosing multipart's boundary.
+    BoundaryCollision,
 }
 
 /// What happened to the disclaimer.
@@ -387,6 +389,19 @@ fn edit_part(
             }
         }
     };
+    // A boundary of an enclosing multipart inside the new bytes would end the part early
+    // (mail-parser, like many readers, finds `--boundary` anywhere). Leave such a part alone.
+    let mut ancestor = part.parent;
+    while let Some(a) = ancestor {
+        if let Some(b) = &shape.parts[a].boundary {
+            let mut delim = b"--".to_vec();
+            delim.extend_from_slice(b.as_bytes());
+            if mime::find_ascii_ci(&body, &delim).is_some() {
+                return Err(SkipReason::BoundaryCollision);
+            }
+        }
+        ancestor = shape.parts[a].parent;
+    }
     Ok(PartResult::Edited(PartEdit {
         body_range,
         body,
