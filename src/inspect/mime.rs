@@ -222,6 +222,9 @@ impl PartInfo {
 pub struct MimeShape {
     /// False when the input had no header block at all; then nothing else is meaningful.
     pub parsed: bool,
+    /// False when the parser's idea of where the body starts differs from the first empty
+    /// line: the part offsets are then not safe to edit by.
+    pub structure_reliable: bool,
     /// Offset of the body (just after the blank line that ends the header block).
     pub body_offset: usize,
     pub line_ending: LineEnding,
@@ -274,7 +277,8 @@ pub fn analyze(raw: &[u8], marker: Option<&str>) -> MimeShape {
     let marker_norm = marker.map(normalize_marker).filter(|m| !m.is_empty());
     let mut shape = MimeShape {
         parsed: false,
-        body_offset: raw.len(),
+        structure_reliable: true,
+        body_offset: header_block_end(raw),
         line_ending: LineEnding::detect(raw),
         parts: Vec::new(),
         text_parts: Vec::new(),
@@ -286,7 +290,8 @@ pub fn analyze(raw: &[u8], marker: Option<&str>) -> MimeShape {
         disclaimer_present: None,
         diagnostics: Vec::new(),
     };
-    let Some(message) = MessageParser::new().parse(raw) else {
+    // Only the MIME headers are parsed; everything else raw (fewer parsers, fewer surprises).
+    let Some(message) = MessageParser::new().with_mime_headers().parse(raw) else {
         shape.diagnostics.push(Diagnostic {
             part: None,
             code: "no-header-block",
@@ -355,8 +360,35 @@ pub fn analyze(raw: &[u8], marker: Option<&str>) -> MimeShape {
             });
         }
     }
-    if let Some(root) = shape.parts.first() {
-        shape.body_offset = root.body_range.start;
+    // The header block ends at the first empty line (RFC 5322 §2.1). Header edits are made
+    // against that block; if mail-parser saw the body start elsewhere its part offsets cannot
+    // be trusted for editing, and the body is left alone.
+    shape.body_offset = header_block_end(raw);
+    let has_separator = shape.body_offset < raw.len()
+        || raw.ends_with(b"\n\n")
+        || raw.ends_with(b"\n\r\n")
+        || raw == b"\n"
+        || raw == b"\r\n";
+    if !has_separator {
+        // No empty line: the message has no body, and the last header may be cut short.
+        shape.structure_reliable = false;
+        shape.diagnostics.push(Diagnostic {
+            part: None,
+            code: "no-body",
+            detail: "the header block is not followed by an empty line".into(),
+        });
+    } else if let Some(root) = shape.parts.first()
+        && root.body_range.start != shape.body_offset
+    {
+        shape.structure_reliable = false;
+        shape.diagnostics.push(Diagnostic {
+            part: Some(0),
+            code: "header-block-mismatch",
+            detail: format!(
+                "the header block ends at byte {} but the parser read headers up to byte {}",
+                shape.body_offset, root.body_range.start
+            ),
+        });
     }
 
     // Second pass: walk the tree from the root, iteratively (hostile nesting must not overflow
@@ -443,6 +475,25 @@ pub fn analyze(raw: &[u8], marker: Option<&str>) -> MimeShape {
         shape.disclaimer_present = Some(any_marker);
     }
     shape
+}
+
+/// Offset just after the first empty line (a line of nothing but CRs counts), or the end.
+pub fn header_block_end(raw: &[u8]) -> usize {
+    let mut pos = 0;
+    while pos < raw.len() {
+        let end = raw[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| pos + i + 1)
+            .unwrap_or(raw.len());
+        let line = &raw[pos..end];
+        let content = line.strip_suffix(b"\n").unwrap_or(line);
+        if content.iter().all(|&b| b == b'\r') {
+            return end;
+        }
+        pos = end;
+    }
+    raw.len()
 }
 
 /// The walk's context: is this part on the path of the message text?
@@ -874,22 +925,15 @@ fn html_to_text(html: &str) -> String {
     out
 }
 
-/// Index just after the `>` that closes the tag starting at `start` (quotes respected).
+/// Index just after the first `>` following `start`. Quotes are deliberately not honoured: in
+/// broken HTML an unbalanced quote would otherwise hide the rest of the document, including a
+/// disclaimer, from the search.
 fn tag_end(bytes: &[u8], start: usize) -> usize {
-    let mut quote: Option<u8> = None;
-    let mut i = start + 1;
-    while i < bytes.len() {
-        let b = bytes[i];
-        match quote {
-            Some(q) if b == q => quote = None,
-            Some(_) => {}
-            None if b == b'"' || b == b'\'' => quote = Some(b),
-            None if b == b'>' => return i + 1,
-            None => {}
-        }
-        i += 1;
-    }
-    bytes.len()
+    bytes[start + 1..]
+        .iter()
+        .position(|&b| b == b'>')
+        .map(|p| start + 1 + p + 1)
+        .unwrap_or(bytes.len())
 }
 
 fn is_block_tag(name: &str) -> bool {

@@ -35,8 +35,8 @@ pub enum Placement {
 pub enum SignedAction {
     /// Leave the body alone (labels by header only).
     Skip,
-    /// A new multipart/mixed: the disclaimer as text/plain plus the original as a
-    /// `message/rfc822` attachment.
+    /// A new multipart/mixed: the disclaimer as text/plain (always the first part) plus the
+    /// original as a `message/rfc822` attachment.
     Wrap,
     /// The plan says the message must be refused; the caller answers 5xx.
     Reject,
@@ -85,6 +85,9 @@ pub enum SkipReason {
     UnsupportedTransferEncoding(String),
     /// The input had no header block.
     NotParsed,
+    /// The MIME parser and the header block disagree on where the body starts; editing by
+    /// its offsets could corrupt the message.
+    UnreliableStructure,
     /// The re-encoded part would contain an enclosing multipart's boundary.
     BoundaryCollision,
 }
@@ -150,6 +153,13 @@ pub(crate) fn plan_disclaimer(raw: &[u8], shape: &MimeShape, edit: &DisclaimerEd
         work.outcomes.push(DisclaimerOutcome::Skipped {
             part: None,
             reason: SkipReason::NotParsed,
+        });
+        return work;
+    }
+    if !shape.structure_reliable {
+        work.outcomes.push(DisclaimerOutcome::Skipped {
+            part: None,
+            reason: SkipReason::UnreliableStructure,
         });
         return work;
     }
@@ -696,20 +706,13 @@ fn wrap(raw: &[u8], eol: LineEnding, edit: &DisclaimerEdit) -> Wrap {
     prefix.extend_from_slice(eol);
     let mut suffix = Vec::new();
     suffix.extend_from_slice(eol);
-    match edit.placement {
-        Placement::Prepend => {
-            delim(&mut prefix);
-            prefix.extend_from_slice(&text_part);
-            delim(&mut prefix);
-            prefix.extend_from_slice(&rfc822_head);
-        }
-        Placement::Append => {
-            delim(&mut prefix);
-            prefix.extend_from_slice(&rfc822_head);
-            delim(&mut suffix);
-            suffix.extend_from_slice(&text_part);
-        }
-    }
+    // The disclaimer always comes first, whatever the placement: a truncated or malformed
+    // original (an unterminated multipart) can swallow everything after it in a reader's
+    // parser, and the notice must stay visible.
+    delim(&mut prefix);
+    prefix.extend_from_slice(&text_part);
+    delim(&mut prefix);
+    prefix.extend_from_slice(&rfc822_head);
     suffix.extend_from_slice(b"--");
     suffix.extend_from_slice(boundary.as_bytes());
     suffix.extend_from_slice(b"--");

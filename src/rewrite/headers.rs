@@ -161,7 +161,8 @@ pub(crate) fn split_fields(block: &[u8]) -> Vec<RawField> {
             .strip_suffix(b"\r\n")
             .or_else(|| line.strip_suffix(b"\n"))
             .unwrap_or(line);
-        if content.is_empty() {
+        // A line of nothing but CRs ends the block too (mail-parser reads it so).
+        if content.iter().all(|&b| b == b'\r') {
             fields.push(RawField {
                 range: pos..end,
                 colon: None,

@@ -473,6 +473,10 @@ pub fn apply_with(plan: &EditPlan, raw: &[u8], options: ApplyOptions) -> Vec<u8>
     let has_separator = headers::split_fields(block).iter().any(|f| f.is_separator);
     if !has_separator && body_len > 0 {
         head.extend_from_slice(eol);
+    } else if body_len > 0 && !head.ends_with(b"\n") {
+        // A separator line without its LF (a truncated input): complete it, or the body would
+        // run into the header block.
+        head.push(b'\n');
     }
     out.extend_from_slice(&head);
     match &plan.body {
