@@ -1028,3 +1028,139 @@ pub fn rfind_ascii_ci(haystack: &[u8], needle: &[u8]) -> Option<usize> {
         .windows(needle.len())
         .rposition(|w| w.eq_ignore_ascii_case(needle))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn golden(case: &str) -> Vec<u8> {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/rewrite")
+            .join(case)
+            .join("in.eml");
+        std::fs::read(p).unwrap_or_default()
+    }
+
+    fn types(shape: &MimeShape, ids: &[usize]) -> Vec<String> {
+        ids.iter()
+            .map(|&i| shape.parts[i].content_type.clone())
+            .collect()
+    }
+
+    #[test]
+    fn message_text_follows_the_disclaimer_rules() {
+        let s = analyze(&golden("corpus-related-html-inline-image"), None);
+        assert_eq!(types(&s, &s.text_parts), ["text/plain", "text/html"]);
+        assert_eq!(types(&s, &s.attachments), ["image/png"]);
+        assert_eq!(s.parts[s.attachments[0]].role, PartRole::RelatedResource);
+
+        let s = analyze(&golden("calendar-alternative"), None);
+        assert_eq!(types(&s, &s.text_parts), ["text/plain", "text/html"]);
+        assert_eq!(types(&s, &s.attachments), ["text/calendar"]);
+
+        let s = analyze(&golden("tnef-mixed"), None);
+        assert_eq!(types(&s, &s.text_parts), ["text/plain"]);
+        assert_eq!(types(&s, &s.attachments), ["application/ms-tnef"]);
+
+        let s = analyze(&golden("forwarded-rfc822"), None);
+        assert_eq!(types(&s, &s.text_parts), ["text/plain"]);
+        assert_eq!(s.rfc822_parts.len(), 1);
+        assert!(s.attachments.is_empty());
+
+        let s = analyze(&golden("nested-attachments"), None);
+        assert_eq!(types(&s, &s.text_parts), ["text/plain", "text/html"]);
+        assert_eq!(
+            types(&s, &s.attachments),
+            [
+                "image/gif",
+                "text/plain",
+                "application/octet-stream",
+                "text/html"
+            ]
+        );
+        assert!(s.parts.iter().all(|p| !p.encoding_problem));
+    }
+
+    #[test]
+    fn signed_and_encrypted_are_recognised() {
+        let s = analyze(&golden("corpus-smime-signed"), None);
+        assert!(
+            matches!(s.security[..], [Security::MultipartSigned { part: 0, ref protocol }] if protocol == "application/x-pkcs7-signature")
+        );
+        assert_eq!(types(&s, &s.signed_text_parts), ["text/plain"]);
+        assert!(s.text_parts.is_empty());
+        assert_eq!(s.parts[2].role, PartRole::Signature);
+
+        let s = analyze(&golden("pkcs7-encrypted"), None);
+        assert_eq!(s.security, [Security::SmimeEncrypted { part: 0 }]);
+
+        let s = analyze(&golden("inline-pgp-signed"), None);
+        assert_eq!(s.security, [Security::InlinePgpSigned { part: 0 }]);
+    }
+
+    #[test]
+    fn marker_found_in_quoted_qp_and_html() {
+        let m = "Communications sent to or from this organisation may be subject to recording and/or monitoring in accordance with relevant legislation.";
+        let s = analyze(&golden("corpus-reply-with-quoted-disclaimer"), Some(m));
+        assert_eq!(s.disclaimer_present, Some(true));
+        let s = analyze(&golden("html-quoted-disclaimer"), Some(m));
+        assert_eq!(s.disclaimer_present, Some(true));
+        assert!(
+            s.text_parts
+                .iter()
+                .all(|&p| s.parts[p].marker_present == Some(true))
+        );
+        let s = analyze(&golden("corpus-plain-unmarked"), Some(m));
+        assert_eq!(s.disclaimer_present, Some(false));
+    }
+
+    #[test]
+    fn normalisation() {
+        assert_eq!(
+            normalize_text(
+                "<p>A&nbsp;b</p><p>C &amp; <b>d</b>&#233;&#x21;</p><script>x</script>",
+                true
+            ),
+            "a b c & dé!"
+        );
+        assert_eq!(
+            normalize_text("> > Quoted\n>  text\u{a0}here", false),
+            "quoted text here"
+        );
+    }
+
+    #[test]
+    fn transfer_decoders_are_lenient_and_honest() {
+        assert_eq!(
+            decode_qp(b"a=\r\nb=3D\r\nc \r\n"),
+            (b"ab=\r\nc\r\n".to_vec(), true)
+        );
+        assert_eq!(
+            decode_qp(b"caf\xe9 =ZZ\n"),
+            (b"caf\xe9 =ZZ\n".to_vec(), false)
+        );
+        assert_eq!(
+            decode_base64(b"aGVs\r\nbG8=\r\n"),
+            (b"hello".to_vec(), true)
+        );
+        assert!(!decode_base64(b"aGVs*bG8=").1);
+    }
+
+    #[test]
+    fn never_panics_on_junk() {
+        for junk in [
+            &b""[..],
+            b"\r\n",
+            b"\n\n\n",
+            b"Content-Type: multipart/mixed; boundary=\"\"\r\n\r\n--\r\n--",
+            b"Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Type: multipart/alternative; boundary=a\r\n\r\n--a--",
+            b"Content-Type: text/plain; charset=utf-16\r\nContent-Transfer-Encoding: base64\r\n\r\n//79/w==",
+            b"\xff\xfe\x00:",
+        ] {
+            let s = analyze(junk, Some("marker"));
+            for p in &s.parts {
+                let _ = decode_part_text(junk, p);
+            }
+        }
+    }
+}

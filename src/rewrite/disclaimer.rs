@@ -164,7 +164,12 @@ pub(crate) fn plan_disclaimer(raw: &[u8], shape: &MimeShape, edit: &DisclaimerEd
         return work;
     }
     let marker = mime::normalize_marker(edit.effective_marker());
+    // inspect already searched for this marker when it was given the same one: reuse that.
+    let known = shape.marker.as_deref() == Some(marker.as_str());
     let has_marker = |part: &PartInfo| -> bool {
+        if known && let Some(found) = part.marker_present {
+            return found;
+        }
         let decoded = mime::decode_part_text(raw, part);
         mime::normalize_text(&decoded.text, part.is_html()).contains(marker.as_str())
     };
@@ -217,7 +222,8 @@ pub(crate) fn plan_disclaimer(raw: &[u8], shape: &MimeShape, edit: &DisclaimerEd
 
     for &id in &shape.text_parts {
         let part = &shape.parts[id];
-        match edit_part(raw, shape, id, part, edit, &marker) {
+        let present = if known { part.marker_present } else { None };
+        match edit_part(raw, shape, part, edit, &marker, present) {
             Ok(PartResult::Present) => work
                 .outcomes
                 .push(DisclaimerOutcome::AlreadyPresent { part: Some(id) }),
@@ -285,11 +291,14 @@ enum CharsetPlan {
 fn edit_part(
     raw: &[u8],
     shape: &MimeShape,
-    _id: usize,
     part: &PartInfo,
     edit: &DisclaimerEdit,
     marker: &str,
+    present: Option<bool>,
 ) -> Result<PartResult, SkipReason> {
+    if present == Some(true) {
+        return Ok(PartResult::Present);
+    }
     if let TransferEncoding::Other(o) = &part.transfer_encoding {
         return Err(SkipReason::UnsupportedTransferEncoding(o.clone()));
     }
@@ -299,7 +308,7 @@ fn edit_part(
         return Err(SkipReason::DamagedTransferEncoding);
     }
     let (text, status) = mime::decode_charset(&content, part.charset.as_deref());
-    if mime::normalize_text(&text, part.is_html()).contains(marker) {
+    if present.is_none() && mime::normalize_text(&text, part.is_html()).contains(marker) {
         return Ok(PartResult::Present);
     }
     let label = part.charset.clone().unwrap_or_default();

@@ -276,23 +276,19 @@ fn collapse_ws(s: &str) -> String {
 pub fn encode_unstructured(name_len: usize, text: &str) -> String {
     let words: Vec<&str> = text.split(' ').collect();
     let mut needs: Vec<bool> = words.iter().map(|w| word_needs_encoding(w)).collect();
-    // Spaces between two encoded words would vanish on display (RFC 2047 §6.2), so empty words
-    // between encoded words are encoded with them.
-    let mut i = 0;
-    while i < words.len() {
-        if needs[i] {
-            let mut j = i + 1;
-            while j < words.len() && words[j].is_empty() {
-                j += 1;
-            }
-            if j < words.len() && needs[j] && j > i + 1 {
-                for n in needs.iter_mut().take(j).skip(i + 1) {
-                    *n = true;
-                }
-            }
-            i = j;
-        } else {
-            i += 1;
+    // Readers collapse or drop whitespace next to encoded words (RFC 2047 §6.2), so runs of
+    // spaces (empty words) beside an encoded word are encoded with it.
+    let seeds: Vec<usize> = (0..words.len()).filter(|&i| needs[i]).collect();
+    for i in seeds {
+        let mut j = i;
+        while j > 0 && words[j - 1].is_empty() {
+            j -= 1;
+            needs[j] = true;
+        }
+        let mut j = i + 1;
+        while j < words.len() && words[j].is_empty() {
+            needs[j] = true;
+            j += 1;
         }
     }
     let mut tokens: Vec<String> = Vec::new();
@@ -318,7 +314,8 @@ fn word_needs_encoding(w: &str) -> bool {
     w.len() > 900 || w.contains("=?") || w.bytes().any(|b| !(0x21..=0x7e).contains(&b))
 }
 
-/// RFC 2047 encoded words (UTF-8), each at most 75 characters, never splitting a character.
+/// RFC 2047 encoded words (UTF-8), each at most 60 characters (so `Subject: ` plus one word
+/// stays within 78), never splitting a character.
 /// Q for mostly-ASCII text (readable), B otherwise (shorter).
 fn encoded_words(text: &str) -> Vec<String> {
     let non_ascii = text.bytes().filter(|b| !b.is_ascii()).count();
@@ -327,7 +324,7 @@ fn encoded_words(text: &str) -> Vec<String> {
     if use_b {
         let mut chunk = String::new();
         for c in text.chars() {
-            if chunk.len() + c.len_utf8() > 45 {
+            if chunk.len() + c.len_utf8() > 33 {
                 words.push(b_word(&chunk));
                 chunk.clear();
             }
@@ -350,7 +347,7 @@ fn encoded_words(text: &str) -> Vec<String> {
                     enc.push_str(&format!("={b:02X}"));
                 }
             }
-            if payload.len() + enc.len() > 63 {
+            if payload.len() + enc.len() > 48 {
                 words.push(format!("=?UTF-8?Q?{payload}?="));
                 payload.clear();
             }
@@ -471,4 +468,187 @@ pub(crate) fn apply_ops(
     }
     out.extend_from_slice(separator);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(out: &[u8]) -> Vec<String> {
+        String::from_utf8_lossy(out)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    const BLOCK: &[u8] = b"Received: from a\r\nX-Dup: 1\r\nSubject: s\r\nx-dup: 2\r\n\r\n";
+
+    #[test]
+    fn change_is_per_name_one_based_and_case_insensitive() {
+        let ops = [HeaderOp::Change {
+            index: 2,
+            name: "X-DUP".into(),
+            value: b"two".to_vec(),
+        }];
+        let out = apply_ops(BLOCK, &ops, b"\r\n", true);
+        assert_eq!(
+            names(&out),
+            [
+                "Received: from a",
+                "X-Dup: 1",
+                "Subject: s",
+                "X-DUP: two",
+                ""
+            ]
+        );
+        // Index 0 means 1; past the end appends; deleting a missing header does nothing.
+        let ops = [
+            HeaderOp::Change {
+                index: 0,
+                name: "x-dup".into(),
+                value: b"one".to_vec(),
+            },
+            HeaderOp::Change {
+                index: 5,
+                name: "X-Dup".into(),
+                value: b"five".to_vec(),
+            },
+            HeaderOp::Delete {
+                index: 9,
+                name: "X-None".into(),
+            },
+        ];
+        let out = apply_ops(BLOCK, &ops, b"\r\n", true);
+        assert_eq!(
+            names(&out),
+            [
+                "Received: from a",
+                "x-dup: one",
+                "Subject: s",
+                "x-dup: 2",
+                "X-Dup: five",
+                ""
+            ]
+        );
+    }
+
+    #[test]
+    fn edits_apply_in_order_and_deletes_go_from_the_top_index_down() {
+        let list_owned = headers_from_raw(BLOCK, BLOCK.len());
+        let list = HeaderList::new(&list_owned);
+        let mut ops = Vec::new();
+        strip(&mut ops, &list, "X-Dup");
+        assert_eq!(
+            ops,
+            [
+                HeaderOp::Delete {
+                    index: 2,
+                    name: "X-Dup".into()
+                },
+                HeaderOp::Delete {
+                    index: 1,
+                    name: "X-Dup".into()
+                },
+            ]
+        );
+        let out = apply_ops(BLOCK, &ops, b"\r\n", true);
+        assert_eq!(names(&out), ["Received: from a", "Subject: s", ""]);
+    }
+
+    #[test]
+    fn insert_counts_postfix_own_received_as_zero() {
+        let ins = |index| {
+            let ops = [HeaderOp::Insert {
+                index,
+                name: "X-I".into(),
+                value: b"v".to_vec(),
+            }];
+            names(&apply_ops(BLOCK, &ops, b"\r\n", true))
+        };
+        // 0 (above Postfix's hidden Received) and 1 (just below it) both land first among the
+        // headers the milter saw; 2 goes below the client's first header.
+        assert_eq!(ins(0)[0], "X-I: v");
+        assert_eq!(ins(1)[0], "X-I: v");
+        assert_eq!(ins(2)[1], "X-I: v");
+        assert_eq!(ins(99)[4], "X-I: v");
+        // Sendmail: no hidden header, index 1 is below the first header.
+        let ops = [HeaderOp::Insert {
+            index: 1,
+            name: "X-I".into(),
+            value: b"v".to_vec(),
+        }];
+        assert_eq!(names(&apply_ops(BLOCK, &ops, b"\r\n", false))[1], "X-I: v");
+    }
+
+    #[test]
+    fn ensure_adds_changes_or_leaves_alone() {
+        let raw = b"X-Protective-Marking: RESTRICTED\r\nX-Protective-Marking:\r\n  PROTECT\r\n\r\n";
+        let owned = headers_from_raw(raw, raw.len());
+        let list = HeaderList::new(&owned);
+        assert_eq!(owned[1].1, b"\n  PROTECT".to_vec());
+        let mut ops = Vec::new();
+        ensure(&mut ops, &list, "X-Protective-Marking", "RESTRICTED");
+        assert_eq!(
+            ops,
+            [HeaderOp::Delete {
+                index: 2,
+                name: "X-Protective-Marking".into()
+            }]
+        );
+        let mut ops = Vec::new();
+        ensure(&mut ops, &list, "X-Missing", "v");
+        assert_eq!(
+            ops,
+            [HeaderOp::Add {
+                name: "X-Missing".into(),
+                value: b"v".to_vec()
+            }]
+        );
+        // Folding differences are not differences.
+        let raw = b"X-L: a,\r\n b\r\n\r\n";
+        let owned = headers_from_raw(raw, raw.len());
+        let mut ops = Vec::new();
+        ensure(&mut ops, &HeaderList::new(&owned), "X-L", "a, b");
+        assert!(ops.is_empty());
+    }
+
+    #[test]
+    fn encoding_keeps_ascii_words_plain_and_round_trips() {
+        let cases = [
+            "RESTRICTED: Réunion du comité — ordre du jour",
+            "日本語の件名です 長い件名がここに続きます 日本語の件名です 長い件名がここに続きます",
+            "a  é  b",
+            "plain =?not-encoded?= text",
+            "tab\there",
+        ];
+        for text in cases {
+            let v = encode_unstructured("Subject".len(), text);
+            assert!(v.is_ascii(), "{v}");
+            for (i, line) in v.split('\n').enumerate() {
+                let extra = if i == 0 { "Subject: ".len() } else { 0 };
+                assert!(line.len() + extra <= 78, "{line:?}");
+            }
+            assert_eq!(
+                super::super::subject::decode_subject(v.as_bytes()),
+                text,
+                "{v}"
+            );
+        }
+        assert!(
+            encode_unstructured(7, "RESTRICTED: Réunion").starts_with("RESTRICTED: =?UTF-8?Q?")
+        );
+    }
+
+    #[test]
+    fn long_values_fold_at_spaces() {
+        let v = encode_unstructured(
+            "X-Protective-Marking".len(),
+            "VER=2024.1, NS=gov.au, SEC=OFFICIAL:Sensitive, CAVEAT=SH:CABINET, ACCESS=Legal-Privilege",
+        );
+        assert!(v.contains("\n "));
+        assert_eq!(
+            v.replace('\n', ""),
+            "VER=2024.1, NS=gov.au, SEC=OFFICIAL:Sensitive, CAVEAT=SH:CABINET, ACCESS=Legal-Privilege"
+        );
+    }
 }

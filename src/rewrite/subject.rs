@@ -120,6 +120,11 @@ pub fn normalized_subject(current: &str, edit: &SubjectEdit) -> String {
     let (head, body) = rest.split_at(chain);
     let body = body.trim();
     let head = head.trim_start();
+    let head = if head.is_empty() || head.ends_with(char::is_whitespace) {
+        head.to_string()
+    } else {
+        format!("{head} ")
+    };
     let out = match edit.position {
         SubjectPosition::Prefix if body.is_empty() => format!("{head}{marking}:"),
         SubjectPosition::Prefix => format!("{head}{marking}: {body}"),
@@ -212,4 +217,137 @@ fn widen(s: &str, r: Range<usize>) -> Range<usize> {
         }
     }
     start..end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edit(m: &str, pos: SubjectPosition, current: &str, marks: &[&str]) -> String {
+        let mut e = SubjectEdit::new(m, pos);
+        for t in marks {
+            let mut from = 0;
+            while let Some(i) = current[from..].find(t) {
+                e.existing.push(from + i..from + i + t.len());
+                from += i + t.len();
+            }
+        }
+        normalized_subject(current, &e)
+    }
+
+    #[test]
+    fn prefix_goes_after_the_reply_chain() {
+        use SubjectPosition::Prefix;
+        let cases: &[(&str, &[&str], &str)] = &[
+            ("Hello", &[], "RESTRICTED: Hello"),
+            ("RE: Hello", &[], "RE: RESTRICTED: Hello"),
+            ("RE: FW: Fwd: Hello", &[], "RE: FW: Fwd: RESTRICTED: Hello"),
+            (
+                "RE: RESTRICTED: Hello",
+                &["RESTRICTED"],
+                "RE: RESTRICTED: Hello",
+            ),
+            ("RE: RESTRICTED: Hello", &[], "RE: RESTRICTED: Hello"),
+            ("RESTRICTED: RESTRICTED: Hello", &[], "RESTRICTED: Hello"),
+            (
+                "RESTRICTED: RE: Hello",
+                &["RESTRICTED"],
+                "RE: RESTRICTED: Hello",
+            ),
+            (
+                "RE: [RESTRICTED] Hello",
+                &["[RESTRICTED]"],
+                "RE: RESTRICTED: Hello",
+            ),
+            ("Re[2]: AW: Hello", &[], "Re[2]: AW: RESTRICTED: Hello"),
+            ("", &[], "RESTRICTED:"),
+            ("RE:", &[], "RE: RESTRICTED:"),
+            (
+                "PROTECT - MANAGEMENT - Restructure",
+                &["PROTECT - MANAGEMENT"],
+                "RESTRICTED: Restructure",
+            ),
+            (
+                "restricted: lower case",
+                &["restricted"],
+                "RESTRICTED: lower case",
+            ),
+        ];
+        for (current, marks, want) in cases {
+            assert_eq!(
+                edit("RESTRICTED", Prefix, current, marks),
+                *want,
+                "{current:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bracketed_and_suffix_never_stack() {
+        assert_eq!(
+            edit(
+                "RESTRICTED",
+                SubjectPosition::Bracketed,
+                "RE: RE: [RESTRICTED] [RESTRICTED] Budget",
+                &["[RESTRICTED]"]
+            ),
+            "RE: RE: [RESTRICTED] Budget"
+        );
+        assert_eq!(
+            edit(
+                "RESTRICTED",
+                SubjectPosition::Bracketed,
+                "RE: [RESTRICTED] [RESTRICTED] x",
+                &[]
+            ),
+            "RE: [RESTRICTED] x"
+        );
+        assert_eq!(
+            edit(
+                "[SEC=OFFICIAL]",
+                SubjectPosition::Suffix,
+                "RE: Budget [SEC=UNOFFICIAL] [SEC=OFFICIAL]",
+                &["[SEC=UNOFFICIAL]", "[SEC=OFFICIAL]"]
+            ),
+            "RE: Budget [SEC=OFFICIAL]"
+        );
+        // The ASD pattern: a range given without its brackets still removes them.
+        assert_eq!(
+            edit(
+                "[SEC=OFFICIAL]",
+                SubjectPosition::Suffix,
+                "Budget [SEC=PROTECTED]",
+                &["SEC=PROTECTED"]
+            ),
+            "Budget [SEC=OFFICIAL]"
+        );
+        assert_eq!(
+            edit(
+                "[SEC=OFFICIAL]",
+                SubjectPosition::Suffix,
+                "Budget [SEC=OFFICIAL]",
+                &[]
+            ),
+            "Budget [SEC=OFFICIAL]"
+        );
+    }
+
+    #[test]
+    fn bad_ranges_are_ignored() {
+        let mut e = SubjectEdit::new("RESTRICTED", SubjectPosition::Prefix);
+        #[allow(clippy::reversed_empty_ranges)]
+        let bad = vec![5..2, 0..999, 1..2];
+        e.existing = bad;
+        assert_eq!(normalized_subject("é x", &e), "RESTRICTED: é x");
+    }
+
+    #[test]
+    fn decode_handles_encoded_words_and_raw_utf8() {
+        assert_eq!(
+            decode_subject(b"=?UTF-8?Q?R=C3=A9union?= du\n matin"),
+            "Réunion du matin"
+        );
+        assert_eq!(decode_subject("Café".as_bytes()), "Café");
+        assert_eq!(decode_subject(b"=?ISO-8859-1?Q?caf=E9?="), "café");
+    }
 }
