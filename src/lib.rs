@@ -24,6 +24,8 @@ pub mod inspect;
 pub mod milter;
 /// The TOML policy, label grammars and `decide()`.
 pub mod policy;
+/// Edit plans (labels, subject, disclaimer) and their application to raw messages.
+pub mod rewrite;
 /// Logging setup and what each log level is for.
 pub mod telemetry;
 /// One message: envelope, headers in order, body (spilled to disk when large).
