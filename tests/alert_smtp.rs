@@ -221,9 +221,13 @@ async fn digest_mode_batches_a_window() {
     let Some(sink) = Sink::start(dir.path()) else {
         return;
     };
-    let alerts = AlertHandle::spawn(settings(sink.port, AlertMode::Digest), None);
+    let mut s = settings(sink.port, AlertMode::Digest);
+    s.window = Duration::from_secs(2);
+    let alerts = AlertHandle::spawn(s, None);
+    // Incidents trickle in within one window (2 s from the first).
     for n in 1..=3 {
         assert_eq!(alerts.raise(incident(n)), Raised::Queued);
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let mut forged = Incident::new(
         IncidentKind::ForgedLabel,
@@ -233,7 +237,7 @@ async fn digest_mode_batches_a_window() {
     alerts.raise(forged);
     let mails = sink.wait_for(1).await;
     // Give a second mail the chance to appear if batching were broken.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let mails_after = sink.mails();
     assert_eq!(mails_after.len(), 1, "one digest for the window");
     let m = &mails[0].replace("\n ", " ");
@@ -397,4 +401,55 @@ fn config_defaults_and_errors() {
     let unknown = toml::from_str::<AlertConfig>("enabeld = true\n").expect_err("unknown key");
     assert!(unknown.to_string().contains("enabeld"), "{unknown}");
     assert_eq!(AlertHandle::disabled().raise(incident(1)), Raised::Disabled);
+}
+
+#[tokio::test]
+async fn audit_outage_raises_one_incident() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (audit, path) = audit_in(dir.path()).await;
+    let mut s = settings(free_port(), AlertMode::Immediate);
+    s.give_up_after = Duration::from_secs(600);
+    let alerts = AlertHandle::spawn(s, None);
+    let watcher = markgate::alert::watch_audit_health(audit.health(), alerts.clone());
+    audit
+        .record(AuditEvent::AlertsDropped(Default::default()))
+        .await
+        .expect("ack");
+    std::fs::rename(&path, dir.path().join("audit.jsonl.1")).expect("rename");
+    std::fs::create_dir(&path).expect("mkdir");
+    let _ = audit.reopen().await;
+    for _ in 0..3 {
+        assert!(
+            audit
+                .record(AuditEvent::AlertsDropped(Default::default()))
+                .await
+                .is_err()
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alerts
+        .stats()
+        .raised
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "an audit_failure incident is raised"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        alerts
+            .stats()
+            .raised
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "one per outage"
+    );
+    audit.shutdown().await.expect("shutdown");
+    drop(audit);
+    let _ = tokio::time::timeout(Duration::from_secs(5), watcher).await;
+    alerts.shutdown().await;
 }

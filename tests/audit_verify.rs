@@ -61,6 +61,7 @@ async fn edited_record_is_caught() {
     lines[1] = lines[1].replacen("alice.home@gmail.com", "alice.home@gmail.co", 1);
     audit_support::write_lines(target, &lines);
     let r = verify_files(&files);
+    println!("{r}"); // visible with --nocapture: what `markgate audit verify` prints
     assert_eq!(r.exit_code(), 1);
     let p = r.first_problem().expect("problem");
     assert_eq!(p.kind, ProblemKind::Edited, "{r}");

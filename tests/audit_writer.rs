@@ -112,7 +112,8 @@ async fn sync_modes_count_fsyncs() {
 #[tokio::test]
 async fn chain_continues_after_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("audit.jsonl");
+    // The directory is created on first start, as for the built-in /var/log/markgate.
+    let path = dir.path().join("log/markgate/audit.jsonl");
     let cfg = audit_support::config(&path, SyncMode::Batch);
     let h = audit::start(&cfg).expect("start");
     for n in 0..3 {
@@ -296,4 +297,58 @@ async fn records_are_forwarded_to_syslog() {
     assert_eq!(stats.syslog_sent, 2);
     assert_eq!(stats.syslog_dropped, 1);
     assert_eq!(audit_support::lines(&path).len(), 3);
+}
+
+#[tokio::test]
+async fn recovery_reads_back_across_large_records_and_damage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let cfg = audit_support::config(&path, SyncMode::Batch);
+    let h = audit::start(&cfg).expect("start");
+    h.record(msg(0)).await.expect("ack");
+    // A record far larger than the 64 KiB blocks recovery reads backwards in.
+    let mut big = audit_support::message(1);
+    big.recipients = (0..3000)
+        .map(|i| markgate::audit::record::RecipientOutcome {
+            address: format!("user{i}@partner.gov.uk"),
+            ..Default::default()
+        })
+        .collect();
+    h.record(AuditEvent::MessageDecision(Box::new(big)))
+        .await
+        .expect("ack");
+    h.shutdown().await.expect("shutdown");
+    assert!(std::fs::metadata(&path).expect("meta").len() > 200_000);
+    let rec = audit::writer::recover(&path).expect("recover");
+    assert_eq!(rec.seq, 2);
+    assert_eq!(
+        rec.hash,
+        line_hash(audit_support::lines(&path)[1].as_bytes())
+    );
+    assert_eq!(rec.fragment, None);
+
+    // A damaged complete line at the end: the chain resumes after the last valid record and
+    // verify reports the damage.
+    let mut lines = audit_support::lines(&path);
+    lines.push("not a record".into());
+    audit_support::write_lines(&path, &lines);
+    let rec = audit::writer::recover(&path).expect("recover");
+    assert_eq!((rec.seq, rec.skipped_bad_lines), (2, 1));
+    let h = audit::start(&cfg).expect("restart");
+    assert_eq!(h.record(msg(3)).await.expect("ack").seq, Some(3));
+    h.shutdown().await.expect("shutdown");
+    let r = verify_files(&[&path]);
+    assert_eq!(
+        r.first_problem().expect("problem").kind,
+        ProblemKind::Malformed
+    );
+    assert_eq!(r.first_problem().expect("problem").line, 3);
+
+    // An empty file and a missing file start a new chain.
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, b"").expect("write");
+    let rec = audit::writer::recover(&empty).expect("recover");
+    assert_eq!((rec.seq, rec.hash.as_str()), (0, GENESIS_PREV));
+    let rec = audit::writer::recover(&dir.path().join("none.jsonl")).expect("recover");
+    assert_eq!(rec.seq, 0);
 }

@@ -196,7 +196,7 @@ impl AlertTask {
             let wake = self.next_wake();
             tokio::select! {
                 got = self.rx.recv() => match got {
-                    Some(incident) => self.pending.push_back(Pending { incident, since: Instant::now(), attempts: 0 }),
+                    Some(incident) => self.enqueue(incident),
                     None => break,
                 },
                 req = self.stop_rx.recv() => {
@@ -206,11 +206,7 @@ impl AlertTask {
                 _ = tokio::time::sleep_until(wake) => {}
             }
             while let Ok(incident) = self.rx.try_recv() {
-                self.pending.push_back(Pending {
-                    incident,
-                    since: Instant::now(),
-                    attempts: 0,
-                });
+                self.enqueue(incident);
             }
             self.tick(false).await;
         }
@@ -232,6 +228,19 @@ impl AlertTask {
         if let Some(done) = stop {
             let _ = done.send(());
         }
+    }
+
+    /// Queue an incident; in digest mode the first incident after a quiet spell opens the
+    /// window, so a digest goes out one window after the first incident it carries.
+    fn enqueue(&mut self, incident: Incident) {
+        if self.pending.is_empty() && self.settings.mode == AlertMode::Digest {
+            self.window_start = Instant::now();
+        }
+        self.pending.push_back(Pending {
+            incident,
+            since: Instant::now(),
+            attempts: 0,
+        });
     }
 
     fn next_wake(&self) -> Instant {
@@ -389,9 +398,6 @@ impl AlertTask {
                 break;
             }
         }
-        if self.settings.mode == AlertMode::Digest && self.pending.is_empty() {
-            self.window_start = Instant::now();
-        }
     }
 
     async fn give_up(&mut self, p: Pending, why: &str) {
@@ -547,6 +553,29 @@ fn wrap(text: &str, width: usize) -> String {
         }
     }
     out
+}
+
+/// Raise an [`IncidentKind::AuditFailure`] incident each time the audit sink starts failing
+/// (one per outage, not per refused record). The daemon calls this once at start-up with
+/// [`AuditHandle::health`]; the task ends when the audit writer is gone.
+pub fn watch_audit_health(
+    mut health: tokio::sync::watch::Receiver<crate::audit::SinkHealth>,
+    alerts: AlertHandle,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while health.changed().await.is_ok() {
+            let state = health.borrow_and_update().clone();
+            if let crate::audit::SinkHealth::Failing { since, error } = state {
+                let mut incident = Incident::new(
+                    IncidentKind::AuditFailure,
+                    "the audit file cannot be written; mail is tempfailed (or passes unaudited \
+                     with fail_open) until it recovers",
+                );
+                incident.details = vec![format!("since: {since}"), format!("error: {error}")];
+                alerts.raise(incident);
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //!
 //! ```toml
 //! [audit]
-//! path = "/var/log/markgate/audit.jsonl"  # the file; its directory must exist
+//! path = "/var/log/markgate/audit.jsonl"  # a missing directory is created (0750)
 //! sync = "batch"          # batch | always | none
 //! fail_open = false       # true lets mail through unaudited when the file cannot be written
 //! max_size = 0            # bytes; rotate to FILE.1 … above this size; 0 = leave it to logrotate

@@ -1,12 +1,14 @@
 //! The audit trail: a tamper-evident record of every decision and daemon event.
 //!
-//! Owns the closed event vocabulary ([`event`]), the record schema and hash chain ([`record`]),
-//! the single writer task with group commit, rotation and self-healing ([`writer`]), syslog
-//! forwarding ([`syslog`]), and the offline tools `verify` ([`verify`]) and `report`
-//! ([`report`]); `[audit]` settings are in [`config`]. The audit decides nothing about mail: the
-//! filter fills a [`record::MessageRecord`] from the policy's decision and waits for
-//! [`writer::AuditHandle::record`] before answering the MTA. The file format is specified in
-//! `docs/audit-format.md`.
+//! Owns the closed event vocabulary ([`event`](crate::audit::event)), the record schema and
+//! hash chain ([`record`](crate::audit::record)), the single writer task with group commit,
+//! rotation and self-healing ([`writer`](crate::audit::writer)), syslog forwarding
+//! ([`syslog`](crate::audit::syslog)), and the offline tools
+//! [`verify`](crate::audit::verify) and [`report`](mod@crate::audit::report); the `[audit]`
+//! settings are in [`config`](crate::audit::config). The audit decides nothing about mail: the
+//! filter fills a [`MessageRecord`](crate::audit::record::MessageRecord) from the policy's
+//! decision and waits for [`AuditHandle::record`](crate::audit::writer::AuditHandle::record)
+//! before answering the MTA. The file format is specified in `docs/audit-format.md`.
 //!
 //! Typical use by the daemon:
 //!

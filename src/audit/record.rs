@@ -277,9 +277,14 @@ pub enum Edit {
         /// Rule id.
         rule: Option<String>,
     },
-    /// The disclaimer was due but not added.
+    /// The disclaimer was due and is already in the message (nothing added).
+    DisclaimerPresent {
+        /// Rule id.
+        rule: Option<String>,
+    },
+    /// The disclaimer was due but could not or must not be added.
     DisclaimerSkipped {
-        /// Why (`already present`, `signed message`, `undecodable part`).
+        /// Why (`signed message`, `undecodable part`, `policy fallback`).
         reason: String,
         /// Rule id.
         rule: Option<String>,

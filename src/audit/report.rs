@@ -182,6 +182,7 @@ struct Tally {
     forward_blocked: u64,
     forward_passed: u64,
     disclaimer_added: u64,
+    disclaimer_present: u64,
     disclaimer_skipped: u64,
     outbound: u64,
     label_required: u64,
@@ -346,6 +347,7 @@ fn message(
     for e in &m.edits {
         match e {
             Edit::Disclaimer { .. } => t.disclaimer_added += 1,
+            Edit::DisclaimerPresent { .. } => t.disclaimer_present += 1,
             Edit::DisclaimerSkipped { .. } => t.disclaimer_skipped += 1,
             _ => {}
         }
@@ -371,6 +373,7 @@ fn edit_rule(e: &Edit) -> Option<&str> {
         Edit::LabelHeader { rule, .. }
         | Edit::Subject { rule, .. }
         | Edit::Disclaimer { rule, .. }
+        | Edit::DisclaimerPresent { rule }
         | Edit::DisclaimerSkipped { rule, .. }
         | Edit::Header { rule, .. } => rule.as_deref(),
     }
@@ -445,6 +448,7 @@ fn coco(r: &Report, t: &Tally) -> Vec<CocoControl> {
             figures: vec![
                 ("outbound messages".into(), t.outbound),
                 ("disclaimers added".into(), t.disclaimer_added),
+                ("disclaimer already present".into(), t.disclaimer_present),
                 (
                     "disclaimers skipped (reason in each record)".into(),
                     t.disclaimer_skipped,

@@ -196,3 +196,53 @@ fn bsd_timestamp(t: time::OffsetDateTime) -> String {
         t.second()
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> LineMeta<'static> {
+        LineMeta {
+            seq: 3,
+            event: "reload_failed",
+            severity: Severity::Error,
+            security_event: true,
+            hash: "ab]c\"d",
+            time: "2026-11-22T10:00:00Z",
+        }
+    }
+
+    #[test]
+    fn rfc5424_layout_and_escaping() {
+        let cfg = SyslogConfig {
+            facility: "authpriv".into(),
+            ..SyslogConfig::default()
+        };
+        let f = SyslogForwarder::new(&cfg, "gw 1", Arc::default());
+        let d = String::from_utf8(f.format_datagram(&meta(), b"{\"seq\":3}\n")).expect("utf8");
+        // authpriv (10) * 8 + error (3) = 83; the space in the host name is dropped.
+        let head = format!(
+            "<83>1 2026-11-22T10:00:00Z gw1 markgate {} reload_failed ",
+            std::process::id()
+        );
+        assert!(d.starts_with(&head), "{d}");
+        assert!(d.contains(r#"hash="ab\]c\"d"]"#), "{d}");
+        assert!(d.ends_with("\u{feff}{\"seq\":3}"), "{d}");
+    }
+
+    #[test]
+    fn bsd_layout() {
+        let cfg = SyslogConfig {
+            format: SyslogFormat::Bsd,
+            ..SyslogConfig::default()
+        };
+        let f = SyslogForwarder::new(&cfg, "gw1", Arc::default());
+        let d = String::from_utf8(f.format_datagram(&meta(), b"{}")).expect("utf8");
+        // mail (2) * 8 + error (3) = 19
+        assert!(d.starts_with("<19>"), "{d}");
+        assert!(
+            d.ends_with(&format!(" markgate[{}]: {{}}", std::process::id())),
+            "{d}"
+        );
+    }
+}

@@ -26,7 +26,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -35,7 +35,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::config::{AuditConfig, SyncMode};
-use super::event::{AuditEvent, ChainResumed, SinkRecovered, SinkTrouble};
+use super::event::{AuditEvent, ChainResumed, EventKind, Severity, SinkRecovered, SinkTrouble};
 use super::record::{GENESIS_PREV, Record, line_hash, now_rfc3339};
 use super::syslog::{LineMeta, SyslogForwarder, SyslogStats};
 
@@ -249,6 +249,20 @@ pub fn open(config: &AuditConfig) -> Result<(AuditHandle, WriterTask), AuditErro
     config.validate().map_err(AuditError::Config)?;
     let path = config.path.clone();
     let host = config.host.clone().unwrap_or_else(kernel_hostname);
+    // A first run with the built-in default may find /var/log/markgate missing.
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(|e| AuditError::Open {
+                path: path.display().to_string(),
+                error: format!("cannot create the directory {}: {e}", dir.display()),
+            })?;
+    }
     let recovered = recover(&path).map_err(|e| AuditError::Open {
         path: path.display().to_string(),
         error: e.to_string(),
@@ -317,6 +331,7 @@ pub fn open(config: &AuditConfig) -> Result<(AuditHandle, WriterTask), AuditErro
             pending,
             needs_newline,
             outage: None,
+            open_error: None,
             syslog,
             shared,
             health: health_tx,
@@ -400,6 +415,8 @@ struct Writer {
     /// The file ends in a fragment that must be terminated before the next line.
     needs_newline: bool,
     outage: Option<Outage>,
+    /// Why the file is not open, when the last (re)open failed.
+    open_error: Option<String>,
     syslog: Option<SyslogForwarder>,
     shared: Arc<Shared>,
     health: watch::Sender<SinkHealth>,
@@ -411,6 +428,11 @@ struct Line {
     seq: u64,
     hash: String,
     ack: Option<AckTx>,
+    /// What the syslog header says about the record (kept to avoid parsing the line again).
+    kind: EventKind,
+    severity: Severity,
+    security_event: bool,
+    time: String,
 }
 
 impl Writer {
@@ -423,7 +445,12 @@ impl Writer {
                 Request::Record(event, ack) => records.push((event, ack)),
                 Request::Reopen(done) => {
                     self.commit(std::mem::take(&mut records));
-                    let _ = done.send(self.reopen("reopen requested"));
+                    let result = self.reopen("reopen requested");
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "audit file could not be reopened; records \
+                            are refused until it can be");
+                    }
+                    let _ = done.send(result);
                 }
                 Request::Shutdown(done) => {
                     self.commit(std::mem::take(&mut records));
@@ -493,6 +520,10 @@ impl Writer {
                         seq,
                         hash: prev.clone(),
                         ack,
+                        kind: record.event.kind(),
+                        severity: record.severity,
+                        security_event: record.security_event,
+                        time: record.time,
                     });
                 }
                 Err(e) => {
@@ -574,10 +605,13 @@ impl Writer {
         for l in chunk {
             buf.extend_from_slice(&l.bytes);
         }
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("audit file is not open"))?;
+        let Some(file) = self.file.as_mut() else {
+            let why = self
+                .open_error
+                .as_deref()
+                .unwrap_or("audit file is not open");
+            return Err(io::Error::other(why.to_string()));
+        };
         file.write_all(&buf)?;
         let durable = match self.sync {
             SyncMode::None => false,
@@ -736,21 +770,17 @@ impl Writer {
 
     fn forward_syslog(&mut self, line: &Line) {
         if let Some(sys) = &mut self.syslog {
-            // Parse only what the header needs; the line itself is forwarded verbatim.
-            if let Ok(r) = Record::from_line(&line.bytes) {
-                let kind = r.event.kind();
-                sys.forward(
-                    &LineMeta {
-                        seq: line.seq,
-                        event: kind.as_str(),
-                        severity: r.severity,
-                        security_event: r.security_event,
-                        hash: &line.hash,
-                        time: &r.time,
-                    },
-                    &line.bytes,
-                );
-            }
+            sys.forward(
+                &LineMeta {
+                    seq: line.seq,
+                    event: line.kind.as_str(),
+                    severity: line.severity,
+                    security_event: line.security_event,
+                    hash: &line.hash,
+                    time: &line.time,
+                },
+                &line.bytes,
+            );
         }
     }
 

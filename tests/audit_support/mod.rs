@@ -73,8 +73,7 @@ pub fn message(n: u64) -> MessageRecord {
                 value: "VER=2012, NS=gov.uk, SEC=OFFICIAL-SENSITIVE".into(),
                 rule: Some("labels.header".into()),
             },
-            Edit::DisclaimerSkipped {
-                reason: "already present".into(),
+            Edit::DisclaimerPresent {
                 rule: Some("disclaimer.outbound".into()),
             },
         ],
