@@ -7,3 +7,5 @@
 
 /// The milter protocol engine (no labels, no policy).
 pub mod milter;
+/// systemd readiness/reload/stop notifications over `$NOTIFY_SOCKET`.
+pub mod notify;

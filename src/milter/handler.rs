@@ -137,9 +137,17 @@ pub enum Modification {
     /// SMFIR_ADDHEADER: append after the last header.
     AddHeader { name: String, value: Vec<u8> },
     /// SMFIR_INSHEADER: insert at a 0-based position over all headers.
-    InsertHeader { index: u32, name: String, value: Vec<u8> },
+    InsertHeader {
+        index: u32,
+        name: String,
+        value: Vec<u8>,
+    },
     /// SMFIR_CHGHEADER: change the `index`-th (1-based) header of that name; empty value deletes.
-    ChangeHeader { index: u32, name: String, value: Vec<u8> },
+    ChangeHeader {
+        index: u32,
+        name: String,
+        value: Vec<u8>,
+    },
     /// SMFIR_REPLBODY: replace the whole body.
     ReplaceBody(NewBody),
     /// SMFIR_ADDRCPT
@@ -149,7 +157,10 @@ pub enum Modification {
     /// SMFIR_DELRCPT
     DeleteRecipient { recipient: Vec<u8> },
     /// SMFIR_CHGFROM
-    ChangeSender { sender: Vec<u8>, args: Option<Vec<u8>> },
+    ChangeSender {
+        sender: Vec<u8>,
+        args: Option<Vec<u8>>,
+    },
     /// SMFIR_QUARANTINE: put the message on hold with a reason.
     Quarantine { reason: Vec<u8> },
 }
