@@ -5,6 +5,8 @@
 //! audit before the milter layer sends the edits and the final answer.
 #![forbid(unsafe_code)]
 
+/// Prometheus/OpenMetrics metrics and the loopback `GET /metrics` endpoint.
+pub mod metrics;
 /// The milter protocol engine (no labels, no policy).
 pub mod milter;
 /// systemd readiness/reload/stop notifications over `$NOTIFY_SOCKET`.
