@@ -5,9 +5,13 @@
 //! audit before the milter layer sends the edits and the final answer.
 #![forbid(unsafe_code)]
 
+/// Daemon settings (listen, limits, timeouts, logging) — not policy.
+pub mod config;
 /// Prometheus/OpenMetrics metrics and the loopback `GET /metrics` endpoint.
 pub mod metrics;
 /// The milter protocol engine (no labels, no policy).
 pub mod milter;
 /// systemd readiness/reload/stop notifications over `$NOTIFY_SOCKET`.
 pub mod notify;
+/// One message: envelope, headers in order, body (spilled to disk when large).
+pub mod transaction;

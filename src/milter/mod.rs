@@ -5,5 +5,37 @@
 //! it talks to the rest of markgate only through [`handler::Handler`]. It imports nothing from
 //! the rest of the crate, so it could be lifted out as a library. Protocol notes:
 //! `../shared/reference/milter-protocol.md` and libmilter's `mfdef.h`.
+//!
+//! Layers, bottom up: [`codec`] (bytes ↔ frames) → [`command`] / [`reply`] (frames ↔ typed
+//! values) → [`flags`] (negotiation) and [`macros`] → [`session`] (pure state machine) →
+//! [`conn`] (one connection's I/O, timeouts, failure rule) → [`server`] (listeners).
+//! [`mta`] is the other side of the wire (an MTA-side client) for tests and load generation.
+//!
+//! # Logging policy
+//! - `error`: we cannot serve — a message answered 451 because the handler or its sink
+//!   failed, panicked or timed out, or asked for an edit the MTA did not grant; accept
+//!   failures; a connection task that panicked.
+//! - `warn`: the peer misbehaves or the environment degrades — every connection closed for
+//!   cause (bad or oversized packet, unknown or out-of-state command, read timeout, I/O
+//!   error, EOF mid-message), logged once with the peer and the reason; the connection cap
+//!   reached; the shutdown grace period running out.
+//! - `info`: lifecycle — listening, stale socket removed, shutdown progress.
+//! - `debug`/`trace`: protocol detail — negotiation results, connections opened and closed
+//!   normally, each command received, PROGRESS sent.
 
+pub mod codec;
+pub mod command;
+pub mod conn;
+pub mod flags;
 pub mod handler;
+pub mod macros;
+pub mod mta;
+pub mod reply;
+pub mod server;
+pub mod session;
+
+pub use handler::{
+    ConnectionFacts, Handler, HandlerError, Macros, MessageSink, Modification, NewBody, Outcome,
+    SmtpReply, Verdict,
+};
+pub use server::{ListenSpec, ListenSpecError, Server, ServerConfig};

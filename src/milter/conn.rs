@@ -1,0 +1,483 @@
+//! One milter connection: read frames, step the [`Session`], call the [`Handler`], write
+//! replies. The only place where protocol meets I/O and time.
+//!
+//! Failure rule (issue 2, ARCHITECTURE "Errors and what the MTA hears"):
+//! - a handler error, a sink I/O error, a panic in either, an end-of-message timeout, or an
+//!   edit the MTA did not grant answers *that message* with `451 4.3.0` and the connection
+//!   goes on with the next message (`error` log: we could not serve it);
+//! - a malformed or oversized frame, an unknown command, a command illegal in the current
+//!   state, a read timeout or an I/O error closes *this connection* (`warn` log with the peer
+//!   and the reason); Postfix then applies `milter_default_action`.
+//!
+//! Sink calls are synchronous and run under `catch_unwind`; `end_of_message` runs in its own
+//! task so a panic there is contained, and PROGRESS is sent while it runs long. Each
+//! end-of-message answer (all modifications + the final reply) is written in one flush.
+
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout};
+use tracing::{debug, error, trace, warn};
+
+use super::codec::{Decoded, FrameDecoder};
+use super::command::Command;
+use super::flags::Wants;
+use super::handler::{Handler, MessageSink, Modification, NewBody, Outcome, SmtpReply, Verdict};
+use super::reply::{self, MAX_BODY_CHUNK, Reply};
+use super::session::{Session, Step};
+
+/// Per-connection settings (derived from `ServerConfig`).
+#[derive(Debug, Clone)]
+pub struct ConnConfig {
+    /// Largest packet accepted from the MTA.
+    pub max_frame_size: usize,
+    /// Longest wait for the MTA's next packet (and for a write to complete).
+    pub read_timeout: Duration,
+    /// Longest wait for `Handler::end_of_message`.
+    pub eom_timeout: Duration,
+    /// How often PROGRESS is sent while `end_of_message` runs; zero disables it.
+    pub progress_interval: Duration,
+    /// What we ask for in negotiation.
+    pub wants: Wants,
+}
+
+/// The 451 text the MTA hears for any internal failure; details go to the log only, so
+/// nothing about our internals reaches the sender.
+const TEMPFAIL_REASON: &str = "message could not be checked";
+
+/// Serve one MTA connection until it quits, misbehaves, times out, or (between messages)
+/// `shutdown` turns true.
+pub async fn serve_connection<S, H>(
+    stream: S,
+    peer: String,
+    handler: Arc<H>,
+    config: Arc<ConnConfig>,
+    shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: Handler,
+{
+    let mut conn = Conn {
+        stream,
+        peer,
+        handler,
+        session: Session::new(config.wants.clone()),
+        decoder: FrameDecoder::new(config.max_frame_size),
+        config,
+        shutdown,
+        sink: None,
+        doomed: None,
+        inbuf: BytesMut::with_capacity(8192),
+        out: BytesMut::with_capacity(1024),
+    };
+    match conn.run().await {
+        Ok(()) => debug!(peer = %conn.peer, "milter connection closed"),
+        Err(reason) => warn!(peer = %conn.peer, %reason, "closing milter connection"),
+    }
+    conn.drop_sink();
+}
+
+struct Conn<S, H: Handler> {
+    stream: S,
+    peer: String,
+    handler: Arc<H>,
+    session: Session,
+    decoder: FrameDecoder,
+    config: Arc<ConnConfig>,
+    shutdown: watch::Receiver<bool>,
+    /// The current message's sink, between MAIL and end-of-message.
+    sink: Option<H::Sink>,
+    /// Why the current message can only be answered with 451 (set on the first failure).
+    doomed: Option<String>,
+    inbuf: BytesMut,
+    out: BytesMut,
+}
+
+/// Why a connection was closed for cause.
+type CloseReason = String;
+
+impl<S, H> Conn<S, H>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: Handler,
+{
+    async fn run(&mut self) -> Result<(), CloseReason> {
+        loop {
+            match self.decoder.decode(&mut self.inbuf) {
+                Err(e) => return Err(format!("bad packet: {e}")),
+                Ok(Decoded::Frame(frame)) => {
+                    let cmd =
+                        Command::parse(&frame).map_err(|e| format!("bad command packet: {e}"))?;
+                    trace!(peer = %self.peer, command = cmd.name(), "received");
+                    if self.process(cmd).await? {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Ok(Decoded::Incomplete) => {}
+            }
+            self.flush().await?;
+            let idle = !self.session.state().in_message();
+            if idle && *self.shutdown.borrow() {
+                debug!(peer = %self.peer, "shutting down: closing idle milter connection");
+                return Ok(());
+            }
+            if self.inbuf.capacity() - self.inbuf.len() < 4096 {
+                self.inbuf.reserve(8192);
+            }
+            let read_timeout = self.config.read_timeout;
+            let mut shutdown = self.shutdown.clone();
+            let n = tokio::select! {
+                r = timeout(read_timeout, self.stream.read_buf(&mut self.inbuf)) => match r {
+                    Err(_) => return Err(format!(
+                        "no packet from the MTA for {read_timeout:?} (read timeout)"
+                    )),
+                    Ok(Err(e)) => return Err(format!("read error: {e}")),
+                    Ok(Ok(n)) => n,
+                },
+                _ = shutdown.changed(), if idle => continue,
+            };
+            if n == 0 {
+                if self.session.state().in_message() {
+                    return Err("MTA closed the connection in the middle of a message".into());
+                }
+                if !self.inbuf.is_empty() {
+                    return Err("MTA closed the connection in the middle of a packet".into());
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// Handle one command. `Ok(true)` means the session ended normally (QUIT).
+    async fn process(&mut self, cmd: Command) -> Result<bool, CloseReason> {
+        let steps = self
+            .session
+            .handle(cmd)
+            .map_err(|e| format!("protocol violation: {e}"))?;
+        for step in steps {
+            match step {
+                Step::Send(r) => {
+                    if let Reply::OptNeg {
+                        version,
+                        actions,
+                        protocol,
+                        ..
+                    } = &r
+                    {
+                        debug!(peer = %self.peer, version, actions = %super::flags::Actions(*actions),
+                            protocol = %super::flags::Protocol(*protocol), "negotiated");
+                    }
+                    r.encode(&mut self.out);
+                }
+                Step::AbortMessage => self.drop_sink(),
+                Step::BeginMessage => {
+                    self.drop_sink();
+                    let handler = &self.handler;
+                    let facts = self.session.facts();
+                    match catch_unwind(AssertUnwindSafe(|| handler.begin_message(facts))) {
+                        Ok(Ok(sink)) => self.sink = Some(sink),
+                        Ok(Err(e)) => self.doom(format!("begin_message failed: {e}")),
+                        Err(_) => self.doom("begin_message panicked".into()),
+                    }
+                }
+                Step::MailFrom { sender, args } => {
+                    let args = to_vecs(&args);
+                    self.sink_call("mail_from", |s| s.mail_from(&sender, &args));
+                }
+                Step::Recipient { recipient, args } => {
+                    let args = to_vecs(&args);
+                    self.sink_call("rcpt_to", |s| s.rcpt_to(&recipient, &args));
+                }
+                Step::Header { name, value } => {
+                    self.sink_call("header", |s| s.header(&name, &value));
+                }
+                Step::BodyChunk(chunk) => self.sink_call("body_chunk", |s| s.body_chunk(&chunk)),
+                Step::EndOfMessage => self.end_of_message().await?,
+                Step::Close => {
+                    self.flush().await?;
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Call the sink unless the message already failed; a failure dooms the message.
+    fn sink_call(&mut self, what: &str, f: impl FnOnce(&mut H::Sink) -> io::Result<()>) {
+        if self.doomed.is_some() {
+            return;
+        }
+        let Some(sink) = self.sink.as_mut() else {
+            return;
+        };
+        match catch_unwind(AssertUnwindSafe(|| f(sink))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.doom(format!("message sink {what} failed: {e}")),
+            Err(_) => self.doom(format!("message sink {what} panicked")),
+        }
+    }
+
+    fn doom(&mut self, reason: String) {
+        error!(peer = %self.peer, %reason, "message will be answered with 451 4.3.0");
+        self.doomed = Some(reason);
+        self.drop_sink_only();
+    }
+
+    fn drop_sink(&mut self) {
+        self.doomed = None;
+        self.drop_sink_only();
+    }
+
+    fn drop_sink_only(&mut self) {
+        if let Some(sink) = self.sink.take()
+            && catch_unwind(AssertUnwindSafe(move || drop(sink))).is_err()
+        {
+            error!(peer = %self.peer, "message sink panicked while being dropped");
+        }
+    }
+
+    async fn end_of_message(&mut self) -> Result<(), CloseReason> {
+        let decided = self.decide().await?;
+        let replies = match decided {
+            Ok(answer) => match self.session.answer_eom(answer) {
+                Ok(r) => r,
+                Err(e) => {
+                    error!(peer = %self.peer, reason = %e,
+                        "handler's answer cannot be sent; answering 451 4.3.0");
+                    self.tempfail()?
+                }
+            },
+            Err(reason) => {
+                error!(peer = %self.peer, %reason, "end of message failed; answering 451 4.3.0");
+                self.tempfail()?
+            }
+        };
+        self.doomed = None;
+        for r in &replies {
+            r.encode(&mut self.out);
+        }
+        debug!(peer = %self.peer, packets = replies.len(), "end-of-message answered");
+        self.flush().await
+    }
+
+    fn tempfail(&mut self) -> Result<Vec<Reply>, CloseReason> {
+        self.session
+            .tempfail_eom(TEMPFAIL_REASON)
+            .map_err(|e| format!("internal: cannot answer end-of-message: {e}"))
+    }
+
+    /// Run the handler for the current message. The outer error closes the connection (a
+    /// write failed while sending PROGRESS); the inner one answers 451.
+    async fn decide(&mut self) -> Result<Result<Vec<Reply>, String>, CloseReason> {
+        if let Some(reason) = self.doomed.take() {
+            return Ok(Err(reason));
+        }
+        let Some(mut sink) = self.sink.take() else {
+            return Ok(Err("end of message without a message".into()));
+        };
+        let macros = self.session.macros();
+        match catch_unwind(AssertUnwindSafe(|| sink.macros(&macros))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Ok(Err(format!("message sink macros failed: {e}"))),
+            Err(_) => return Ok(Err("message sink macros panicked".into())),
+        }
+        let handler = Arc::clone(&self.handler);
+        let facts = self.session.facts().clone();
+        let mut task = tokio::spawn(async move {
+            let outcome = handler
+                .end_of_message(&facts, sink)
+                .await
+                .map_err(|e| format!("handler failed: {e}"))?;
+            outcome_to_replies(outcome).await
+        });
+        let eom_timeout = self.config.eom_timeout;
+        let deadline = Instant::now() + eom_timeout;
+        let every = self.config.progress_interval;
+        let mut next_progress = Instant::now() + every;
+        loop {
+            tokio::select! {
+                joined = &mut task => {
+                    return Ok(match joined {
+                        Ok(r) => r,
+                        Err(e) if e.is_panic() => Err("handler panicked in end_of_message".into()),
+                        Err(e) => Err(format!("handler task failed: {e}")),
+                    });
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    task.abort();
+                    return Ok(Err(format!("end_of_message took longer than {eom_timeout:?}")));
+                }
+                _ = tokio::time::sleep_until(next_progress), if !every.is_zero() => {
+                    next_progress += every;
+                    if let Some(p) = self.session.progress() {
+                        trace!(peer = %self.peer, "sending progress");
+                        p.encode(&mut self.out);
+                        self.flush().await?;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), CloseReason> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let t = self.config.read_timeout;
+        match timeout(t, self.stream.write_all(&self.out)).await {
+            Err(_) => return Err(format!("write to the MTA blocked for {t:?}")),
+            Ok(Err(e)) => return Err(format!("write error: {e}")),
+            Ok(Ok(())) => {}
+        }
+        self.out.clear();
+        match timeout(t, self.stream.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("write error: {e}")),
+            Err(_) => Err(format!("write to the MTA blocked for {t:?}")),
+        }
+    }
+}
+
+fn to_vecs(args: &[Bytes]) -> Vec<Vec<u8>> {
+    args.iter().map(|a| a.to_vec()).collect()
+}
+
+/// Turn the handler's outcome into replies: modifications in order, then the verdict.
+/// Reads a file body in a blocking task, in REPLBODY-sized chunks.
+async fn outcome_to_replies(outcome: Outcome) -> Result<Vec<Reply>, String> {
+    let mut out = Vec::with_capacity(outcome.modifications.len() + 1);
+    for m in outcome.modifications {
+        match m {
+            Modification::AddHeader { name, value } => out.push(Reply::AddHeader {
+                name: name.into(),
+                value: value.into(),
+            }),
+            Modification::InsertHeader { index, name, value } => out.push(Reply::InsertHeader {
+                index,
+                name: name.into(),
+                value: value.into(),
+            }),
+            Modification::ChangeHeader { index, name, value } => out.push(Reply::ChangeHeader {
+                index,
+                name: name.into(),
+                value: value.into(),
+            }),
+            Modification::ReplaceBody(NewBody::Bytes(b)) => out.extend(reply::replbody_chunks(&b)),
+            Modification::ReplaceBody(NewBody::File(f)) => {
+                let chunks = tokio::task::spawn_blocking(move || read_chunks(f))
+                    .await
+                    .map_err(|e| format!("reading the new body failed: {e}"))?
+                    .map_err(|e| format!("reading the new body failed: {e}"))?;
+                out.extend(chunks);
+            }
+            Modification::AddRecipient { recipient } => out.push(Reply::AddRcpt(recipient.into())),
+            Modification::AddRecipientWithArgs { recipient, args } => out.push(Reply::AddRcptPar {
+                recipient: recipient.into(),
+                args: args.into(),
+            }),
+            Modification::DeleteRecipient { recipient } => {
+                out.push(Reply::DelRcpt(recipient.into()))
+            }
+            Modification::ChangeSender { sender, args } => out.push(Reply::ChangeFrom {
+                sender: sender.into(),
+                args: args.map(Bytes::from),
+            }),
+            Modification::Quarantine { reason } => out.push(Reply::Quarantine(reason.into())),
+        }
+    }
+    out.push(verdict_reply(outcome.verdict)?);
+    Ok(out)
+}
+
+fn verdict_reply(v: Verdict) -> Result<Reply, String> {
+    let text = |r: SmtpReply, class: u16| -> Result<Reply, String> {
+        if r.code / 100 != class {
+            return Err(format!(
+                "reply code {} does not fit the verdict (expected {class}xx)",
+                r.code
+            ));
+        }
+        reply::reply_text(r.code, r.enhanced.as_deref(), &r.lines)
+            .map(Reply::ReplyCode)
+            .map_err(|e| format!("invalid reply text: {e}"))
+    };
+    match v {
+        Verdict::Continue => Ok(Reply::Continue),
+        Verdict::Discard => Ok(Reply::Discard),
+        Verdict::Reject(None) => Ok(Reply::Reject),
+        Verdict::Tempfail(None) => Ok(Reply::Tempfail),
+        Verdict::Reject(Some(r)) => text(r, 5),
+        Verdict::Tempfail(Some(r)) => text(r, 4),
+    }
+}
+
+fn read_chunks(mut f: std::fs::File) -> io::Result<Vec<Reply>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    loop {
+        let mut buf = vec![0u8; MAX_BODY_CHUNK];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match f.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        let done = filled < MAX_BODY_CHUNK;
+        if filled > 0 || out.is_empty() {
+            out.push(Reply::ReplaceBody(Bytes::from(buf)));
+        }
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_map_to_replies() {
+        assert_eq!(verdict_reply(Verdict::Continue), Ok(Reply::Continue));
+        assert_eq!(verdict_reply(Verdict::Reject(None)), Ok(Reply::Reject));
+        let r = SmtpReply {
+            code: 550,
+            enhanced: Some("5.7.1".into()),
+            lines: vec!["no".into()],
+        };
+        assert_eq!(
+            verdict_reply(Verdict::Reject(Some(r.clone()))),
+            Ok(Reply::ReplyCode(Bytes::from_static(b"550 5.7.1 no")))
+        );
+        assert!(verdict_reply(Verdict::Tempfail(Some(r))).is_err());
+    }
+
+    #[test]
+    fn file_bodies_are_chunked() {
+        use std::io::{Seek, Write};
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&vec![b'z'; MAX_BODY_CHUNK + 5]).unwrap();
+        f.rewind().unwrap();
+        let chunks = read_chunks(f).unwrap();
+        assert_eq!(chunks.len(), 2);
+        let f = tempfile::tempfile().unwrap();
+        assert_eq!(
+            read_chunks(f).unwrap(),
+            vec![Reply::ReplaceBody(Bytes::new())]
+        );
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&vec![b'z'; MAX_BODY_CHUNK]).unwrap();
+        f.rewind().unwrap();
+        assert_eq!(read_chunks(f).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,142 @@
+//! The macro table of one milter connection, filed by stage (protocol notes §6).
+//!
+//! A `D` packet names the command it precedes (`C H M R T L N B E U`) and replaces that
+//! stage's set, as libmilter does. Connection-scoped stages (CONNECT `C`, HELO `H`, UNKNOWN
+//! `U`) live until the SMTP session ends; message-scoped stages (MAIL `M` through EOM `E`) are
+//! dropped on ABORT and when a new transaction starts. Unknown stage bytes are kept in the
+//! message scope rather than refused (pitfall 3). Pure; no I/O.
+
+use bytes::Bytes;
+
+use super::handler::Macros;
+
+/// Order in which stages are flattened: later ones override earlier ones.
+const ORDER: &[u8] = b"CHUMRTLNBE";
+
+/// Macro sets by stage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MacroTable {
+    connection: Vec<(u8, Vec<(Bytes, Bytes)>)>,
+    message: Vec<(u8, Vec<(Bytes, Bytes)>)>,
+}
+
+/// Cap on distinct stages kept per scope; a hostile MTA cycling through all 256 stage bytes
+/// gains nothing.
+const MAX_STAGES: usize = 32;
+
+impl MacroTable {
+    /// Is this stage connection-scoped?
+    pub fn is_connection_stage(stage: u8) -> bool {
+        matches!(stage, b'C' | b'H' | b'U')
+    }
+
+    /// Store the set for one stage, replacing any earlier set for it. A MAIL-stage set also
+    /// starts a new message scope: it arrives before the MAIL command of a new transaction.
+    pub fn set(&mut self, stage: u8, pairs: Vec<(Bytes, Bytes)>) {
+        if stage == b'M' {
+            self.message.clear();
+        }
+        let scope = if Self::is_connection_stage(stage) {
+            &mut self.connection
+        } else {
+            &mut self.message
+        };
+        if let Some(slot) = scope.iter_mut().find(|(s, _)| *s == stage) {
+            slot.1 = pairs;
+        } else if scope.len() < MAX_STAGES {
+            scope.push((stage, pairs));
+        }
+    }
+
+    /// The set sent for one stage, if any.
+    pub fn stage(&self, stage: u8) -> Option<&[(Bytes, Bytes)]> {
+        self.connection
+            .iter()
+            .chain(self.message.iter())
+            .find(|(s, _)| *s == stage)
+            .map(|(_, p)| p.as_slice())
+    }
+
+    /// Forget message-scoped sets (ABORT).
+    pub fn clear_message(&mut self) {
+        self.message.clear();
+    }
+
+    /// Forget message-scoped sets except MAIL's (a MAIL command: its `D 'M'` just arrived).
+    pub fn start_message(&mut self) {
+        self.message.retain(|(s, _)| *s == b'M');
+    }
+
+    /// Forget everything (QUIT_NC: a new SMTP session follows).
+    pub fn clear_all(&mut self) {
+        self.connection.clear();
+        self.message.clear();
+    }
+
+    /// One flat view, later stages overriding earlier ones.
+    pub fn flatten(&self) -> Macros {
+        let mut out = Macros::default();
+        let mut stages: Vec<&(u8, Vec<(Bytes, Bytes)>)> =
+            self.connection.iter().chain(self.message.iter()).collect();
+        stages.sort_by_key(|(s, _)| ORDER.iter().position(|o| o == s).unwrap_or(ORDER.len()));
+        for (_, pairs) in stages {
+            for (n, v) in pairs {
+                out.set(n, v);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(n: &str, v: &str) -> (Bytes, Bytes) {
+        (
+            Bytes::copy_from_slice(n.as_bytes()),
+            Bytes::copy_from_slice(v.as_bytes()),
+        )
+    }
+
+    #[test]
+    fn scopes_and_overrides() {
+        let mut t = MacroTable::default();
+        t.set(b'C', vec![p("j", "mx"), p("{daemon_name}", "in")]);
+        t.set(b'M', vec![p("{mail_addr}", "a@b")]);
+        t.set(b'E', vec![p("i", "ABC"), p("{daemon_name}", "out")]);
+        t.start_message(); // MAIL command after its D'M'
+        assert!(t.stage(b'M').is_some());
+        assert!(t.stage(b'E').is_none());
+        t.set(b'E', vec![p("i", "ABC"), p("{daemon_name}", "out")]);
+        let m = t.flatten();
+        assert_eq!(m.get("daemon_name"), Some(&b"out"[..]));
+        assert_eq!(m.get("i"), Some(&b"ABC"[..]));
+        assert_eq!(m.get("mail_addr"), Some(&b"a@b"[..]));
+        t.clear_message();
+        let m = t.flatten();
+        assert_eq!(m.get("daemon_name"), Some(&b"in"[..]));
+        assert_eq!(m.get("mail_addr"), None);
+        t.clear_all();
+        assert_eq!(t.flatten(), Macros::default());
+    }
+
+    #[test]
+    fn new_mail_macros_drop_the_old_message() {
+        let mut t = MacroTable::default();
+        t.set(b'R', vec![p("{rcpt_addr}", "x")]);
+        t.set(b'M', vec![p("{mail_addr}", "y")]);
+        assert!(t.stage(b'R').is_none());
+        assert!(t.stage(b'M').is_some());
+    }
+
+    #[test]
+    fn unknown_stages_are_tolerated_and_bounded() {
+        let mut t = MacroTable::default();
+        for s in 0..=255u8 {
+            t.set(s, vec![p("x", "y")]);
+        }
+        assert!(t.message.len() <= MAX_STAGES);
+        assert_eq!(t.flatten().get("x"), Some(&b"y"[..]));
+    }
+}
