@@ -7,11 +7,15 @@
 
 /// Daemon settings (listen, limits, timeouts, logging) — not policy.
 pub mod config;
+/// Read-only facts about a message: markings, forward evidence (MIME facts: `inspect::mime`).
+pub mod inspect;
 /// Prometheus/OpenMetrics metrics and the loopback `GET /metrics` endpoint.
 pub mod metrics;
 /// The milter protocol engine (no labels, no policy).
 pub mod milter;
 /// systemd readiness/reload/stop notifications over `$NOTIFY_SOCKET`.
 pub mod notify;
+/// The TOML policy, label grammars and `decide()`.
+pub mod policy;
 /// One message: envelope, headers in order, body (spilled to disk when large).
 pub mod transaction;
