@@ -17,5 +17,7 @@ pub mod milter;
 pub mod notify;
 /// The TOML policy, label grammars and `decide()`.
 pub mod policy;
+/// SIGHUP: rebuild config and policy, swap atomically, keep the old ones on error.
+pub mod reload;
 /// One message: envelope, headers in order, body (spilled to disk when large).
 pub mod transaction;
