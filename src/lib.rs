@@ -5,8 +5,12 @@
 //! audit before the milter layer sends the edits and the final answer.
 #![forbid(unsafe_code)]
 
+/// The command line (`markgate run`, `markgate version`) and exit codes.
+pub mod cli;
 /// Daemon settings (listen, limits, timeouts, logging) — not policy.
 pub mod config;
+/// The production milter handler (glue between the milter layer and the decision pipeline).
+pub mod filter;
 /// Read-only facts about a message: markings, forward evidence (MIME facts: `inspect::mime`).
 pub mod inspect;
 /// Prometheus/OpenMetrics metrics and the loopback `GET /metrics` endpoint.
@@ -19,5 +23,7 @@ pub mod notify;
 pub mod policy;
 /// SIGHUP: rebuild config and policy, swap atomically, keep the old ones on error.
 pub mod reload;
+/// Logging setup and what each log level is for.
+pub mod telemetry;
 /// One message: envelope, headers in order, body (spilled to disk when large).
 pub mod transaction;

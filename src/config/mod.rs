@@ -23,6 +23,7 @@ use serde::Deserialize;
 
 pub use error::{ConfigError, Located};
 
+use crate::milter::{ListenSpec, ServerConfig};
 use crate::transaction::{DEFAULT_SPILL_THRESHOLD, SpillPolicy};
 
 /// Where `markgate run` listens when nothing else is configured: loopback only, so a first start
@@ -35,9 +36,9 @@ pub const BUILT_IN: &str = "<built-in>";
 /// The checked daemon configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// The listen spec as written (`inet:127.0.0.1:8895`, `unix:/path`, `inet:8895@127.0.0.1`,
+    /// Where to listen (written `inet:127.0.0.1:8895`, `unix:/path`, `inet:8895@127.0.0.1`,
     /// `local:/path`, `inet6:…`).
-    pub listen: String,
+    pub listen: ListenSpec,
     /// The policy file; `None` means the built-in default policy.
     pub policy: Option<PathBuf>,
     pub socket: Socket,
@@ -77,7 +78,8 @@ pub struct Timeouts {
     pub read: Duration,
     /// Longest time the filter may take to decide a message before it is tempfailed.
     pub eom: Duration,
-    /// While the filter works, how often to tell the MTA we are still alive (SMFIR_PROGRESS).
+    /// While the filter works, how often to tell the MTA we are still alive (SMFIR_PROGRESS);
+    /// zero sends none.
     pub progress: Duration,
     /// On SIGTERM/SIGINT, how long in-flight messages may take to finish.
     pub shutdown_grace: Duration,
@@ -115,27 +117,38 @@ pub enum LogFormat {
 /// the command byte).
 pub const MIN_FRAME_SIZE: usize = 65536;
 
+/// The built-in listen address, parsed.
+fn default_listen() -> ListenSpec {
+    ListenSpec::Tcp {
+        host: "127.0.0.1".into(),
+        port: 8895,
+    }
+}
+
 impl Default for Config {
+    /// The protocol engine's own defaults (see `milter::ServerConfig`, which explains each) plus
+    /// markgate's: listen on loopback, built-in policy, 1 MiB spill threshold, `info` text logs.
     fn default() -> Self {
+        let server = ServerConfig::default();
         Config {
-            listen: DEFAULT_LISTEN.to_string(),
+            listen: default_listen(),
             policy: None,
             socket: Socket {
-                mode: 0o660,
-                owner: None,
-                group: None,
+                mode: server.socket_mode,
+                owner: server.socket_owner,
+                group: server.socket_group,
             },
             limits: Limits {
-                max_frame_size: 1024 * 1024,
-                max_connections: 1000,
+                max_frame_size: server.max_frame_size,
+                max_connections: server.max_connections,
                 spill_threshold: DEFAULT_SPILL_THRESHOLD,
                 spill_directory: None,
             },
             timeouts: Timeouts {
-                read: Duration::from_secs(7210),
-                eom: Duration::from_secs(60),
-                progress: Duration::from_secs(10),
-                shutdown_grace: Duration::from_secs(30),
+                read: server.read_timeout,
+                eom: server.eom_timeout,
+                progress: server.progress_interval,
+                shutdown_grace: server.shutdown_grace,
             },
             logging: Logging {
                 level: LogLevel::Info,
@@ -162,6 +175,21 @@ impl Config {
         })?;
         raw.check(Config::default())
             .map_err(|(span, message)| ConfigError::at(file, text, Some(span), message))
+    }
+
+    /// The protocol engine's settings.
+    pub fn server_config(&self) -> ServerConfig {
+        ServerConfig {
+            max_frame_size: self.limits.max_frame_size,
+            max_connections: self.limits.max_connections,
+            read_timeout: self.timeouts.read,
+            eom_timeout: self.timeouts.eom,
+            progress_interval: self.timeouts.progress,
+            shutdown_grace: self.timeouts.shutdown_grace,
+            socket_mode: self.socket.mode,
+            socket_owner: self.socket.owner.clone(),
+            socket_group: self.socket.group.clone(),
+        }
     }
 
     /// How message bodies are stored (for `Transaction::new`).

@@ -9,6 +9,7 @@ use toml::Spanned;
 
 use super::units::{ByteSize, HumanDuration, OctalMode};
 use super::{Config, LogFormat, LogLevel, MIN_FRAME_SIZE};
+use crate::milter::ListenSpec;
 
 /// A failed check: where, and what was found / expected.
 pub(super) type CheckError = (Range<usize>, String);
@@ -110,7 +111,9 @@ impl RawConfig {
     pub(super) fn check(self, default: Config) -> Result<Config, CheckError> {
         let mut c = default;
         if let Some(v) = self.listen {
-            c.listen = non_empty(v, "a listen spec such as \"inet:127.0.0.1:8895\"")?;
+            let span = v.span();
+            let text = non_empty(v, "a listen spec such as \"inet:127.0.0.1:8895\"")?;
+            c.listen = ListenSpec::parse(&text).map_err(|e| (span, e.to_string()))?;
         }
         if let Some(v) = self.policy {
             c.policy = Some(PathBuf::from(non_empty(v, "the path of a policy file")?));
@@ -160,13 +163,16 @@ impl RawConfig {
         let eom_span = t.eom.as_ref().map(|v| v.span());
         c.timeouts.eom = positive(t.eom, c.timeouts.eom, "eom")?;
         let progress_span = t.progress.as_ref().map(|v| v.span());
-        c.timeouts.progress = positive(t.progress, c.timeouts.progress, "progress")?;
+        // Zero is allowed here: it turns PROGRESS off.
+        if let Some(v) = t.progress {
+            c.timeouts.progress = v.into_inner().0;
+        }
         c.timeouts.shutdown_grace = positive(
             t.shutdown_grace,
             c.timeouts.shutdown_grace,
             "shutdown_grace",
         )?;
-        if c.timeouts.progress >= c.timeouts.eom {
+        if !c.timeouts.progress.is_zero() && c.timeouts.progress >= c.timeouts.eom {
             // A progress interval at or above the deadline would never be sent: the MTA's own
             // timer (Sendmail R=, Postfix milter_content_timeout) is what it exists to reset.
             let span = progress_span.or(eom_span).unwrap_or(0..0);

@@ -30,7 +30,11 @@ fn assert_err(text: &str, line: usize, column: usize, fragments: &[&str]) {
 #[test]
 fn empty_file_is_the_built_in_default() {
     assert_eq!(Config::parse("", "x").unwrap(), Config::default());
-    assert_eq!(Config::default().listen, "inet:127.0.0.1:8895");
+    assert_eq!(Config::default().listen.to_string(), DEFAULT_LISTEN);
+    assert_eq!(
+        crate::milter::ListenSpec::parse(DEFAULT_LISTEN).unwrap(),
+        Config::default().listen
+    );
 }
 
 #[test]
@@ -114,7 +118,10 @@ format = "json"
         "t",
     )
     .unwrap();
-    assert_eq!(c.listen, "unix:/run/markgate/markgate.sock");
+    assert_eq!(
+        c.listen,
+        crate::milter::ListenSpec::Unix(PathBuf::from("/run/markgate/markgate.sock"))
+    );
     assert_eq!(
         c.policy,
         Some(PathBuf::from("/etc/markgate/policies/local.toml"))
@@ -305,4 +312,62 @@ fn missing_file_names_the_file() {
     let e = Config::load(std::path::Path::new("/nonexistent/markgate.toml")).unwrap_err();
     assert!(matches!(e, ConfigError::Read { .. }));
     assert!(e.to_string().contains("/nonexistent/markgate.toml"), "{e}");
+}
+
+#[test]
+fn sendmail_style_listen_spec_is_accepted() {
+    let c = Config::parse("listen = \"inet:10027@127.0.0.1\"\n", "t").unwrap();
+    assert_eq!(c.listen.to_string(), "inet:127.0.0.1:10027");
+}
+
+#[test]
+fn bad_listen_spec_points_at_the_value() {
+    assert_err(
+        "\nlisten = \"tcp:127.0.0.1:25\"\n",
+        2,
+        10,
+        &["unknown type \"tcp\"", "expected inet:HOST:PORT"],
+    );
+    assert_err(
+        "listen = \"inet:127.0.0.1:99999\"\n",
+        1,
+        10,
+        &["port \"99999\""],
+    );
+}
+
+#[test]
+fn zero_progress_turns_progress_off() {
+    let c = Config::parse("[timeouts]\nprogress = \"0s\"\n", "t").unwrap();
+    assert!(c.timeouts.progress.is_zero());
+    assert!(c.server_config().progress_interval.is_zero());
+}
+
+#[test]
+fn server_config_carries_every_setting() {
+    let c = Config::parse(
+        "[socket]\nmode = \"0600\"\ngroup = \"postfix\"\n[limits]\nmax_frame_size = \"128KiB\"\n\
+         max_connections = 7\n[timeouts]\nread = \"1m\"\neom = \"20s\"\nprogress = \"2s\"\n\
+         shutdown_grace = \"3s\"\n",
+        "t",
+    )
+    .unwrap();
+    let s = c.server_config();
+    assert_eq!(s.socket_mode, 0o600);
+    assert_eq!(s.socket_owner, None);
+    assert_eq!(s.socket_group.as_deref(), Some("postfix"));
+    assert_eq!(s.max_frame_size, 128 * 1024);
+    assert_eq!(s.max_connections, 7);
+    assert_eq!(s.read_timeout, Duration::from_secs(60));
+    assert_eq!(s.eom_timeout, Duration::from_secs(20));
+    assert_eq!(s.progress_interval, Duration::from_secs(2));
+    assert_eq!(s.shutdown_grace, Duration::from_secs(3));
+}
+
+#[test]
+fn defaults_are_the_protocol_engines() {
+    assert_eq!(
+        Config::default().server_config(),
+        crate::milter::ServerConfig::default()
+    );
 }

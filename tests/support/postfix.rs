@@ -250,10 +250,62 @@ impl Delivered {
             .collect()
     }
 
+    /// The queue id Postfix gave the message, from its own `Received:` header
+    /// (`by testbed.localdomain (Postfix) with ESMTP id 4F3A21C0B1`).
+    pub fn queue_id(&self) -> Option<String> {
+        let received = self.header("Received")?;
+        let after = received.split(" id ").nth(1)?;
+        after
+            .split([';', ' ', '\n', '\t'])
+            .next()
+            .map(str::to_string)
+    }
+
     /// The first value of a header.
     pub fn header(&self, name: &str) -> Option<String> {
         self.header_values(name).into_iter().next()
     }
+}
+
+/// Parse a header block (CRLF or LF line ends) into (name, value) pairs in order; folded lines
+/// are kept as `\n` followed by the continuation line; the single space after the colon is
+/// dropped.
+pub fn parse_headers(head: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(head);
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if line.starts_with(' ') || line.starts_with('\t') {
+            if let Some(last) = out.last_mut() {
+                last.1.push('\n');
+                last.1.push_str(line);
+            }
+        } else if let Some((name, value)) = line.split_once(':') {
+            out.push((
+                name.to_string(),
+                value.strip_prefix(' ').unwrap_or(value).to_string(),
+            ));
+        }
+    }
+    out
+}
+
+/// CRLF → LF, which is what smtp-sink writes for what was CRLF on the wire.
+pub fn crlf_to_lf(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut i = 0;
+    while i < data.len() {
+        if data[i] == b'\r' && data.get(i + 1) == Some(&b'\n') {
+            i += 1;
+            continue;
+        }
+        out.push(data[i]);
+        i += 1;
+    }
+    out
 }
 
 impl Postfix {
@@ -309,7 +361,7 @@ impl Postfix {
         let out = Command::new(peers::tool("swaks"))
             .arg("--server")
             .arg(format!("127.0.0.1:{}", self.smtp_port))
-            .args(["--timeout", "60"])
+            .args(["--timeout", "60", "--suppress-data"])
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -322,18 +374,38 @@ impl Postfix {
         }
     }
 
-    /// Send an exact message (`data`: headers, empty line, body; CRLF or LF) with swaks
-    /// `--data`, to the given recipients.
+    /// Send an exact message (`data`: headers, empty line, body; CRLF or LF, ending with a line
+    /// break) with swaks `--data`, to the given recipients.
     pub fn send_data(&self, from: &str, to: &[&str], data: &[u8]) -> SwaksResult {
+        self.send_data_with(from, to, data, &[])
+    }
+
+    /// [`Postfix::send_data`] with more swaks options (e.g. `--xclient`).
+    pub fn send_data_with(
+        &self,
+        from: &str,
+        to: &[&str],
+        data: &[u8],
+        extra: &[&str],
+    ) -> SwaksResult {
         let n = self
             .sends
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
         let file = self.root.join("outgoing").join(format!("msg-{n}.eml"));
-        fs::write(&file, data).expect("write outgoing message");
+        // swaks ends the data with CRLF "." CRLF even when the data already ends with a line
+        // break, which would add an empty line to the body. Hand it the data without its final
+        // line break so that what goes on the wire is exactly `data`.
+        let trimmed = data
+            .strip_suffix(b"\r\n")
+            .or_else(|| data.strip_suffix(b"\n"))
+            .unwrap_or(data);
+        fs::write(&file, trimmed).expect("write outgoing message");
         let to = to.join(",");
-        let file = file.to_string_lossy().into_owned();
-        self.swaks(&["--from", from, "--to", &to, "--data", &file])
+        let file = format!("@{}", file.display());
+        let mut args = vec!["--from", from, "--to", &to, "--data", &file];
+        args.extend_from_slice(extra);
+        self.swaks(&args)
     }
 
     /// Submit a message locally with Postfix's `sendmail` (the pickup path, which only
@@ -448,7 +520,8 @@ impl Postfix {
     fn write_master_cf(&self) {
         // chroot off everywhere (column 5 = n): the instance lives outside the system's queue
         // directory. smtpd listens on loopback only. postlog lets Postfix write maillog_file
-        // without syslog.
+        // without syslog. pickup wakes every second (not 60 s) so locally submitted mail that a
+        // failing milter held back is retried quickly.
         let services = [
             (
                 format!("127.0.0.1:{}", self.smtp_port),
@@ -457,7 +530,7 @@ impl Postfix {
                 "-",
                 "smtpd",
             ),
-            ("pickup".into(), "unix", "n", "60 1", "pickup"),
+            ("pickup".into(), "unix", "n", "1 1", "pickup"),
             ("cleanup".into(), "unix", "n", "- 0", "cleanup"),
             ("qmgr".into(), "unix", "n", "300 1", "qmgr"),
             ("rewrite".into(), "unix", "-", "-", "trivial-rewrite"),
