@@ -588,6 +588,7 @@ fn decide_is_total() {
                 form: SubjectForm::Prefix,
             },
             raw: "x".into(),
+            #[allow(clippy::reversed_empty_ranges)]
             range: Some(50..2),
             remove_range: Some(3..1000),
             status: MarkingStatus::Valid,
