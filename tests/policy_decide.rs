@@ -522,6 +522,9 @@ fn epms_outbound() {
     // Malformed (ASD Blueprint issue #29 spelling).
     let f = facts(&p, &[("Subject", "x [SEC=OFFICIAL-Sensitive]")]);
     let d = decide(&p, &f, &out(me, &["dave@department.gov.au"]));
+    assert_eq!(rejected_by(&d).map(|r| r.0), Some("EPMS-MALFORMED"));
+    let f = facts(&p, &[("Subject", "x [SEC=D04FB6C2]")]);
+    let d = decide(&p, &f, &out(me, &["dave@department.gov.au"]));
     assert_eq!(rejected_by(&d).map(|r| r.0), Some("EPMS-UNKNOWN"));
     let f = facts(
         &p,
