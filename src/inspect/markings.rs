@@ -252,7 +252,11 @@ fn epms_found(
             .as_deref()
             .and_then(|s| policy.scheme.vocab.level_exact(s))
     };
+    // A near-miss of a real classification (`OFFICIAL-Sensitive`) is a malformed marking; a
+    // value that resembles none (`D04FB6C2`) or a foreign namespace is unknown.
+    let near_miss = !foreign && m.sec.as_deref().and_then(au_epms::near_class).is_some();
     let status = match level {
+        None if near_miss => MarkingStatus::Malformed,
         None if foreign || m.sec.is_some() => MarkingStatus::Unknown,
         None => MarkingStatus::Malformed,
         Some(_) if rejected_codes.is_empty() => MarkingStatus::Valid,
@@ -283,4 +287,33 @@ fn epms_found(
         diagnostics: m.diagnostics,
         rejected_codes,
     }
+}
+
+/// The header block of a raw message (up to the first empty line) as (name, raw value) pairs,
+/// folding kept as bare LF like the milter layer delivers it. For `markgate policy test` and
+/// tests; the daemon gets its headers from the transaction.
+pub fn header_fields(raw: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for line in raw.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break;
+        }
+        if matches!(line.first(), Some(b' ' | b'\t')) {
+            if let Some(last) = out.last_mut() {
+                last.1.push(b'\n');
+                last.1.extend_from_slice(line);
+            }
+            continue;
+        }
+        if let Some(colon) = line.iter().position(|&b| b == b':') {
+            let name = line[..colon].to_vec();
+            let mut value = &line[colon + 1..];
+            if let Some(rest) = value.strip_prefix(b" ") {
+                value = rest;
+            }
+            out.push((name, value.to_vec()));
+        }
+    }
+    out
 }

@@ -238,11 +238,11 @@ impl<'a> Compiler<'a> {
             let Some(lname) = lname else { continue };
             let idx = vocab.levels.len();
             for s in std::iter::once(&lname).chain(aliases.iter()) {
-                self.unique_spelling(&mut seen, s, &path, &format!("level {}", lname.get_ref()));
-            }
-            self.level_names.push((lname.get_ref().clone(), idx));
-            for a in &aliases {
-                self.level_names.push((a.get_ref().clone(), idx));
+                // Only unique spellings become names other keys may refer to.
+                if self.unique_spelling(&mut seen, s, &path, &format!("level {}", lname.get_ref()))
+                {
+                    self.level_names.push((s.get_ref().clone(), idx));
+                }
             }
             vocab.levels.push(VocabLevel {
                 name: lname.into_inner(),
@@ -294,7 +294,7 @@ impl<'a> Compiler<'a> {
             });
             let Some(qname) = qname else { continue };
             for s in std::iter::once(&qname).chain(aliases.iter()) {
-                self.unique_spelling(
+                let _ = self.unique_spelling(
                     &mut seen,
                     s,
                     &path,
@@ -344,7 +344,7 @@ impl<'a> Compiler<'a> {
         s: &Spanned<String>,
         path: &str,
         what: &str,
-    ) {
+    ) -> bool {
         let text = s.get_ref();
         if text.trim().is_empty()
             || text != text.trim()
@@ -356,7 +356,7 @@ impl<'a> Compiler<'a> {
                 format!("`{text}`"),
                 "printable ASCII text without leading or trailing spaces".into(),
             );
-            return;
+            return false;
         }
         let key = text.to_ascii_uppercase();
         let line = self.line_of(&s.span());
@@ -364,8 +364,10 @@ impl<'a> Compiler<'a> {
             let found =
                 format!("`{text}` for {what}, already used by {other} on line {other_line}");
             self.err(s.span(), path, found, "each level, alias and qualifier spelled differently (case is ignored when reading)".into());
+            false
         } else {
             seen.insert(key, (what.to_owned(), line));
+            true
         }
     }
 
@@ -788,6 +790,7 @@ impl<'a> Compiler<'a> {
         let span = t.span();
         t.finish(&["threshold", "signal"], &mut p);
         self.problems = p;
+        let threshold_span = threshold.as_ref().map_or(span.clone(), |t| t.span());
         let threshold = match threshold {
             None => 100,
             Some(th) if *th.get_ref() >= 1 && *th.get_ref() <= 1_000_000 => *th.get_ref() as u32,
@@ -873,7 +876,7 @@ impl<'a> Compiler<'a> {
         let total: u64 = out.iter().map(|s| u64::from(s.weight)).sum();
         if !out.is_empty() && total < u64::from(threshold) {
             self.err(
-                span,
+                threshold_span,
                 "forward",
                 format!("signal weights adding up to {total}"),
                 format!("a threshold ({threshold}) that the signals can reach"),

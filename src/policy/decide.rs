@@ -187,7 +187,9 @@ pub struct Decision {
     pub effective: Effective,
     /// Every rule that fired, in evaluation order.
     pub hits: Vec<RuleHit>,
-    /// One entry per envelope recipient, in order. In shadow mode all `deliver`.
+    /// One entry per envelope recipient, in order. In shadow mode all `deliver`. `delivery`
+    /// only matters when the verdict lets the message through (accept, quarantine); a rejected
+    /// message reaches no one whatever each entry says.
     pub recipients: Vec<RecipientOutcome>,
     /// What to answer. In shadow mode always `accept`.
     pub verdict: Verdict,

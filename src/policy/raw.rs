@@ -62,13 +62,114 @@ impl Value {
 
 impl<'de> Deserialize<'de> for Node {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let spanned = Spanned::<Value>::deserialize(deserializer)?;
-        let span = spanned.span();
+        // Ask for the spanned form. toml answers with a (start, end, value) map when it knows
+        // the span; for tables it created implicitly (`[[forward.signal]]` without
+        // `[forward]`) it hands over the table itself, which `NodeVisitor` also accepts.
+        deserializer.deserialize_struct(SPANNED_NAME, SPANNED_FIELDS, NodeVisitor)
+    }
+}
+
+struct NodeVisitor;
+
+impl<'de> Visitor<'de> for NodeVisitor {
+    type Value = Node;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a TOML value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Node, E> {
+        unspanned(ValueVisitor.visit_bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Node, E> {
+        unspanned(ValueVisitor.visit_i64(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node, E> {
+        unspanned(ValueVisitor.visit_u64(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
+        unspanned(ValueVisitor.visit_f64(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Node, E> {
+        unspanned(ValueVisitor.visit_str(v))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Node, E> {
+        unspanned(ValueVisitor.visit_string(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Node, A::Error> {
+        unspanned(ValueVisitor.visit_seq(seq))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
+        let Some(first) = map.next_key::<KeySeedOut>()? else {
+            return Ok(Node {
+                span: 0..0,
+                value: Value::Table(Vec::new()),
+            });
+        };
+        if matches!(
+            first.name.as_str(),
+            SPANNED_START | SPANNED_END | SPANNED_VALUE
+        ) {
+            let (mut start, mut end, mut value) = (None, None, None);
+            let mut key = Some(first.name);
+            while let Some(k) = key {
+                match k.as_str() {
+                    SPANNED_START => start = Some(map.next_value::<usize>()?),
+                    SPANNED_END => end = Some(map.next_value::<usize>()?),
+                    SPANNED_VALUE => value = Some(map.next_value::<Value>()?),
+                    _ => return Err(de::Error::custom("unexpected field in a spanned value")),
+                }
+                key = map.next_key::<String>()?;
+            }
+            let value = value.ok_or_else(|| de::Error::custom("spanned value without a value"))?;
+            let start = start.unwrap_or(0);
+            let end = end.unwrap_or(start).max(start);
+            return Ok(Node {
+                span: start..end,
+                value,
+            });
+        }
+        // A table without a span: read it like any table, starting with the key in hand.
+        if first.name == TOML_DATETIME_KEY {
+            let _: de::IgnoredAny = map.next_value()?;
+            return Ok(Node {
+                span: 0..0,
+                value: Value::Datetime,
+            });
+        }
+        let mut entries = vec![(
+            Key {
+                name: first.name,
+                span: first.span,
+            },
+            map.next_value::<Node>()?,
+        )];
+        read_entries(&mut map, &mut entries)?;
         Ok(Node {
-            span,
-            value: spanned.into_inner(),
+            span: 0..0,
+            value: Value::Table(entries),
         })
     }
+}
+
+fn unspanned<E>(v: Result<Value, E>) -> Result<Node, E> {
+    v.map(|value| Node { span: 0..0, value })
+}
+
+fn read_entries<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    entries: &mut Vec<(Key, Node)>,
+) -> Result<(), A::Error> {
+    while let Some(key) = map.next_key::<KeySeedOut>()? {
+        let node = map.next_value::<Node>()?;
+        entries.push((
+            Key {
+                name: key.name,
+                span: key.span,
+            },
+            node,
+        ));
+    }
+    Ok(())
 }
 
 impl<'de> Deserialize<'de> for Value {
@@ -117,20 +218,22 @@ impl<'de> Visitor<'de> for ValueVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut entries = Vec::new();
-        while let Some(key) = map.next_key::<KeySeedOut>()? {
-            if key.name == TOML_DATETIME_KEY {
-                let _: de::IgnoredAny = map.next_value()?;
-                return Ok(Value::Datetime);
-            }
-            let node = map.next_value::<Node>()?;
-            entries.push((
-                Key {
-                    name: key.name,
-                    span: key.span,
-                },
-                node,
-            ));
+        let Some(first) = map.next_key::<KeySeedOut>()? else {
+            return Ok(Value::Table(entries));
+        };
+        if first.name == TOML_DATETIME_KEY {
+            let _: de::IgnoredAny = map.next_value()?;
+            return Ok(Value::Datetime);
         }
+        let node = map.next_value::<Node>()?;
+        entries.push((
+            Key {
+                name: first.name,
+                span: first.span,
+            },
+            node,
+        ));
+        read_entries(&mut map, &mut entries)?;
         Ok(Value::Table(entries))
     }
 }

@@ -571,6 +571,23 @@ fn split_fields(text: &str, d: &mut Vec<Diagnostic>) -> Vec<Field> {
     fields
 }
 
+/// The 2024.1 classification a mistyped SEC value was probably meant to be
+/// (`OFFICIAL-Sensitive`, `OFFICIAL: Sensitive`, `official` → a class): ignoring case, spaces,
+/// hyphens and colons.
+pub fn near_class(value: &str) -> Option<Class> {
+    let squash = |s: &str| -> String {
+        s.chars()
+            .filter(|c| !matches!(c, ' ' | '-' | ':' | '_'))
+            .collect::<String>()
+            .to_ascii_uppercase()
+    };
+    let v = squash(value);
+    Class::ALL
+        .iter()
+        .find(|(t, _)| squash(t) == v)
+        .map(|(_, c)| *c)
+}
+
 fn sec_value_diag(value: &str, at: usize, d: &mut Vec<Diagnostic>) {
     if LEGACY.contains(&value) {
         d.push(Diagnostic::new(
