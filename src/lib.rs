@@ -13,6 +13,8 @@ pub mod config;
 pub mod filter;
 /// Read-only facts about a message: markings, forward evidence (MIME facts: `inspect::mime`).
 pub mod inspect;
+/// The markgate(8) manual page, generated from the CLI definition.
+pub mod manpage;
 /// Prometheus/OpenMetrics metrics and the loopback `GET /metrics` endpoint.
 pub mod metrics;
 /// The milter protocol engine (no labels, no policy).

@@ -622,7 +622,11 @@ mod tests {
         };
         assert_eq!(needs_restart, vec!["listen", "socket.mode"]);
         let live = r.current().snapshot();
-        assert_eq!(live.config.listen, "inet:127.0.0.1:9000", "listen kept");
+        assert_eq!(
+            live.config.listen.to_string(),
+            "inet:127.0.0.1:9000",
+            "listen kept"
+        );
         assert_eq!(live.config.socket.mode, 0o660, "mode kept");
         assert_eq!(
             live.config.limits.spill_threshold,
@@ -638,7 +642,9 @@ mod tests {
         f.write("policy.txt", "policy 1");
         let r = Reloader::start(
             Some(f.path("markgate.toml")),
-            Box::new(|c: &mut Config| c.listen = "unix:/tmp/cli.sock".into()),
+            Box::new(|c: &mut Config| {
+                c.listen = crate::milter::ListenSpec::parse("unix:/tmp/cli.sock").expect("spec")
+            }),
             TextPolicy,
             Box::new(NoObserver),
             None,
@@ -649,7 +655,10 @@ mod tests {
             panic!("must apply")
         };
         assert!(needs_restart.is_empty(), "{needs_restart:?}");
-        assert_eq!(r.current().snapshot().config.listen, "unix:/tmp/cli.sock");
+        assert_eq!(
+            r.current().snapshot().config.listen.to_string(),
+            "unix:/tmp/cli.sock"
+        );
     }
 
     #[test]
