@@ -60,6 +60,17 @@ enum Command {
     },
     /// Print the version and exit.
     Version,
+    /// Print the markgate(8) manual page (roff), generated from this command-line definition.
+    /// Used to keep packaging/man/markgate.8 in step with the CLI.
+    #[command(hide = true)]
+    Manpage,
+}
+
+/// The markgate(8) manual page in roff, generated from the clap definition (clap_mangen), so
+/// the page and the CLI cannot drift: `tests/manpages.rs` compares it with the committed copy.
+pub fn manpage() -> std::io::Result<Vec<u8>> {
+    use clap::CommandFactory;
+    crate::manpage::render(Cli::command())
 }
 
 /// A failure with the exit code it maps to.
@@ -98,6 +109,13 @@ pub fn main() -> ExitCode {
             Ok(())
         }
         Command::Run { config, listen } => run(config.as_deref(), listen),
+        Command::Manpage => manpage()
+            .and_then(|page| {
+                use std::io::Write as _;
+                std::io::stdout().write_all(&page)
+            })
+            .context("cannot write the manual page")
+            .map_err(runtime),
     };
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),
@@ -144,17 +162,46 @@ fn prepare(config_path: Option<&Path>, listen: Option<String>) -> Result<Config,
 fn run(config_path: Option<&Path>, listen: Option<String>) -> Result<(), Failure> {
     let config = prepare(config_path, listen)?;
     crate::telemetry::init(&config.logging).map_err(runtime)?;
+    // systemd readiness (Type=notify); a no-op when not started by systemd.
+    let notifier = Arc::new(crate::notify::Notifier::from_env().unwrap_or_else(|e| {
+        warn!(error = %e, "NOTIFY_SOCKET is unusable; systemd will not be told about readiness");
+        crate::notify::Notifier::disabled()
+    }));
+    // Load the policy now (refusing to start on any error in it) and keep config + policy in
+    // the reload cell; the command-line --listen is re-applied on every reload.
+    let listen_override = config.listen.clone();
+    let reloader = crate::reload::Reloader::start(
+        config_path.map(Path::to_path_buf),
+        Box::new(move |c: &mut Config| c.listen = listen_override.clone()),
+        crate::reload::PolicyFiles,
+        Box::new(crate::reload::NoObserver),
+        None,
+        Arc::clone(&notifier),
+    )
+    .map_err(usage)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
         .map_err(runtime)?;
-    rt.block_on(serve(config))
+    rt.block_on(serve(config, Arc::new(reloader), notifier))
 }
 
-async fn serve(config: Config) -> Result<(), Failure> {
+async fn serve(
+    config: Config,
+    reloader: Arc<crate::reload::Reloader<crate::reload::PolicyFiles>>,
+    notifier: Arc<crate::notify::Notifier>,
+) -> Result<(), Failure> {
     // Handlers first, so a signal that arrives while we bind is not lost.
     let shutdown = shutdown_signal().map_err(runtime)?;
+    let (signals_stop, signals_stopped) = tokio::sync::oneshot::channel::<()>();
+    let signals = tokio::spawn(crate::reload::handle_signals(
+        Arc::clone(&reloader),
+        NoAuditLog,
+        async move {
+            let _ = signals_stopped.await;
+        },
+    ));
     let server = Server::bind(&config.listen, config.server_config())
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))
@@ -180,10 +227,22 @@ async fn serve(config: Config) -> Result<(), Failure> {
 
     let filter = Arc::new(Filter::new(config.spill_policy()));
     let grace = config.timeouts.shutdown_grace;
+    let live = reloader.current().snapshot();
+    if let Err(e) = notifier.ready(&format!(
+        "listening on {address}; policy {}",
+        live.policy_digest.get(..12).unwrap_or(&live.policy_digest)
+    )) {
+        warn!(error = %e, "could not tell systemd that markgate is ready");
+    }
+    let stopping = Arc::clone(&notifier);
     server
         .run(filter, async move {
             let name = shutdown.await;
             info!(signal = name, grace = ?grace, "shutting down: no new connections, finishing messages in flight");
+            if let Err(e) = stopping.stopping(&format!("{name}: finishing messages in flight")) {
+                warn!(error = %e, "could not tell systemd that markgate is stopping");
+            }
+            let _ = signals_stop.send(());
         })
         .await
         .context("milter server failed")
@@ -191,8 +250,23 @@ async fn serve(config: Config) -> Result<(), Failure> {
             error!("{e:#}");
             runtime(e)
         })?;
+    match signals.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "SIGHUP/SIGUSR1 handling could not be set up"),
+        Err(e) => warn!(error = %e, "the signal task failed"),
+    }
     info!("markgate stopped");
     Ok(())
+}
+
+/// SIGUSR1 target until the audit writer is wired in: there is no audit file to reopen yet,
+/// so say so instead of dying (SIGUSR1's default action would end the process).
+struct NoAuditLog;
+
+impl crate::reload::Reopen for NoAuditLog {
+    async fn reopen(&self) -> Result<(), String> {
+        Err("no audit log is open in this build (audit not wired in yet)".into())
+    }
 }
 
 /// A future that completes with the signal's name on the first SIGTERM or SIGINT. The handlers
