@@ -708,3 +708,34 @@ fn gpms_inbound_above_own_level_is_refused() {
     assert_eq!(d.verdict, Verdict::Accept);
     assert_eq!(d.recipients[0].ceiling_from, "own");
 }
+
+#[test]
+fn bracketed_subject_form_is_written_with_brackets() {
+    let text = std::fs::read_to_string(format!(
+        "{}/policies/uk-gpms.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .replacen(
+        "subject = \"prefix\"\n\n[domains]",
+        "subject = \"bracketed\"\n\n[domains]",
+        1,
+    );
+    let p = Policy::from_str("bracketed.toml", &text).expect("loads");
+    assert_eq!(p.write.subject, Some(SubjectForm::Bracketed));
+    let f = facts(&p, &[("Subject", "RE: PROTECT - PERSONAL: notes")]);
+    let d = decide(&p, &f, &out(ALICE, &[BOB]));
+    let s = d.labels.subject.as_ref().unwrap();
+    assert_eq!(
+        s.marking, "PROTECT - PERSONAL",
+        "the writer adds the brackets"
+    );
+    assert_eq!(s.existing, vec![std::ops::Range { start: 4, end: 22 }]);
+    assert_eq!(
+        s.new_subject.as_deref(),
+        Some("RE: [PROTECT - PERSONAL] notes")
+    );
+    let f = facts(&p, &[("Subject", "RE: [PROTECT - PERSONAL] notes")]);
+    let d = decide(&p, &f, &out(ALICE, &[BOB]));
+    assert_eq!(d.labels.subject.as_ref().unwrap().new_subject, None);
+}

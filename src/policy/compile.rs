@@ -88,7 +88,6 @@ impl<'a> Compiler<'a> {
         let rules_t = top.tables("rule", &mut p);
         let disclaimer_t = top.table("disclaimer", &mut p);
         let inbound_t = top.table("inbound", &mut p);
-        let whole = top.span();
         for (key, missing) in [
             ("policy", meta.is_none()),
             ("scheme", scheme_t.is_none()),
@@ -102,10 +101,10 @@ impl<'a> Compiler<'a> {
         self.problems = p;
 
         let (name, description, mode, shadow_header) = self.meta(meta);
-        let scheme = self.scheme(scheme_t, whole.clone());
+        let scheme = self.scheme(scheme_t);
         let read = self.read(read_t, &scheme);
         let write = self.write(write_t, &scheme);
-        let domains = self.domains(domains_t, &scheme);
+        let domains = self.domains(domains_t);
         let forward = self.forward(forward_t);
         let rules = self.rules(rules_t, &scheme, domains.as_ref(), forward.as_ref());
         let disclaimer = disclaimer_t.map(|t| self.disclaimer(t));
@@ -189,7 +188,7 @@ impl<'a> Compiler<'a> {
         ok
     }
 
-    fn scheme(&mut self, t: Option<TableReader<'a>>, whole: Range<usize>) -> Option<Scheme> {
+    fn scheme(&mut self, t: Option<TableReader<'a>>) -> Option<Scheme> {
         let mut t = t?;
         let mut p = std::mem::take(&mut self.problems);
         let name = t
@@ -327,7 +326,6 @@ impl<'a> Compiler<'a> {
                 }
             }
         }
-        let _ = whole;
         if vocab.levels.is_empty() {
             return None;
         }
@@ -638,7 +636,7 @@ impl<'a> Compiler<'a> {
         }
     }
 
-    fn domains(&mut self, t: Option<TableReader<'a>>, _scheme: &Option<Scheme>) -> Option<Domains> {
+    fn domains(&mut self, t: Option<TableReader<'a>>) -> Option<Domains> {
         let mut t = t?;
         let mut p = std::mem::take(&mut self.problems);
         let own = t.strings("own", &mut p).unwrap_or_default();

@@ -125,11 +125,17 @@ pub struct HeaderLabel {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SubjectLabel {
-    /// The marking as it appears in the subject (`PROTECT - PERSONAL`, `[SEC=OFFICIAL]`).
+    /// The marking text as the subject writer takes it: `PROTECT - PERSONAL` for the prefix
+    /// and bracketed forms (the writer adds `: ` or the brackets), `[SEC=OFFICIAL]` with its
+    /// brackets for the sec-suffix form.
     pub marking: String,
     pub form: SubjectForm,
-    /// The complete decoded subject to write; `None` when the subject is already right.
-    /// Every marking found in the subject is replaced by one canonical marking (no stacking).
+    /// Byte ranges (in the decoded subject) of every marking found there, to be replaced by
+    /// the one canonical marking so markings never stack.
+    pub existing: Vec<std::ops::Range<usize>>,
+    /// Preview of the complete decoded subject after the edit (what `markgate policy test`
+    /// shows); `None` when the subject is already right. The rewrite layer computes the
+    /// subject it writes from `marking`, `form` and `existing`.
     pub new_subject: Option<String>,
 }
 
@@ -870,8 +876,7 @@ fn labels_to_write(
     });
     let subject = w.subject.map(|form| {
         let marking = match form {
-            SubjectForm::Prefix => label.canonical.clone(),
-            SubjectForm::Bracketed => format!("[{}]", label.canonical),
+            SubjectForm::Prefix | SubjectForm::Bracketed => label.canonical.clone(),
             SubjectForm::SecSuffix => format!(
                 "[{}]",
                 label
@@ -882,9 +887,16 @@ fn labels_to_write(
         };
         let current = facts.subject.clone().unwrap_or_default();
         let new = rewrite_subject(&current, facts, form, &marking);
+        let existing = facts
+            .markings
+            .iter()
+            .filter(|m| !m.source.is_header())
+            .filter_map(|m| m.range.clone())
+            .collect();
         SubjectLabel {
             marking,
             form,
+            existing,
             new_subject: (new != current).then_some(new),
         }
     });
@@ -946,6 +958,11 @@ fn rewrite_subject(current: &str, facts: &Facts, form: SubjectForm, marking: &st
             let at = labels::reply_chain_end(&s);
             let rest = s[at..].trim_start().to_owned();
             let head = &s[..at];
+            let marking = if form == SubjectForm::Bracketed {
+                format!("[{marking}]")
+            } else {
+                marking.to_owned()
+            };
             let sep = if form == SubjectForm::Prefix {
                 ": "
             } else {

@@ -163,3 +163,22 @@ impl SourceText {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SourceText;
+
+    #[test]
+    fn line_and_column_count_characters() {
+        let src = SourceText::new("p.toml", "a = 1\né = \"x\"\r\n\nzz");
+        assert_eq!(src.line_col(0), (1, 1));
+        assert_eq!(src.line_col(4), (1, 5));
+        assert_eq!(src.line_col(6), (2, 1));
+        // `=` after the two-byte `é` and a space is the third character.
+        assert_eq!(src.line_col(9), (2, 3));
+        assert_eq!(src.line_col(17), (4, 1));
+        assert_eq!(src.line_col(18), (4, 2));
+        assert_eq!(src.line_col(10_000), (4, 3), "past the end clamps");
+        assert_eq!(SourceText::new("e", "").line_col(3), (1, 1));
+    }
+}

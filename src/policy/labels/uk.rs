@@ -87,7 +87,7 @@ pub fn parse_header(
     };
     let mut end = core.end;
     if end < body.len() {
-        end = trailing(body, end, body.len(), &mut core.diagnostics);
+        end = trailing(body, end, body.len(), true, &mut core.diagnostics);
     }
     check_length(start, end, &mut core.diagnostics);
     Ok(UkMarking {
@@ -157,7 +157,13 @@ pub fn parse_subject_bracketed(
     let mut core = parse_core(inner, inner_start, vocab, style, case_insensitive)?;
     let after = skip_ws(inner, core.end);
     if after < close {
-        trailing(inner, core.end, close, &mut core.diagnostics);
+        trailing(
+            inner,
+            core.end,
+            close,
+            case_insensitive,
+            &mut core.diagnostics,
+        );
     }
     let end = close + 1;
     check_length(from, end, &mut core.diagnostics);
@@ -498,12 +504,17 @@ fn unknown_segment(s: &[u8], at: usize, until: u8) -> Option<usize> {
 
 /// Text after a marking in a header or brackets: an unknown qualifier when it looks like one,
 /// otherwise trailing junk. Returns the new end of the marking.
-fn trailing(s: &[u8], at: usize, limit: usize, diags: &mut Vec<Diagnostic>) -> usize {
+fn trailing(s: &[u8], at: usize, limit: usize, ci: bool, diags: &mut Vec<Diagnostic>) -> usize {
     let seg = &s[at..limit];
     let text = lossy(trim_sep(seg));
+    // A word after a separator, in capitals (or any case where the marking is read without
+    // regard to case), is an attempt at a qualifier; anything else is stray text.
     let looks_like_word = skip_sep(s, at) > at
         && seg.iter().any(|b| b.is_ascii_alphabetic())
-        && seg.iter().all(|b| !b.is_ascii_lowercase());
+        && seg
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b' ' | b'\t' | b'-' | b'/' | b'&'))
+        && (ci || seg.iter().all(|b| !b.is_ascii_lowercase()));
     if looks_like_word {
         diags.push(Diagnostic::new(
             "uk.qualifier.unknown",
