@@ -315,7 +315,11 @@ fn edit_part(
     let Some(enc) = mime::charset_encoding(part.charset.as_deref()) else {
         return Err(SkipReason::UnknownCharset(label));
     };
-    let raw_eol = LineEnding::detect(encoded);
+    let raw_eol = if encoded.contains(&b'\n') {
+        LineEnding::detect(encoded)
+    } else {
+        shape.line_ending
+    };
     let content_eol = if content.contains(&b'\n') {
         LineEnding::detect(&content)
     } else {
@@ -500,6 +504,16 @@ fn insertion(
                 .or_else(|| open_tag_end(content, b"<html"))
                 .unwrap_or(0),
         };
+        // Broken HTML can leave a comment, script or style open at that point; the block would
+        // be invisible there, so close it first.
+        let text = match open_raw_context(&content[..at]) {
+            Some(closer) => {
+                let mut t = closer.as_bytes().to_vec();
+                t.extend_from_slice(&text);
+                t
+            }
+            None => text,
+        };
         return (at, text);
     }
     let mut ins = Vec::with_capacity(text.len() + 3 * eol.len());
@@ -522,6 +536,40 @@ fn insertion(
             (0, ins)
         }
     }
+}
+
+/// If `before` ends inside an unclosed comment, `<script>` or `<style>` element, the text that
+/// closes it.
+fn open_raw_context(before: &[u8]) -> Option<&'static str> {
+    let mut i = 0;
+    while let Some(p) = before[i..].iter().position(|&b| b == b'<') {
+        let start = i + p;
+        let rest = &before[start..];
+        if rest.starts_with(b"<!--") {
+            match mime::find_ascii_ci(&rest[4..], b"-->") {
+                Some(e) => i = start + 4 + e + 3,
+                None => return Some("-->"),
+            }
+            continue;
+        }
+        let element = [(&b"<script"[..], "</script>"), (&b"<style"[..], "</style>")]
+            .into_iter()
+            .find(|(open, _)| {
+                rest.len() > open.len()
+                    && rest[..open.len()].eq_ignore_ascii_case(open)
+                    && matches!(rest[open.len()], b'>' | b'/' | b' ' | b'\t' | b'\r' | b'\n')
+            });
+        if let Some((open, close)) = element {
+            let closing = &close.as_bytes()[..close.len() - 1];
+            match mime::find_ascii_ci(&rest[open.len()..], closing) {
+                Some(e) => i = start + open.len() + e + closing.len(),
+                None => return Some(close),
+            }
+            continue;
+        }
+        i = start + 1;
+    }
+    None
 }
 
 /// Index just after the opening tag `<name…>` (first occurrence), if present.
@@ -939,6 +987,23 @@ mod tests {
             set_charset_param(b" text/plain;\r\n\tCharset=\"ISO-8859-1\"", "utf-8"),
             b" text/plain;\r\n\tCharset=\"utf-8\"".to_vec()
         );
+    }
+
+    #[test]
+    fn html_block_escapes_an_open_comment_or_script() {
+        assert_eq!(open_raw_context(b"<p>a</p><!-- x -->"), None);
+        assert_eq!(open_raw_context(b"<p>a</p><!-- x "), Some("-->"));
+        assert_eq!(open_raw_context(b"<SCRIPT>var a = 1;"), Some("</script>"));
+        assert_eq!(open_raw_context(b"<style>p{}</style><scripts>"), None);
+        let (at, ins) = insertion(
+            b"<body><!-- open </body>",
+            b"X",
+            true,
+            Placement::Append,
+            LineEnding::Crlf,
+        );
+        assert_eq!(at, 16);
+        assert_eq!(ins, b"-->X");
     }
 
     #[test]

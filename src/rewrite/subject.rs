@@ -63,6 +63,18 @@ pub fn decode_subject(value: &[u8]) -> String {
 
 /// Decode any unstructured header value as delivered.
 pub(crate) fn decode_unstructured(value: &[u8]) -> String {
+    // Raw 8-bit bytes that are not UTF-8 come from old mailers writing their local charset
+    // unencoded; read them as windows-1252 rather than losing them to replacement characters.
+    let converted;
+    let value = if !value.is_ascii() && std::str::from_utf8(value).is_err() {
+        converted = encoding_rs::WINDOWS_1252
+            .decode_without_bom_handling(value)
+            .0
+            .into_owned();
+        converted.as_bytes()
+    } else {
+        value
+    };
     let mut synthetic = Vec::with_capacity(value.len() + 16);
     synthetic.extend_from_slice(b"Subject: ");
     synthetic.extend_from_slice(value);
@@ -349,5 +361,6 @@ mod tests {
         );
         assert_eq!(decode_subject("Café".as_bytes()), "Café");
         assert_eq!(decode_subject(b"=?ISO-8859-1?Q?caf=E9?="), "café");
+        assert_eq!(decode_subject(b"caf\xe9 cr\xe8me"), "café crème");
     }
 }
