@@ -109,8 +109,9 @@ enum PolicyCommand {
         /// Envelope sender (MAIL FROM); "" for the null sender.
         #[arg(long, value_name = "ADDR")]
         from: String,
-        /// Envelope recipients (RCPT TO), one or more.
-        #[arg(long, value_name = "ADDR", required = true, num_args = 1..)]
+        /// Envelope recipient (RCPT TO); repeat the option (or separate with commas) for
+        /// several.
+        #[arg(long, value_name = "ADDR", required = true, value_delimiter = ',')]
         rcpt: Vec<String>,
         /// The SMTP client's address (decides direction with the policy's networks).
         #[arg(long, value_name = "IP")]

@@ -219,7 +219,7 @@ pub fn evaluate(
     let (request, plan) = if refused {
         (None, None)
     } else {
-        let request = request_for(policy, &facts, &decision);
+        let request = request_for(policy, &decision);
         let plan = rewrite::plan(&request, &headers, &raw, &shape)?;
         if let Some(kind) = plan.must_reject {
             verdict = signed_rejection(policy, kind);
@@ -284,7 +284,7 @@ fn signed_rejection(policy: &Policy, kind: &str) -> PolicyVerdict {
 }
 
 /// Translate the decision into what rewrite should ensure. Shadow mode asks for one header.
-pub fn request_for(policy: &Policy, facts: &Facts, d: &Decision) -> RewriteRequest {
+pub fn request_for(policy: &Policy, d: &Decision) -> RewriteRequest {
     if let Some(shadow) = &d.shadow {
         return RewriteRequest {
             extra_headers: vec![LabelHeader {
@@ -305,12 +305,7 @@ pub fn request_for(policy: &Policy, facts: &Facts, d: &Decision) -> RewriteReque
             policy::SubjectForm::Bracketed => SubjectPosition::Bracketed,
             policy::SubjectForm::SecSuffix => SubjectPosition::Suffix,
         },
-        existing: facts
-            .markings
-            .iter()
-            .filter(|m| matches!(m.source, MarkingSource::Subject { .. }))
-            .filter_map(|m| m.remove_range.clone().or_else(|| m.range.clone()))
-            .collect(),
+        existing: s.existing.clone(),
         on_signed: false,
     });
     let disclaimer = match &d.disclaimer {
