@@ -506,7 +506,7 @@ fn insertion(
         };
         // Broken HTML can leave a comment, script or style open at that point; the block would
         // be invisible there, so close it first.
-        let text = match open_raw_context(&content[..at]) {
+        let mut text = match open_raw_context(&content[..at]) {
             Some(closer) => {
                 let mut t = closer.as_bytes().to_vec();
                 t.extend_from_slice(&text);
@@ -514,6 +514,15 @@ fn insertion(
             }
             None => text,
         };
+        // No closing tag: the block goes at the very end. Keep it on lines of its own and end
+        // it with a line end, as the part did (the MTA would otherwise add one on the wire, and
+        // the output would differ from what was planned).
+        if at == content.len() && !content.is_empty() {
+            if !content.ends_with(b"\n") {
+                text.splice(0..0, eol.iter().copied());
+            }
+            text.extend_from_slice(eol);
+        }
         return (at, text);
     }
     let mut ins = Vec::with_capacity(text.len() + 3 * eol.len());
