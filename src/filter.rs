@@ -883,15 +883,16 @@ impl Notices {
         Notices { tx: None }
     }
 
-    /// Start the notice task on the current runtime, sending through `host:port` as `from`.
+    /// Start the notice task, sending through `host:port` as `from`: on the current tokio
+    /// runtime when there is one, else on a small runtime of its own thread.
     pub fn spawn(host: String, port: u16, from: String, timeout: Duration) -> Self {
         use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Notice>(256);
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-            .port(port)
-            .timeout(Some(timeout))
-            .build();
-        tokio::spawn(async move {
+        let task = async move {
+            let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+                .port(port)
+                .timeout(Some(timeout))
+                .build();
             while let Some(n) = rx.recv().await {
                 let message = match build_notice(&from, &n) {
                     Ok(m) => m,
@@ -905,7 +906,29 @@ impl Notices {
                     Err(e) => warn!(to = %n.to, error = %e, "sender notice not sent"),
                 }
             }
-        });
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(task);
+            }
+            Err(_) => {
+                let started = std::thread::Builder::new()
+                    .name("markgate-notices".into())
+                    .spawn(move || {
+                        match tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        {
+                            Ok(rt) => rt.block_on(task),
+                            Err(e) => error!(error = %e, "sender notices disabled: no runtime"),
+                        }
+                    });
+                if let Err(e) = started {
+                    error!(error = %e, "sender notices disabled: cannot start their thread");
+                    return Notices::disabled();
+                }
+            }
+        }
         Notices { tx: Some(tx) }
     }
 

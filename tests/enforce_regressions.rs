@@ -41,3 +41,36 @@ fn html_without_closing_tags_keeps_its_final_line_end() {
         assert!(again.plan.unwrap().is_empty());
     }
 }
+
+/// policy::decide: marked mail auto-forwarded to the internet fires both above-ceiling and
+/// auto-forward-down; the reply must be the auto-forward rule's (the sender did not address
+/// the mail, a mailbox rule did, and the remedy is to remove that rule). It cited
+/// GPMS-ABOVE-CEILING, telling the sender to readdress mail they never sent.
+#[test]
+fn a_marked_auto_forward_is_refused_as_an_auto_forward() {
+    let policy = Policy::builtin().unwrap();
+    let raw = b"From: alice@example-council.gcsx.gov.uk\r\nSubject: FW: RESTRICTED: x\r\n\
+        X-MS-Exchange-Inbox-Rules-Loop: alice@example-council.gcsx.gov.uk\r\n\r\nx\r\n";
+    let env = Envelope {
+        sender: "alice@example-council.gcsx.gov.uk".into(),
+        recipients: vec!["bob@mailbox.example.com".into()],
+        client_ip: Some("127.0.0.1".parse().unwrap()),
+        ..Envelope::default()
+    };
+    let e = filter::evaluate(&policy, env, &RawSource::new(raw)).unwrap();
+    match &e.verdict {
+        markgate::policy::decide::Verdict::Reject { rule, reply } => {
+            assert_eq!(rule, "AUTOFWD-DOWN");
+            assert!(reply.text.contains("forwarding"), "{}", reply.text);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Both situations are still recorded.
+    let situations: Vec<&str> = e
+        .decision
+        .hits
+        .iter()
+        .map(|h| h.situation.as_str())
+        .collect();
+    assert!(situations.contains(&"above-ceiling") && situations.contains(&"auto-forward-down"));
+}
