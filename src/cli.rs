@@ -66,12 +66,16 @@ enum Command {
 struct Failure {
     code: u8,
     error: anyhow::Error,
+    /// Already reported through the log (once logging is set up, failures go there, so that a
+    /// JSON log stays all JSON); otherwise printed to stderr on exit.
+    logged: bool,
 }
 
 fn usage(error: impl Into<anyhow::Error>) -> Failure {
     Failure {
         code: EXIT_USAGE,
         error: error.into(),
+        logged: false,
     }
 }
 
@@ -79,6 +83,18 @@ fn runtime(error: impl Into<anyhow::Error>) -> Failure {
     Failure {
         code: EXIT_RUNTIME,
         error: error.into(),
+        logged: false,
+    }
+}
+
+/// A runtime failure after logging is up: log it as an error.
+fn logged_runtime(error: impl Into<anyhow::Error>) -> Failure {
+    let error = error.into();
+    error!("{error:#}");
+    Failure {
+        code: EXIT_RUNTIME,
+        error,
+        logged: true,
     }
 }
 
@@ -102,9 +118,11 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(f) => {
-            // `{:#}` prints the whole cause chain on one line; config errors carry their own
-            // multi-line location display.
-            eprintln!("markgate: {:#}", f.error);
+            if !f.logged {
+                // `{:#}` prints the whole cause chain on one line; config errors carry their
+                // own multi-line location display.
+                eprintln!("markgate: {:#}", f.error);
+            }
             ExitCode::from(f.code)
         }
     }
@@ -123,7 +141,8 @@ fn prepare(config_path: Option<&Path>, listen: Option<String>) -> Result<Config,
     }
     if let Some(policy) = &config.policy {
         // Fail at start, not on the first message: the file must at least be readable.
-        std::fs::metadata(policy)
+        std::fs::File::open(policy)
+            .and_then(|f| f.metadata())
             .and_then(|m| {
                 if m.is_file() {
                     Ok(())
@@ -148,20 +167,17 @@ fn run(config_path: Option<&Path>, listen: Option<String>) -> Result<(), Failure
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-        .map_err(runtime)?;
+        .map_err(logged_runtime)?;
     rt.block_on(serve(config))
 }
 
 async fn serve(config: Config) -> Result<(), Failure> {
     // Handlers first, so a signal that arrives while we bind is not lost.
-    let shutdown = shutdown_signal().map_err(runtime)?;
+    let shutdown = shutdown_signal().map_err(logged_runtime)?;
     let server = Server::bind(&config.listen, config.server_config())
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))
-        .map_err(|e| {
-            error!("{e:#}");
-            runtime(e)
-        })?;
+        .map_err(logged_runtime)?;
     let address = server
         .local_addr()
         .map_or_else(|| config.listen.to_string(), |a| format!("inet:{a}"));
@@ -187,10 +203,7 @@ async fn serve(config: Config) -> Result<(), Failure> {
         })
         .await
         .context("milter server failed")
-        .map_err(|e| {
-            error!("{e:#}");
-            runtime(e)
-        })?;
+        .map_err(logged_runtime)?;
     info!("markgate stopped");
     Ok(())
 }
