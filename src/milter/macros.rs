@@ -3,8 +3,9 @@
 //! A `D` packet names the command it precedes (`C H M R T L N B E U`) and replaces that
 //! stage's set, as libmilter does. Connection-scoped stages (CONNECT `C`, HELO `H`, UNKNOWN
 //! `U`) live until the SMTP session ends; message-scoped stages (MAIL `M` through EOM `E`) are
-//! dropped on ABORT and when a new transaction starts. Unknown stage bytes are kept in the
-//! message scope rather than refused (pitfall 3). Pure; no I/O.
+//! dropped on ABORT and when a new transaction starts. Unknown stage bytes are accepted and
+//! ignored, as libmilter does (pitfall 3), so a hostile MTA cannot make the table hold more
+//! than one set per known stage. Pure; no I/O.
 
 use bytes::Bytes;
 
@@ -20,10 +21,6 @@ pub struct MacroTable {
     message: Vec<(u8, Vec<(Bytes, Bytes)>)>,
 }
 
-/// Cap on distinct stages kept per scope; a hostile MTA cycling through all 256 stage bytes
-/// gains nothing.
-const MAX_STAGES: usize = 32;
-
 impl MacroTable {
     /// Is this stage connection-scoped?
     pub fn is_connection_stage(stage: u8) -> bool {
@@ -33,6 +30,9 @@ impl MacroTable {
     /// Store the set for one stage, replacing any earlier set for it. A MAIL-stage set also
     /// starts a new message scope: it arrives before the MAIL command of a new transaction.
     pub fn set(&mut self, stage: u8, pairs: Vec<(Bytes, Bytes)>) {
+        if !ORDER.contains(&stage) {
+            return;
+        }
         if stage == b'M' {
             self.message.clear();
         }
@@ -43,7 +43,7 @@ impl MacroTable {
         };
         if let Some(slot) = scope.iter_mut().find(|(s, _)| *s == stage) {
             slot.1 = pairs;
-        } else if scope.len() < MAX_STAGES {
+        } else {
             scope.push((stage, pairs));
         }
     }
@@ -78,7 +78,7 @@ impl MacroTable {
         let mut out = Macros::default();
         let mut stages: Vec<&(u8, Vec<(Bytes, Bytes)>)> =
             self.connection.iter().chain(self.message.iter()).collect();
-        stages.sort_by_key(|(s, _)| ORDER.iter().position(|o| o == s).unwrap_or(ORDER.len()));
+        stages.sort_by_key(|(s, _)| ORDER.iter().position(|o| o == s));
         for (_, pairs) in stages {
             for (n, v) in pairs {
                 out.set(n, v);
@@ -131,12 +131,17 @@ mod tests {
     }
 
     #[test]
-    fn unknown_stages_are_tolerated_and_bounded() {
+    fn unknown_stages_are_ignored_and_the_table_is_bounded() {
         let mut t = MacroTable::default();
         for s in 0..=255u8 {
-            t.set(s, vec![p("x", "y")]);
+            t.set(s, vec![p("x", &format!("{}", s as char))]);
         }
-        assert!(t.message.len() <= MAX_STAGES);
-        assert_eq!(t.flatten().get("x"), Some(&b"y"[..]));
+        assert!(t.connection.len() + t.message.len() <= ORDER.len());
+        assert_eq!(t.stage(b'Z'), None);
+        assert_eq!(t.stage(b'\0'), None);
+        // EOM is the last stage in the flattening order.
+        t.set(b'E', vec![p("x", "E")]);
+        t.set(b'C', vec![p("x", "C")]);
+        assert_eq!(t.flatten().get("x"), Some(&b"E"[..]));
     }
 }
