@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
 	case $1 in
 	--install-only) install_only=1; shift ;;
 	--) shift; cargo_args=("$@"); break ;;
-	-h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) sed -n '2,/^set /{/^#/s/^# \{0,1\}//p}' "$self"; exit 0 ;;
 	*) echo "scripts/test.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
 	esac
 done

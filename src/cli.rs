@@ -168,12 +168,16 @@ pub fn manpage() -> std::io::Result<Vec<u8>> {
 struct Failure {
     code: u8,
     error: anyhow::Error,
+    /// Already reported through the log (once logging is set up, failures go there, so that a
+    /// JSON log stays all JSON); otherwise printed to stderr on exit.
+    logged: bool,
 }
 
 fn usage(error: impl Into<anyhow::Error>) -> Failure {
     Failure {
         code: EXIT_USAGE,
         error: error.into(),
+        logged: false,
     }
 }
 
@@ -181,6 +185,18 @@ fn runtime(error: impl Into<anyhow::Error>) -> Failure {
     Failure {
         code: EXIT_RUNTIME,
         error: error.into(),
+        logged: false,
+    }
+}
+
+/// A runtime failure after logging is up: log it as an error.
+fn logged_runtime(error: impl Into<anyhow::Error>) -> Failure {
+    let error = error.into();
+    error!("{error:#}");
+    Failure {
+        code: EXIT_RUNTIME,
+        error,
+        logged: true,
     }
 }
 
@@ -259,9 +275,11 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(f) => {
-            // `{:#}` prints the whole cause chain on one line; config errors carry their own
-            // multi-line location display.
-            eprintln!("markgate: {:#}", f.error);
+            if !f.logged {
+                // `{:#}` prints the whole cause chain on one line; config errors carry their
+                // own multi-line location display.
+                eprintln!("markgate: {:#}", f.error);
+            }
             ExitCode::from(f.code)
         }
     }
@@ -280,7 +298,8 @@ fn prepare(config_path: Option<&Path>, listen: Option<String>) -> Result<Config,
     }
     if let Some(policy) = &config.policy {
         // Fail at start, not on the first message: the file must at least be readable.
-        std::fs::metadata(policy)
+        std::fs::File::open(policy)
+            .and_then(|f| f.metadata())
             .and_then(|m| {
                 if m.is_file() {
                     Ok(())
@@ -321,7 +340,7 @@ fn run(
                 config.audit.path.display()
             )
         })
-        .map_err(runtime)?;
+        .map_err(logged_runtime)?;
     info!(audit = %audit.path().display(), sync = ?config.audit.sync, fail_open = config.audit.fail_open, "audit trail open");
     // Load the policy now (refusing to start on any error in it) and keep config + policy in
     // the reload cell; the command-line --listen and --audit-log are re-applied on every reload.
@@ -346,7 +365,7 @@ fn run(
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-        .map_err(runtime)?;
+        .map_err(logged_runtime)?;
     rt.block_on(serve(
         config,
         config_path.map(Path::to_path_buf),
@@ -366,7 +385,7 @@ async fn serve(
     use crate::audit::AuditEvent;
     use crate::audit::event::{DaemonStart, DaemonStop, PolicyLoaded};
     // Handlers first, so a signal that arrives while we bind is not lost.
-    let shutdown = shutdown_signal().map_err(runtime)?;
+    let shutdown = shutdown_signal().map_err(logged_runtime)?;
     let (signals_stop, signals_stopped) = tokio::sync::oneshot::channel::<()>();
     let signals = tokio::spawn(crate::reload::handle_signals(
         Arc::clone(&reloader),
@@ -378,10 +397,7 @@ async fn serve(
     let server = Server::bind(&config.listen, config.server_config())
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))
-        .map_err(|e| {
-            error!("{e:#}");
-            runtime(e)
-        })?;
+        .map_err(logged_runtime)?;
     let address = server
         .local_addr()
         .map_or_else(|| config.listen.to_string(), |a| format!("inet:{a}"));
@@ -484,10 +500,7 @@ async fn serve(
     if let Err(e) = audit.shutdown().await {
         error!(error = %e, "the audit writer did not stop cleanly");
     }
-    served.context("milter server failed").map_err(|e| {
-        error!("{e:#}");
-        runtime(e)
-    })?;
+    served.context("milter server failed").map_err(logged_runtime)?;
     info!("markgate stopped");
     Ok(())
 }
