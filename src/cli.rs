@@ -167,12 +167,13 @@ fn run(config_path: Option<&Path>, listen: Option<String>) -> Result<(), Failure
     // Load the policy now (refusing to start on any error in it) and keep config + policy in
     // the reload cell; the command-line --listen is re-applied on every reload.
     let listen_override = config.listen.clone();
+    let metrics = crate::metrics::Metrics::new();
     let reloader = crate::reload::Reloader::start(
         config_path.map(Path::to_path_buf),
         Box::new(move |c: &mut Config| c.listen = listen_override.clone()),
         crate::reload::PolicyFiles,
         Box::new(crate::reload::NoObserver),
-        None,
+        Some(metrics.clone()),
         Arc::clone(&notifier),
     )
     .map_err(usage)?;
@@ -181,16 +182,28 @@ fn run(config_path: Option<&Path>, listen: Option<String>) -> Result<(), Failure
         .build()
         .context("cannot start the async runtime")
         .map_err(runtime)?;
-    rt.block_on(serve(config, Arc::new(reloader), notifier))
+    rt.block_on(serve(config, Arc::new(reloader), notifier, metrics))
 }
 
 async fn serve(
     config: Config,
     reloader: Arc<crate::reload::Reloader<crate::reload::PolicyFiles>>,
     notifier: Arc<crate::notify::Notifier>,
+    metrics: crate::metrics::Metrics,
 ) -> Result<(), Failure> {
     // Handlers first, so a signal that arrives while we bind is not lost.
     let shutdown = shutdown_signal().map_err(runtime)?;
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = config.metrics.listen {
+        let listener = crate::metrics::bind(addr)
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))
+            .map_err(runtime)?;
+        info!(%addr, "metrics endpoint: GET /metrics");
+        tokio::spawn(metrics.serve(listener, async move {
+            let _ = metrics_stopped.await;
+        }));
+    }
     let (signals_stop, signals_stopped) = tokio::sync::oneshot::channel::<()>();
     let signals = tokio::spawn(crate::reload::handle_signals(
         Arc::clone(&reloader),
@@ -240,6 +253,7 @@ async fn serve(
                 warn!(error = %e, "could not tell systemd that markgate is stopping");
             }
             let _ = signals_stop.send(());
+            let _ = metrics_stop.send(());
         })
         .await
         .context("milter server failed")

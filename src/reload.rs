@@ -396,6 +396,10 @@ pub fn restart_only_changes(running: &Config, fresh: &Config) -> Vec<&'static st
         "logging.format",
         running.logging.format != fresh.logging.format,
     );
+    check(
+        "metrics.listen",
+        running.metrics.listen != fresh.metrics.listen,
+    );
     // Keys added to Config later and not listed above are still caught, by name-less
     // comparison: anything else that differs is restart-only too.
     if out.is_empty() && keep_restart_only(running, fresh.clone()) != *running {

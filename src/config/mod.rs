@@ -45,6 +45,14 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub logging: Logging,
+    pub metrics: MetricsSettings,
+}
+
+/// The Prometheus/OpenMetrics endpoint (see `crate::metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Loopback address to serve `GET /metrics` on; `None` (the default) serves nothing.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Ownership and permissions of a unix-domain listening socket (ignored for inet listeners).
@@ -154,6 +162,7 @@ impl Default for Config {
                 level: LogLevel::Info,
                 format: LogFormat::Text,
             },
+            metrics: MetricsSettings::default(),
         }
     }
 }
