@@ -5,6 +5,10 @@
 //! audit before the milter layer sends the edits and the final answer.
 #![forbid(unsafe_code)]
 
+/// Incident alerts to the security team over SMTP, never on a message's path.
+pub mod alert;
+/// The tamper-evident audit trail: records, writer, syslog, verify and report.
+pub mod audit;
 /// The command line (`markgate run`, `markgate version`) and exit codes.
 pub mod cli;
 /// Daemon settings (listen, limits, timeouts, logging) — not policy.

@@ -1,0 +1,954 @@
+//! The audit writer: one owner of the audit file, group commit, rotation, self-healing.
+//!
+//! Producers (the filter, the daemon, the alert task) call [`AuditHandle::record`], which sends
+//! the event over a bounded channel with a oneshot for the answer and waits for it. One writer
+//! runs on its own OS thread (`markgate-audit`) so `write`/`fsync` never stall the tokio workers
+//! that serve milter connections; it takes everything queued, stamps `seq`, `prev` and `time`,
+//! writes the lines in one `write`, calls `fsync` once (`sync = "batch"`), and only then answers
+//! every producer in the batch. The filter sends its end-of-message answer after that
+//! acknowledgement, so an accepted message always has a durable record, while many messages
+//! share one `fsync`.
+//!
+//! Failure rule: when a write or `fsync` fails (disk full, permissions, read-only file system)
+//! the bytes of that batch are cut off again (`ftruncate` back to the last committed size), the
+//! chain state rolls back, and every producer in the batch gets [`AuditError::Sink`] so the
+//! message is answered 4xx and retried by the MTA. One `error` log marks the start of the
+//! outage; every later batch reopens the file and tries again, and the first batch that goes
+//! through is preceded by an `audit_sink_trouble` / `audit_sink_recovered` pair. With
+//! `fail_open = true` the producers get `Ok` with `seq: None` instead (and an `error` log says
+//! mail is passing unaudited).
+//!
+//! On start the chain state (last `seq` and line hash) is recovered from the end of the file
+//! (or `FILE.1` when the file is missing or empty, as after logrotate). An incomplete last
+//! line (a crash mid-write) is kept, terminated with `\n`, and followed by an
+//! `audit_chain_resumed` record that continues the chain from the last complete record; see
+//! `docs/audit-format.md`. This module must not decide anything about mail.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::config::{AuditConfig, SyncMode};
+use super::event::{AuditEvent, ChainResumed, EventKind, Severity, SinkRecovered, SinkTrouble};
+use super::record::{GENESIS_PREV, Record, line_hash, now_rfc3339};
+use super::syslog::{LineMeta, SyslogForwarder, SyslogStats};
+
+/// Why a record was not made durable, or the writer could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuditError {
+    /// The audit file could not be written or synced; the message must be tempfailed.
+    #[error("audit file {path}: {error}")]
+    Sink {
+        /// The audit file.
+        path: String,
+        /// The operating-system error.
+        error: String,
+    },
+    /// The file could not be opened or its chain state read at start-up.
+    #[error("cannot open audit file {path}: {error}")]
+    Open {
+        /// The audit file.
+        path: String,
+        /// What went wrong.
+        error: String,
+    },
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// The record could not be serialized (a bug; the message is tempfailed).
+    #[error("audit record could not be encoded: {0}")]
+    Encode(String),
+    /// The writer has stopped (shutdown, or it is gone).
+    #[error("the audit writer has stopped")]
+    Closed,
+}
+
+/// The writer's answer to one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// The record's `seq`; `None` when `fail_open` acknowledged a record that was not written.
+    pub seq: Option<u64>,
+    /// The hash of the written line (the next record's `prev`).
+    pub hash: Option<String>,
+    /// Whether the record was `fsync`ed before this answer (`sync = "batch"`/`"always"`).
+    pub durable: bool,
+}
+
+/// Whether the sink works, for metrics, the health endpoint and the alert mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkHealth {
+    /// Records are being written.
+    Healthy,
+    /// Writes fail since `since` (RFC 3339) with `error`.
+    Failing {
+        /// First failure.
+        since: String,
+        /// First error.
+        error: String,
+    },
+}
+
+/// A snapshot of the writer's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditStats {
+    /// Records waiting in the channel.
+    pub queue_depth: usize,
+    /// Lines written (including the writer's own records).
+    pub records_written: u64,
+    /// Batches committed.
+    pub batches: u64,
+    /// `fsync` calls made.
+    pub fsyncs: u64,
+    /// Duration of the last `fsync`, microseconds.
+    pub last_fsync_micros: u64,
+    /// Failed write or sync attempts.
+    pub write_errors: u64,
+    /// Records refused (or let through unaudited with `fail_open`) because of a failure.
+    pub failed_records: u64,
+    /// Size-based rotations done.
+    pub rotations: u64,
+    /// The `seq` of the last written record.
+    pub last_seq: u64,
+    /// Whether the sink currently works.
+    pub healthy: bool,
+    /// Syslog datagrams sent.
+    pub syslog_sent: u64,
+    /// Syslog datagrams dropped.
+    pub syslog_dropped: u64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    records_written: AtomicU64,
+    batches: AtomicU64,
+    fsyncs: AtomicU64,
+    last_fsync_micros: AtomicU64,
+    write_errors: AtomicU64,
+    failed_records: AtomicU64,
+    rotations: AtomicU64,
+    last_seq: AtomicU64,
+    failing: AtomicBool,
+    syslog: Arc<SyslogStats>,
+}
+
+type AckTx = oneshot::Sender<Result<Ack, AuditError>>;
+
+enum Request {
+    Record(Box<AuditEvent>, AckTx),
+    Reopen(oneshot::Sender<Result<(), AuditError>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The producers' side: cheap to clone, one per task that records.
+#[derive(Debug, Clone)]
+pub struct AuditHandle {
+    tx: mpsc::Sender<Request>,
+    shared: Arc<Shared>,
+    health: watch::Receiver<SinkHealth>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::Record(e, _) => write!(f, "Record({})", e.kind()),
+            Request::Reopen(_) => f.write_str("Reopen"),
+            Request::Shutdown(_) => f.write_str("Shutdown"),
+        }
+    }
+}
+
+impl AuditHandle {
+    /// Hand `event` to the writer and wait until it is written (and, with `sync = "batch"` or
+    /// `"always"`, `fsync`ed). An `Err` means the record is not durable: answer the message 4xx.
+    /// Waits for queue space when the writer is behind (back-pressure, never unbounded memory).
+    pub async fn record(&self, event: AuditEvent) -> Result<Ack, AuditError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Record(Box::new(event), tx))
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        rx.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Close and reopen the audit file at its configured path, for logrotate (the daemon maps
+    /// SIGUSR1 here). Records queued before the request go to the old file; the chain continues
+    /// into the new one.
+    pub async fn reopen(&self) -> Result<(), AuditError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Reopen(tx))
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        rx.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Write what is queued, sync, and stop the writer. Later `record` calls get
+    /// [`AuditError::Closed`].
+    pub async fn shutdown(&self) -> Result<(), AuditError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Shutdown(tx))
+            .await
+            .map_err(|_| AuditError::Closed)?;
+        rx.await.map_err(|_| AuditError::Closed)
+    }
+
+    /// The audit file path in force (printed by the daemon at start-up).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> AuditStats {
+        let s = &self.shared;
+        AuditStats {
+            queue_depth: self.tx.max_capacity() - self.tx.capacity(),
+            records_written: s.records_written.load(Ordering::Relaxed),
+            batches: s.batches.load(Ordering::Relaxed),
+            fsyncs: s.fsyncs.load(Ordering::Relaxed),
+            last_fsync_micros: s.last_fsync_micros.load(Ordering::Relaxed),
+            write_errors: s.write_errors.load(Ordering::Relaxed),
+            failed_records: s.failed_records.load(Ordering::Relaxed),
+            rotations: s.rotations.load(Ordering::Relaxed),
+            last_seq: s.last_seq.load(Ordering::Relaxed),
+            healthy: !s.failing.load(Ordering::Relaxed),
+            syslog_sent: s.syslog.sent.load(Ordering::Relaxed),
+            syslog_dropped: s.syslog.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Records waiting for the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// A watch on the sink's health (to raise an "audit failure" incident, for example).
+    pub fn health(&self) -> watch::Receiver<SinkHealth> {
+        self.health.clone()
+    }
+}
+
+/// Open the audit file, recover the chain and start the writer thread.
+pub fn start(config: &AuditConfig) -> Result<AuditHandle, AuditError> {
+    let (handle, writer) = open(config)?;
+    writer.spawn()?;
+    Ok(handle)
+}
+
+/// Open the audit file and recover the chain, without starting the writer yet: records sent
+/// through the handle wait in the queue until [`WriterTask::spawn`]. `start` is the usual
+/// entry point; this split lets tests and the daemon queue records before the writer runs.
+pub fn open(config: &AuditConfig) -> Result<(AuditHandle, WriterTask), AuditError> {
+    config.validate().map_err(AuditError::Config)?;
+    let path = config.path.clone();
+    let host = config.host.clone().unwrap_or_else(kernel_hostname);
+    // A first run with the built-in default may find /var/log/markgate missing.
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(|e| AuditError::Open {
+                path: path.display().to_string(),
+                error: format!("cannot create the directory {}: {e}", dir.display()),
+            })?;
+    }
+    let recovered = recover(&path).map_err(|e| AuditError::Open {
+        path: path.display().to_string(),
+        error: e.to_string(),
+    })?;
+    let (file, size, file_id) =
+        open_append(&path, config.file_mode).map_err(|e| AuditError::Open {
+            path: path.display().to_string(),
+            error: e.to_string(),
+        })?;
+    let shared = Arc::new(Shared::default());
+    shared.last_seq.store(recovered.seq, Ordering::Relaxed);
+    let syslog = config
+        .syslog
+        .enabled
+        .then(|| SyslogForwarder::new(&config.syslog, &host, shared.syslog.clone()));
+    let (tx, rx) = mpsc::channel(config.queue);
+    let (health_tx, health_rx) = watch::channel(SinkHealth::Healthy);
+
+    let mut pending = Vec::new();
+    let mut needs_newline = false;
+    if let Some(fragment) = &recovered.fragment {
+        tracing::error!(
+            path = %path.display(),
+            fragment_len = fragment.len(),
+            resumed_after_seq = recovered.seq,
+            "audit file ends in an incomplete record (crash mid-write); keeping it and resuming \
+             the chain after the last complete record"
+        );
+        needs_newline = true;
+        pending.push(AuditEvent::AuditChainResumed(ChainResumed {
+            path: path.display().to_string(),
+            fragment_len: fragment.len() as u64,
+            fragment_sha256: line_hash(fragment),
+            resumed_after_seq: recovered.seq,
+        }));
+    }
+    if recovered.skipped_bad_lines > 0 {
+        tracing::error!(
+            path = %path.display(),
+            skipped = recovered.skipped_bad_lines,
+            "audit file ends in lines that are not records; the chain resumes after the last \
+             valid record and `markgate audit verify` will report the damage"
+        );
+    }
+
+    let handle = AuditHandle {
+        tx,
+        shared: shared.clone(),
+        health: health_rx,
+        path: path.clone(),
+    };
+    let writer = WriterTask {
+        state: Writer {
+            path,
+            sync: config.sync,
+            fail_open: config.fail_open,
+            max_size: config.max_size,
+            keep: config.keep,
+            file_mode: config.file_mode,
+            host,
+            file: Some(file),
+            file_id: Some(file_id),
+            size,
+            seq: recovered.seq,
+            last_hash: recovered.hash,
+            pending,
+            needs_newline,
+            outage: None,
+            open_error: None,
+            syslog,
+            shared,
+            health: health_tx,
+        },
+        rx,
+    };
+    Ok((handle, writer))
+}
+
+/// The writer, opened but not yet running.
+#[derive(Debug)]
+pub struct WriterTask {
+    state: Writer,
+    rx: mpsc::Receiver<Request>,
+}
+
+impl WriterTask {
+    /// Start the writer thread. It runs until [`AuditHandle::shutdown`] or until every handle
+    /// is dropped.
+    pub fn spawn(self) -> Result<std::thread::JoinHandle<()>, AuditError> {
+        std::thread::Builder::new()
+            .name("markgate-audit".into())
+            .spawn(move || self.run())
+            .map_err(|e| AuditError::Open {
+                path: String::new(),
+                error: format!("cannot start the audit writer thread: {e}"),
+            })
+    }
+
+    fn run(mut self) {
+        let mut stop: Option<oneshot::Sender<()>> = None;
+        while let Some(first) = self.rx.blocking_recv() {
+            let mut batch = vec![first];
+            while let Ok(more) = self.rx.try_recv() {
+                batch.push(more);
+            }
+            stop = self.state.process(batch);
+            if stop.is_some() {
+                break;
+            }
+        }
+        // Refuse what arrives after the shutdown request rather than leaving producers hanging.
+        self.rx.close();
+        while let Ok(req) = self.rx.try_recv() {
+            if let Request::Record(_, ack) = req {
+                let _ = ack.send(Err(AuditError::Closed));
+            }
+        }
+        self.state.final_sync();
+        if let Some(done) = stop {
+            let _ = done.send(());
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Outage {
+    since: String,
+    since_instant: Instant,
+    error: String,
+    failed: u64,
+}
+
+#[derive(Debug)]
+struct Writer {
+    path: PathBuf,
+    sync: SyncMode,
+    fail_open: bool,
+    max_size: u64,
+    keep: u32,
+    file_mode: u32,
+    host: String,
+    file: Option<File>,
+    file_id: Option<(u64, u64)>,
+    /// Bytes of the current file known to be committed; a failed batch is cut back to this.
+    size: u64,
+    seq: u64,
+    last_hash: String,
+    /// The writer's own records, written ahead of the next batch.
+    pending: Vec<AuditEvent>,
+    /// The file ends in a fragment that must be terminated before the next line.
+    needs_newline: bool,
+    outage: Option<Outage>,
+    /// Why the file is not open, when the last (re)open failed.
+    open_error: Option<String>,
+    syslog: Option<SyslogForwarder>,
+    shared: Arc<Shared>,
+    health: watch::Sender<SinkHealth>,
+}
+
+/// One line ready to write.
+struct Line {
+    bytes: Vec<u8>,
+    seq: u64,
+    hash: String,
+    ack: Option<AckTx>,
+    /// What the syslog header says about the record (kept to avoid parsing the line again).
+    kind: EventKind,
+    severity: Severity,
+    security_event: bool,
+    time: String,
+}
+
+impl Writer {
+    /// Handle one batch in arrival order; returns the shutdown answer if one was asked for.
+    fn process(&mut self, batch: Vec<Request>) -> Option<oneshot::Sender<()>> {
+        let mut records: Vec<(Box<AuditEvent>, AckTx)> = Vec::new();
+        let mut stop = None;
+        for req in batch {
+            match req {
+                Request::Record(event, ack) => records.push((event, ack)),
+                Request::Reopen(done) => {
+                    self.commit(std::mem::take(&mut records));
+                    let result = self.reopen("reopen requested");
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "audit file could not be reopened; records \
+                            are refused until it can be");
+                    }
+                    let _ = done.send(result);
+                }
+                Request::Shutdown(done) => {
+                    self.commit(std::mem::take(&mut records));
+                    stop = Some(done);
+                }
+            }
+        }
+        self.commit(records);
+        stop
+    }
+
+    /// Write, sync and acknowledge a group of records.
+    fn commit(&mut self, records: Vec<(Box<AuditEvent>, AckTx)>) {
+        if records.is_empty() {
+            return;
+        }
+        if self.outage.is_some() || self.file.is_none() {
+            // Every batch during an outage gets a fresh file handle: the cause (read-only
+            // remount, deleted directory, permissions) may be gone.
+            if let Err(e) = self.reopen("retrying after a failure") {
+                tracing::debug!(error = %e, "audit file still cannot be opened");
+            }
+        }
+
+        let mut own = std::mem::take(&mut self.pending);
+        if let Some(o) = &self.outage {
+            own.push(AuditEvent::AuditSinkTrouble(SinkTrouble {
+                path: self.path.display().to_string(),
+                since: o.since.clone(),
+                error: o.error.clone(),
+                fail_open: self.fail_open,
+            }));
+            own.push(AuditEvent::AuditSinkRecovered(SinkRecovered {
+                path: self.path.display().to_string(),
+                since: o.since.clone(),
+                failed_records: o.failed,
+                outage_seconds: o.since_instant.elapsed().as_secs_f64(),
+            }));
+        }
+        let own_count = own.len();
+
+        // Stamp seq, prev and time; the chain state only moves once the bytes are committed.
+        let time = now_rfc3339();
+        let mut seq = self.seq;
+        let mut prev = self.last_hash.clone();
+        let mut lines: Vec<Line> = Vec::with_capacity(own_count + records.len());
+        let events = own
+            .iter()
+            .cloned()
+            .map(|e| (e, None))
+            .chain(records.into_iter().map(|(e, a)| (*e, Some(a))));
+        for (event, ack) in events {
+            let record = Record::new(
+                seq + 1,
+                prev.clone(),
+                time.clone(),
+                self.host.clone(),
+                event,
+            );
+            match record.to_line() {
+                Ok(mut bytes) => {
+                    seq += 1;
+                    prev = line_hash(&bytes);
+                    bytes.push(b'\n');
+                    lines.push(Line {
+                        bytes,
+                        seq,
+                        hash: prev.clone(),
+                        ack,
+                        kind: record.event.kind(),
+                        severity: record.severity,
+                        security_event: record.security_event,
+                        time: record.time,
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "audit record could not be encoded");
+                    if let Some(ack) = ack {
+                        let _ = ack.send(Err(AuditError::Encode(e.to_string())));
+                    }
+                }
+            }
+        }
+
+        // Chunks: the whole batch with one fsync, or one line per fsync with `always`.
+        let chunk_len = match self.sync {
+            SyncMode::Always => 1,
+            SyncMode::Batch | SyncMode::None => lines.len().max(1),
+        };
+        let mut written_own = 0usize;
+        let mut iter = lines.into_iter().peekable();
+        while iter.peek().is_some() {
+            let chunk: Vec<Line> = iter.by_ref().take(chunk_len).collect();
+            match self.write_chunk(&chunk) {
+                Ok(durable) => {
+                    written_own += chunk.iter().filter(|l| l.ack.is_none()).count();
+                    if let Some(o) = self.outage.take() {
+                        tracing::warn!(
+                            path = %self.path.display(),
+                            failed_records = o.failed,
+                            outage_seconds = o.since_instant.elapsed().as_secs_f64(),
+                            "audit file is writable again; audit_sink_trouble/recovered recorded"
+                        );
+                        self.shared.failing.store(false, Ordering::Relaxed);
+                        let _ = self.health.send(SinkHealth::Healthy);
+                    }
+                    for line in chunk {
+                        self.forward_syslog(&line);
+                        if let Some(ack) = line.ack {
+                            let _ = ack.send(Ok(Ack {
+                                seq: Some(line.seq),
+                                hash: Some(line.hash),
+                                durable,
+                            }));
+                        }
+                    }
+                }
+                Err(e) => {
+                    let rest: Vec<Line> = chunk.into_iter().chain(iter.by_ref()).collect();
+                    self.fail(&e, rest);
+                    break;
+                }
+            }
+        }
+        // The writer's own records that did not make it are tried again with the next batch
+        // (the trouble/recovered pair is rebuilt from the outage state instead).
+        if written_own < own_count {
+            self.pending = own
+                .into_iter()
+                .skip(written_own)
+                .filter(|e| {
+                    !matches!(
+                        e,
+                        AuditEvent::AuditSinkTrouble(_) | AuditEvent::AuditSinkRecovered(_)
+                    )
+                })
+                .collect();
+        }
+    }
+
+    /// Write one chunk and sync it per the mode. On success the chain state moves forward.
+    fn write_chunk(&mut self, chunk: &[Line]) -> io::Result<bool> {
+        let len: u64 =
+            chunk.iter().map(|l| l.bytes.len() as u64).sum::<u64>() + u64::from(self.needs_newline);
+        if self.max_size > 0 && self.size > 0 && self.size + len > self.max_size {
+            self.rotate()?;
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        if self.needs_newline {
+            buf.push(b'\n');
+        }
+        for l in chunk {
+            buf.extend_from_slice(&l.bytes);
+        }
+        let Some(file) = self.file.as_mut() else {
+            let why = self
+                .open_error
+                .as_deref()
+                .unwrap_or("audit file is not open");
+            return Err(io::Error::other(why.to_string()));
+        };
+        file.write_all(&buf)?;
+        let durable = match self.sync {
+            SyncMode::None => false,
+            SyncMode::Batch | SyncMode::Always => {
+                let t = Instant::now();
+                file.sync_data()?;
+                self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .last_fsync_micros
+                    .store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                true
+            }
+        };
+        self.needs_newline = false;
+        self.size += buf.len() as u64;
+        if let Some(last) = chunk.last() {
+            self.seq = last.seq;
+            self.last_hash = last.hash.clone();
+        }
+        self.shared.batches.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .records_written
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        self.shared.last_seq.store(self.seq, Ordering::Relaxed);
+        Ok(durable)
+    }
+
+    /// A write or sync failed: cut the partial bytes, answer the producers, note the outage.
+    fn fail(&mut self, error: &io::Error, lines: Vec<Line>) {
+        self.shared.write_errors.fetch_add(1, Ordering::Relaxed);
+        let cut = self.file.as_ref().map(|f| f.set_len(self.size));
+        if !matches!(cut, Some(Ok(()))) {
+            // The handle is unusable; the next batch reopens and cuts again.
+            self.file = None;
+        }
+        let refused = lines.iter().filter(|l| l.ack.is_some()).count() as u64;
+        self.shared
+            .failed_records
+            .fetch_add(refused, Ordering::Relaxed);
+        let error_text = error.to_string();
+        match &mut self.outage {
+            Some(o) => {
+                o.failed += refused;
+                tracing::debug!(error = %error_text, refused, "audit file still failing");
+            }
+            None => {
+                let since = now_rfc3339();
+                if self.fail_open {
+                    tracing::error!(
+                        path = %self.path.display(), error = %error_text,
+                        "audit file cannot be written; fail_open = true, so mail is passing \
+                         UNAUDITED until it recovers"
+                    );
+                } else {
+                    tracing::error!(
+                        path = %self.path.display(), error = %error_text,
+                        "audit file cannot be written; messages are tempfailed (4xx) until it \
+                         recovers"
+                    );
+                }
+                self.shared.failing.store(true, Ordering::Relaxed);
+                let _ = self.health.send(SinkHealth::Failing {
+                    since: since.clone(),
+                    error: error_text.clone(),
+                });
+                self.outage = Some(Outage {
+                    since,
+                    since_instant: Instant::now(),
+                    error: error_text.clone(),
+                    failed: refused,
+                });
+            }
+        }
+        for line in lines {
+            if let Some(ack) = line.ack {
+                let answer = if self.fail_open {
+                    Ok(Ack {
+                        seq: None,
+                        hash: None,
+                        durable: false,
+                    })
+                } else {
+                    Err(AuditError::Sink {
+                        path: self.path.display().to_string(),
+                        error: error_text.clone(),
+                    })
+                };
+                let _ = ack.send(answer);
+            }
+        }
+    }
+
+    /// Close the current file and open the configured path again (append, create).
+    fn reopen(&mut self, why: &str) -> Result<(), AuditError> {
+        let old_id = self.file_id;
+        if let Some(f) = self.file.take()
+            && self.sync != SyncMode::None
+        {
+            let _ = f.sync_data();
+        }
+        let (file, len, id) =
+            open_append(&self.path, self.file_mode).map_err(|e| AuditError::Sink {
+                path: self.path.display().to_string(),
+                error: e.to_string(),
+            })?;
+        if old_id == Some(id) && len > self.size {
+            // Same file, longer than what was committed: a failed batch left bytes behind.
+            file.set_len(self.size).map_err(|e| AuditError::Sink {
+                path: self.path.display().to_string(),
+                error: e.to_string(),
+            })?;
+        } else {
+            self.size = len;
+            if old_id != Some(id) {
+                // A different file: whatever fragment the old one ended in is not our tail.
+                self.needs_newline = false;
+            }
+        }
+        tracing::info!(path = %self.path.display(), reason = why, "audit file (re)opened");
+        self.file = Some(file);
+        self.file_id = Some(id);
+        Ok(())
+    }
+
+    /// Size-based rotation: FILE.(keep-1) → FILE.keep, …, FILE → FILE.1, then a new FILE.
+    fn rotate(&mut self) -> io::Result<()> {
+        if let Some(mut f) = self.file.take() {
+            if self.needs_newline {
+                // Terminate the old file's fragment there, so the next file starts clean.
+                f.write_all(b"\n")?;
+                self.needs_newline = false;
+            }
+            if self.sync != SyncMode::None {
+                f.sync_data()?;
+            }
+        }
+        for i in (1..self.keep).rev() {
+            let from = numbered(&self.path, i);
+            if from.exists() {
+                fs::rename(&from, numbered(&self.path, i + 1))?;
+            }
+        }
+        if self.path.exists() {
+            fs::rename(&self.path, numbered(&self.path, 1))?;
+        }
+        let (file, len, id) = open_append(&self.path, self.file_mode)?;
+        sync_dir(&self.path);
+        self.file = Some(file);
+        self.file_id = Some(id);
+        self.size = len;
+        self.needs_newline = false;
+        self.shared.rotations.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(path = %self.path.display(), next_seq = self.seq + 1, "audit file rotated");
+        Ok(())
+    }
+
+    fn forward_syslog(&mut self, line: &Line) {
+        if let Some(sys) = &mut self.syslog {
+            sys.forward(
+                &LineMeta {
+                    seq: line.seq,
+                    event: line.kind.as_str(),
+                    severity: line.severity,
+                    security_event: line.security_event,
+                    hash: &line.hash,
+                    time: &line.time,
+                },
+                &line.bytes,
+            );
+        }
+    }
+
+    fn final_sync(&mut self) {
+        if let Some(f) = &self.file
+            && let Err(e) = f.sync_all()
+        {
+            tracing::error!(path = %self.path.display(), error = %e, "final sync of the audit file failed");
+        }
+    }
+}
+
+/// `FILE.n` next to `FILE`.
+pub fn numbered(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+fn open_append(path: &Path, mode: u32) -> io::Result<(File, u64, (u64, u64))> {
+    let existed = path.exists();
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(mode)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !existed {
+        sync_dir(path);
+    }
+    Ok((file, meta.len(), (meta.dev(), meta.ino())))
+}
+
+/// Make a new directory entry durable (best effort: some file systems refuse it).
+fn sync_dir(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn kernel_hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Chain state found at the end of an existing audit file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Last complete, valid record's `seq` (0 for a new chain).
+    pub seq: u64,
+    /// Its line hash ([`GENESIS_PREV`] for a new chain).
+    pub hash: String,
+    /// Bytes after the last newline of the current file, if any (an incomplete record).
+    pub fragment: Option<Vec<u8>>,
+    /// Complete lines after the last valid record that are not records.
+    pub skipped_bad_lines: usize,
+}
+
+/// Find where the chain stands: the end of `path`, or of `path.1` when `path` is missing or
+/// holds no complete record (after logrotate moved it away before a restart).
+pub fn recover(path: &Path) -> io::Result<Recovered> {
+    let mut here = match File::open(path) {
+        Ok(mut f) => scan_tail(&mut f)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Tail::default(),
+        Err(e) => return Err(e),
+    };
+    if here.last.is_none() {
+        let rotated = numbered(path, 1);
+        if let Ok(mut f) = File::open(&rotated) {
+            let older = scan_tail(&mut f)?;
+            if older.fragment.is_some() {
+                tracing::warn!(path = %rotated.display(),
+                    "rotated audit file ends in an incomplete record; verify will report it");
+            }
+            here.last = older.last;
+            here.skipped_bad_lines += older.skipped_bad_lines;
+        }
+    }
+    let (seq, hash) = here.last.unwrap_or_else(|| (0, GENESIS_PREV.to_string()));
+    Ok(Recovered {
+        seq,
+        hash,
+        fragment: here.fragment,
+        skipped_bad_lines: here.skipped_bad_lines,
+    })
+}
+
+#[derive(Debug, Default)]
+struct Tail {
+    last: Option<(u64, String)>,
+    fragment: Option<Vec<u8>>,
+    skipped_bad_lines: usize,
+}
+
+/// Read backwards from the end in blocks until the last valid record is found.
+fn scan_tail(file: &mut File) -> io::Result<Tail> {
+    const BLOCK: u64 = 64 * 1024;
+    let len = file.metadata()?.len();
+    let mut pos = len; // file offset of buf[0]
+    let mut buf: Vec<u8> = Vec::new();
+    let mut tail = Tail::default();
+
+    // Read one more block before buf; returns false at the start of the file.
+    let mut grow = |buf: &mut Vec<u8>, pos: &mut u64| -> io::Result<bool> {
+        if *pos == 0 {
+            return Ok(false);
+        }
+        let n = BLOCK.min(*pos);
+        *pos -= n;
+        file.seek(SeekFrom::Start(*pos))?;
+        let mut block = vec![0u8; n as usize];
+        file.read_exact(&mut block)?;
+        block.extend_from_slice(buf);
+        *buf = block;
+        Ok(true)
+    };
+
+    // The end of the complete region: just after the last newline.
+    let mut end = loop {
+        if let Some(i) = buf.iter().rposition(|&b| b == b'\n') {
+            break Some(i);
+        }
+        if !grow(&mut buf, &mut pos)? {
+            break None;
+        }
+    };
+    // `end` is relative to buf; track it as a file offset so growing does not shift it.
+    let Some(nl) = end.take() else {
+        if !buf.is_empty() {
+            tail.fragment = Some(buf);
+        }
+        return Ok(tail);
+    };
+    let mut line_end = pos + nl as u64; // offset of the newline ending the current line
+    if nl + 1 < buf.len() {
+        tail.fragment = Some(buf[nl + 1..].to_vec());
+    }
+    loop {
+        let start = loop {
+            let rel_end = (line_end - pos) as usize;
+            if let Some(i) = buf[..rel_end].iter().rposition(|&b| b == b'\n') {
+                break pos + i as u64 + 1;
+            }
+            if !grow(&mut buf, &mut pos)? {
+                break 0; // the first line of the file
+            }
+        };
+        let line = &buf[(start - pos) as usize..(line_end - pos) as usize];
+        if !line.is_empty() {
+            match Record::from_line(line) {
+                Ok(r) => {
+                    tail.last = Some((r.seq, line_hash(line)));
+                    return Ok(tail);
+                }
+                Err(_) => tail.skipped_bad_lines += 1,
+            }
+        }
+        if start == 0 {
+            return Ok(tail);
+        }
+        line_end = start - 1;
+    }
+}
