@@ -155,8 +155,11 @@ fn prepare(config_path: Option<&Path>, listen: Option<String>) -> Result<Config,
     Ok(config)
 }
 
+// File descriptors 0-2: a daemon started with one of them closed would hand that number to the
+// next socket it opens, and a log line meant for stderr would go to the MTA. Rust's runtime already
+// opens /dev/null on any of 0-2 that is closed before `main` runs (tests/cli.rs checks it), so
+// nothing is needed here; after start-up only log lines are written, and only to stderr.
 fn run(config_path: Option<&Path>, listen: Option<String>) -> Result<(), Failure> {
-    keep_standard_fds_open();
     let config = prepare(config_path, listen)?;
     crate::telemetry::init(&config.logging).map_err(runtime)?;
     // systemd readiness (Type=notify); a no-op when not started by systemd.
@@ -292,27 +295,4 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = &'stati
             _ = int.recv() => "SIGINT",
         }
     })
-}
-
-/// Make sure file descriptors 0, 1 and 2 are open. A daemon started with one of them closed
-/// would otherwise hand that number to the next socket it opens, and a stray write to "stderr"
-/// would then go to the MTA. Each free low descriptor gets /dev/null and stays open for the
-/// life of the process.
-fn keep_standard_fds_open() {
-    use std::os::fd::{AsRawFd, IntoRawFd};
-    for _ in 0..3 {
-        let Ok(null) = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-        else {
-            return;
-        };
-        if null.as_raw_fd() > 2 {
-            // 0-2 are all taken; this one closes when dropped.
-            return;
-        }
-        // Keep it: it now fills a standard descriptor.
-        let _ = null.into_raw_fd();
-    }
 }

@@ -33,3 +33,7 @@ pub mod reload;
 pub mod telemetry;
 /// One message: envelope, headers in order, body (spilled to disk when large).
 pub mod transaction;
+
+/// Fuzz target bodies (shared by `fuzz/` and the corpus-replay test).
+#[doc(hidden)]
+pub mod fuzzing;

@@ -373,6 +373,139 @@ fn stopped_milter_means_451_and_delivery_once_it_is_back() {
     assert_eq!(got[0].body(), crlf_to_lf(body).as_slice());
 }
 
+/// SIGTERM-style graceful shutdown while a message is being decided: markgate stops accepting,
+/// finishes that message (the client gets 250 and the message is delivered), then exits.
+#[test]
+fn graceful_shutdown_finishes_the_message_in_flight() {
+    if !peers_ok("graceful_shutdown_finishes_the_message_in_flight") {
+        return;
+    }
+    let handler = TestHandler::new(spill(1024 * 1024), |_| Outcome {
+        verdict: Verdict::Continue,
+        modifications: vec![Modification::AddHeader {
+            name: "X-Markgate-Test".into(),
+            value: b"decided during shutdown".to_vec(),
+        }],
+    })
+    .with_delay(Duration::from_secs(2));
+    let deciding = handler.deciding();
+    let milter = Milter::start_tcp(handler);
+    let port = milter.port().expect("tcp port");
+    let pf = Arc::new(Postfix::start(PostfixConfig::with_milter(
+        milter.postfix_spec(),
+    )));
+    let sender = {
+        let pf = Arc::clone(&pf);
+        std::thread::spawn(move || {
+            pf.send_data(
+                "alice@example.org",
+                &["bob@example.net"],
+                &sample_message("in flight at shutdown"),
+            )
+        })
+    };
+    let deadline = std::time::Instant::now() + DELIVERY;
+    while deciding.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the message never reached markgate"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Returns once the server has finished: the message in flight first.
+    milter.stop();
+    assert!(!ports::is_listening(port), "still accepting after shutdown");
+    let r = sender.join().expect("sender thread");
+    assert_eq!(r.code, 0, "{}", r.dialog);
+    let got = pf.wait_delivered(1, DELIVERY);
+    assert_eq!(
+        got[0].header("X-Markgate-Test").as_deref(),
+        Some("decided during shutdown")
+    );
+}
+
+/// Mail Postfix accepted was filtered before it was queued: held in the queue
+/// (`defer_transports`), it is delivered by a flush with its edits even after markgate stopped.
+#[test]
+fn queued_mail_is_delivered_by_a_flush_after_markgate_stopped() {
+    if !peers_ok("queued_mail_is_delivered_by_a_flush_after_markgate_stopped") {
+        return;
+    }
+    let handler = TestHandler::new(spill(1024 * 1024), |_| Outcome {
+        verdict: Verdict::Continue,
+        modifications: vec![Modification::AddHeader {
+            name: "X-Markgate-Test".into(),
+            value: b"filtered before queueing".to_vec(),
+        }],
+    });
+    let milter = Milter::start_tcp(handler);
+    let pf = Postfix::start(PostfixConfig {
+        extra: vec![("defer_transports".into(), "smtp".into())],
+        ..PostfixConfig::with_milter(milter.postfix_spec())
+    });
+    let r = pf.send_data(
+        "alice@example.org",
+        &["bob@example.net"],
+        &sample_message("held in the queue"),
+    );
+    assert_eq!(r.code, 0, "{}", r.dialog);
+    pf.wait_log("status=deferred", DELIVERY);
+    assert!(pf.queue().contains("bob@example.net"), "{}", pf.queue());
+    milter.stop();
+
+    pf.flush();
+    let got = pf.wait_delivered(1, DELIVERY);
+    assert_eq!(
+        got[0].header("X-Markgate-Test").as_deref(),
+        Some("filtered before queueing")
+    );
+}
+
+/// Older Postfix setups may still say `milter_protocol = 2`: markgate negotiates down and its
+/// header and body edits still arrive.
+#[test]
+fn milter_protocol_2_still_gets_edits() {
+    if !peers_ok("milter_protocol_2_still_gets_edits") {
+        return;
+    }
+    let handler = TestHandler::new(spill(1024 * 1024), |t| {
+        let subject = t.first_header("Subject").expect("Subject");
+        Outcome {
+            verdict: Verdict::Continue,
+            modifications: vec![
+                Modification::AddHeader {
+                    name: "X-Markgate-Test".into(),
+                    value: b"protocol 2".to_vec(),
+                },
+                Modification::ChangeHeader {
+                    index: subject.occurrence,
+                    name: "Subject".into(),
+                    value: b"[EDITED] v2".to_vec(),
+                },
+                Modification::ReplaceBody(NewBody::Bytes(Bytes::from_static(b"v2 body\r\n"))),
+            ],
+        }
+    });
+    let milter = Milter::start_tcp(handler);
+    let pf = Postfix::start(PostfixConfig {
+        protocol: 2,
+        ..PostfixConfig::with_milter(milter.postfix_spec())
+    });
+    let r = pf.send_data(
+        "alice@example.org",
+        &["bob@example.net"],
+        &sample_message("old protocol"),
+    );
+    assert_eq!(r.code, 0, "{}", r.dialog);
+    let got = pf.wait_delivered(1, DELIVERY);
+    assert_eq!(
+        got[0].header("X-Markgate-Test").as_deref(),
+        Some("protocol 2")
+    );
+    assert_eq!(got[0].header("Subject").as_deref(), Some("[EDITED] v2"));
+    assert_eq!(got[0].body(), b"v2 body\n");
+}
+
 /// Locally submitted mail (the pickup path, `non_smtpd_milters`) that arrives while markgate is
 /// down stays in Postfix's maildrop and is delivered by itself once markgate is back.
 #[test]

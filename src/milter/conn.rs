@@ -70,6 +70,7 @@ pub async fn serve_connection<S, H>(
         decoder: FrameDecoder::new(config.max_frame_size),
         config,
         shutdown,
+        shutdown_watch: true,
         sink: None,
         doomed: None,
         inbuf: BytesMut::with_capacity(8192),
@@ -90,6 +91,8 @@ struct Conn<S, H: Handler> {
     decoder: FrameDecoder,
     config: Arc<ConnConfig>,
     shutdown: watch::Receiver<bool>,
+    /// False once the shutdown sender is gone.
+    shutdown_watch: bool,
     /// The current message's sink, between MAIL and end-of-message.
     sink: Option<H::Sink>,
     /// Why the current message can only be answered with 451 (set on the first failure).
@@ -140,7 +143,13 @@ where
                     Ok(Err(e)) => return Err(format!("read error: {e}")),
                     Ok(Ok(n)) => n,
                 },
-                _ = shutdown.changed(), if idle => continue,
+                changed = shutdown.changed(), if idle && self.shutdown_watch => {
+                    // A dropped sender can never signal shutdown: stop watching it.
+                    if changed.is_err() {
+                        self.shutdown_watch = false;
+                    }
+                    continue;
+                }
             };
             if n == 0 {
                 if self.session.state().in_message() {
@@ -318,7 +327,10 @@ where
                     if let Some(p) = self.session.progress() {
                         trace!(peer = %self.peer, "sending progress");
                         p.encode(&mut self.out);
-                        self.flush().await?;
+                        if let Err(e) = self.flush().await {
+                            task.abort();
+                            return Err(e);
+                        }
                     }
                 }
             }

@@ -2,14 +2,14 @@
 //!
 //! Owns framing, typed commands and replies, option negotiation, the per-connection state
 //! machine, connections and listeners. Knows nothing about labels, policy or message storage:
-//! it talks to the rest of markgate only through [`handler::Handler`]. It imports nothing from
+//! it talks to the rest of markgate only through [`handler::Handler`](crate::milter::handler::Handler). It imports nothing from
 //! the rest of the crate, so it could be lifted out as a library. Protocol notes:
 //! `../shared/reference/milter-protocol.md` and libmilter's `mfdef.h`.
 //!
-//! Layers, bottom up: [`codec`] (bytes ↔ frames) → [`command`] / [`reply`] (frames ↔ typed
-//! values) → [`flags`] (negotiation) and [`macros`] → [`session`] (pure state machine) →
-//! [`conn`] (one connection's I/O, timeouts, failure rule) → [`server`] (listeners).
-//! [`mta`] is the other side of the wire (an MTA-side client) for tests and load generation.
+//! Layers, bottom up: [`codec`](crate::milter::codec) (bytes ↔ frames) → [`command`](crate::milter::command) / [`reply`](crate::milter::reply) (frames ↔ typed
+//! values) → [`flags`](crate::milter::flags) (negotiation) and [`macros`](crate::milter::macros) → [`session`](crate::milter::session) (pure state machine) →
+//! [`conn`](crate::milter::conn) (one connection's I/O, timeouts, failure rule) → [`server`](crate::milter::server) (listeners).
+//! [`mta`](crate::milter::mta) is the other side of the wire (an MTA-side client) for tests and load generation.
 //!
 //! # Logging policy
 //! - `error`: we cannot serve — a message answered 451 because the handler or its sink

@@ -89,6 +89,8 @@ pub enum ReplyError {
     Nul(&'static str),
     #[error("header name is empty or contains ':' or whitespace")]
     BadHeaderName,
+    #[error("header value contains CR (fold with bare LF)")]
+    BadHeaderValue,
     #[error("reply code {0} is not 4xx or 5xx")]
     BadCode(u16),
     #[error("enhanced status {0:?} is malformed or its class does not match the reply code")]
@@ -227,7 +229,12 @@ impl Reply {
                 if name.is_empty() || name.iter().any(|&c| c == b':' || c <= b' ' || c == 0x7f) {
                     return Err(ReplyError::BadHeaderName);
                 }
-                no_nul(value)
+                no_nul(value)?;
+                // Folding is bare LF; a CR would end up literally in the queue file (§7.3).
+                if value.contains(&b'\r') {
+                    return Err(ReplyError::BadHeaderValue);
+                }
+                Ok(())
             }
             Reply::ReplaceBody(b) if b.len() > MAX_BODY_CHUNK => Err(ReplyError::Malformed(n)),
             Reply::AddRcpt(s) | Reply::DelRcpt(s) | Reply::Quarantine(s) => no_nul(s),
@@ -797,6 +804,14 @@ mod tests {
             );
         }
         assert!(Reply::DelRcpt(b(b"a\0b")).validate().is_err());
+        assert_eq!(
+            Reply::AddHeader {
+                name: b(b"X"),
+                value: b(b"a\r\n\tb")
+            }
+            .validate(),
+            Err(ReplyError::BadHeaderValue)
+        );
     }
 
     #[test]

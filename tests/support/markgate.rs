@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -150,6 +151,8 @@ pub type Decide = dyn Fn(&Transaction) -> Outcome + Send + Sync;
 pub struct TestHandler {
     spill: SpillPolicy,
     decide: Box<Decide>,
+    delay: Duration,
+    deciding: Arc<AtomicUsize>,
 }
 
 impl TestHandler {
@@ -160,7 +163,20 @@ impl TestHandler {
         TestHandler {
             spill,
             decide: Box::new(decide),
+            delay: Duration::ZERO,
+            deciding: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// Take this long (asynchronously) at end-of-message before deciding, like a slow policy.
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    /// Counts end-of-message calls that have started (before the delay).
+    pub fn deciding(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.deciding)
     }
 }
 
@@ -176,6 +192,10 @@ impl Handler for TestHandler {
         _conn: &ConnectionFacts,
         message: Transaction,
     ) -> Result<Outcome, HandlerError> {
+        self.deciding.fetch_add(1, Ordering::SeqCst);
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
         Ok((self.decide)(&message))
     }
 }

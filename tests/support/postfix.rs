@@ -331,17 +331,30 @@ impl Postfix {
             dir: Some(dir),
             root,
             etc,
-            smtp_port: ports::free_port(),
-            sink_port: ports::free_port(),
+            smtp_port: 0,
+            sink_port: 0,
             sink: None,
             master_pid: None,
             sends: std::sync::atomic::AtomicU32::new(0),
         };
-        pf.write_master_cf();
-        pf.write_main_cf(&config);
-        pf.start_sink();
-        pf.start_postfix();
-        pf
+        // Another process on the machine may take a port between our check and Postfix's bind;
+        // then start again on fresh ports.
+        for attempt in 1..=3 {
+            pf.smtp_port = ports::free_port();
+            pf.sink_port = ports::free_port();
+            pf.write_master_cf();
+            pf.write_main_cf(&config);
+            match pf.start_sink().and_then(|()| pf.start_postfix()) {
+                Ok(()) => return pf,
+                Err(e) if e.contains("Address already in use") && attempt < 3 => {
+                    eprintln!("port collision, starting again on other ports: {e}");
+                    pf.stop();
+                    fs::write(pf.root.join("maillog"), b"").expect("truncate maillog");
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     /// The instance directory (config in `etc/`, queue in `spool/`, dumps in `sink/`).
@@ -623,10 +636,11 @@ milter_content_timeout = {t_content}
         fs::write(self.etc.join("main.cf"), cf).expect("write main.cf");
     }
 
-    fn start_sink(&mut self) {
+    fn start_sink(&mut self) -> Result<(), String> {
         // smtp-sink refuses to run as root without -u; it then writes the dumps as `postfix`.
         // -d: one file per transaction, named from the template plus a random suffix.
-        let log = fs::File::create(self.root.join("smtp-sink.log")).expect("create sink log");
+        let log_path = self.root.join("smtp-sink.log");
+        let log = fs::File::create(&log_path).expect("create sink log");
         let child = Command::new(peers::tool("smtp-sink"))
             .args(["-u", "postfix", "-4", "-d"])
             .arg(self.root.join("sink").join("msg."))
@@ -638,12 +652,23 @@ milter_content_timeout = {t_content}
             .spawn()
             .expect("start smtp-sink");
         self.sink = Some(child);
-        if !ports::wait_listening(self.sink_port, 10) {
-            panic!(
-                "smtp-sink did not listen on {}: {}",
-                self.sink_port,
-                fs::read_to_string(self.root.join("smtp-sink.log")).unwrap_or_default()
-            );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let exited = self
+                .sink
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited || Instant::now() >= deadline {
+                return Err(format!(
+                    "smtp-sink did not listen on {}: {}",
+                    self.sink_port,
+                    fs::read_to_string(&log_path).unwrap_or_default()
+                ));
+            }
+            if ports::is_listening(self.sink_port) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -657,29 +682,32 @@ milter_content_timeout = {t_content}
             .unwrap_or_else(|e| panic!("run postfix {action}: {e}"))
     }
 
-    fn start_postfix(&mut self) {
+    fn start_postfix(&mut self) -> Result<(), String> {
         // `postfix check` creates the queue's sub-directories with the right owners.
         for action in ["check", "start"] {
             let out = self.postfix_cmd(action);
             if !out.status.success() {
-                panic!(
+                return Err(format!(
                     "postfix {action} failed: {}{}\nmaillog:\n{}",
                     String::from_utf8_lossy(&out.stdout),
                     String::from_utf8_lossy(&out.stderr),
                     self.maillog()
-                );
+                ));
             }
         }
         self.master_pid = fs::read_to_string(self.root.join("spool/pid/master.pid"))
             .ok()
             .and_then(|s| s.trim().parse().ok());
-        if !ports::wait_listening(self.smtp_port, 20) {
-            panic!(
-                "smtpd did not listen on {}:\n{}",
-                self.smtp_port,
-                self.maillog()
-            );
+        let listening = ports::wait_listening(self.smtp_port, 20);
+        // Listening could be someone else on that port: master logs a fatal bind error then.
+        let log = self.maillog();
+        if !listening || log.contains("Address already in use") {
+            return Err(format!(
+                "smtpd did not listen on {}:\n{log}",
+                self.smtp_port
+            ));
         }
+        Ok(())
     }
 
     fn stop(&mut self) {

@@ -1,0 +1,47 @@
+//! Replays every committed fuzz input (`fuzz/corpus/<target>/` and
+//! `fuzz/regressions/<target>/`) through its target body, so the corpora and the crash
+//! reproducers run as ordinary tests without cargo-fuzz or a nightly toolchain.
+//!
+//! Other areas extend [`TARGETS`] with a row per fuzz target they add.
+
+use std::path::Path;
+
+/// A fuzz target body.
+type Body = fn(&[u8]);
+
+/// (target name as in `fuzz/Cargo.toml`, its body).
+const TARGETS: &[(&str, Body)] = &[
+    ("frame", markgate::fuzzing::milter::frame),
+    ("session", markgate::fuzzing::milter::session),
+];
+
+fn inputs(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<_> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn replay_corpora_and_regressions() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    for (name, body) in TARGETS {
+        let mut ran = 0;
+        for kind in ["corpus", "regressions"] {
+            for file in inputs(&root.join(kind).join(name)) {
+                let data = std::fs::read(&file).unwrap();
+                let result = std::panic::catch_unwind(|| body(&data));
+                assert!(result.is_ok(), "{name}: {} panicked", file.display());
+                ran += 1;
+            }
+        }
+        assert!(ran > 0, "no corpus files for fuzz target {name}");
+        println!("{name}: replayed {ran} inputs");
+    }
+}
