@@ -971,6 +971,7 @@ pub struct Filter {
     audit: Option<AuditHandle>,
     alerts: AlertHandle,
     notices: Notices,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Filter {
@@ -999,6 +1000,35 @@ impl Filter {
             audit,
             alerts,
             notices,
+            metrics: None,
+        }
+    }
+
+    /// Count every answered message in `metrics` (by direction, level, verdict and rule, with
+    /// the end-of-message latency).
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, started: std::time::Instant, d: Option<&Decision>, verdict: &str) {
+        if let Some(m) = &self.metrics {
+            let (direction, level, rules) = match d {
+                Some(d) => (
+                    match d.direction {
+                        Direction::Outbound => "outbound",
+                        Direction::Inbound => "inbound",
+                    },
+                    if d.effective.source == LevelSource::Assumed {
+                        "none"
+                    } else {
+                        d.effective.level_name.as_str()
+                    },
+                    d.rule_ids.iter().map(String::as_str).collect::<Vec<_>>(),
+                ),
+                None => ("unknown", "none", Vec::new()),
+            };
+            m.message_decided(direction, level, verdict, &rules, started.elapsed());
         }
     }
 
@@ -1109,6 +1139,7 @@ impl Handler for Filter {
         conn: &ConnectionFacts,
         message: Message,
     ) -> Result<Outcome, HandlerError> {
+        let started = std::time::Instant::now();
         let Message { tx, live } = message;
         let conn = conn.clone();
         // The pure pipeline may parse a large body: keep it off the connection tasks' threads.
@@ -1133,6 +1164,7 @@ impl Handler for Filter {
             Ok(r) => r,
             Err(e) => {
                 error!(error = %e, "the decision pipeline failed; answering 4xx");
+                self.count(started, None, "tempfail");
                 return Ok(Outcome {
                     verdict: Verdict::Tempfail(Some(tempfail_reply("internal error"))),
                     modifications: Vec::new(),
@@ -1143,6 +1175,7 @@ impl Handler for Filter {
             Ok(r) => r,
             Err(e) => {
                 error!(queue_id = meta.queue_id.as_deref().unwrap_or(""), error = %e, "cannot decide the message; answering 4xx");
+                self.count(started, None, "tempfail");
                 return Ok(Outcome {
                     verdict: Verdict::Tempfail(Some(tempfail_reply("internal error"))),
                     modifications: Vec::new(),
@@ -1160,6 +1193,7 @@ impl Handler for Filter {
                 Ok(ack) => audit_seq = ack.seq,
                 Err(e) => {
                     error!(queue_id = meta.queue_id.as_deref().unwrap_or(""), error = %e, "audit record not written; answering 4xx so the mail is retried, not passed unaudited");
+                    self.count(started, Some(&eval.decision), "tempfail");
                     return Ok(Outcome {
                         verdict: Verdict::Tempfail(Some(tempfail_reply("audit trail unavailable"))),
                         modifications: Vec::new(),
@@ -1174,6 +1208,15 @@ impl Handler for Filter {
         if let Some(notice) = sender_notice(&eval) {
             self.notices.send(notice);
         }
+        self.count(
+            started,
+            Some(&eval.decision),
+            if eval.decision.shadow.is_some() {
+                "shadow"
+            } else {
+                verdict_name(&eval.verdict)
+            },
+        );
         info!(
             queue_id = meta.queue_id.as_deref().unwrap_or(""),
             from = %eval.envelope.sender,
