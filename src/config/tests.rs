@@ -66,6 +66,8 @@ fn sample_file_shows_every_key_with_its_default() {
     want.socket.group = Some("postfix".into());
     want.limits.spill_directory = Some(PathBuf::from("/var/tmp"));
     want.metrics.listen = Some("127.0.0.1:9195".parse().unwrap());
+    want.audit.host = Some("gw1.example".into());
+    want.alerts.to = vec!["security-team@example.gov.uk".into()];
     assert_eq!(got, want);
     // And every key the loader knows appears in the sample.
     for key in [
@@ -170,7 +172,14 @@ fn unknown_key_in_a_section_points_at_the_key() {
 
 #[test]
 fn unknown_section_is_an_error() {
-    assert_err("[audit]\nfile = \"x\"\n", 1, 2, &["unknown field `audit`"]);
+    assert_err(
+        "[nonsense]\nfile = \"x\"\n",
+        1,
+        2,
+        &["unknown field `nonsense`"],
+    );
+    // Inside a known section, an unknown key is named where it is.
+    assert_err("[audit]\nfile = \"x\"\n", 2, 1, &["unknown field `file`"]);
 }
 
 #[test]

@@ -1013,7 +1013,8 @@ mod tests {
         assert_eq!(open_raw_context(b"<style>p{}</style><scripts>"), None);
         let html = b"<body><!-- open </body>";
         let (at, ins) = insertion(html, b"X", true, Placement::Append, LineEnding::Crlf);
-        assert_eq!((at, ins.as_slice()), (html.len(), &b"-->X"[..]));
+        // At the very end the block gets lines of its own and a final line end.
+        assert_eq!((at, ins.as_slice()), (html.len(), &b"\r\n-->X\r\n"[..]));
         let html = b"<!-- <body> hidden -->";
         let (at, ins) = insertion(html, b"X", true, Placement::Prepend, LineEnding::Crlf);
         assert_eq!((at, ins.as_slice()), (0, &b"X"[..]));
