@@ -152,6 +152,9 @@ pub struct Evaluation {
     pub raw: Vec<u8>,
     /// Whether the body was read and its MIME tree parsed.
     pub body_inspected: bool,
+    /// The MIME shape the plan was made from (parsed once; only the body offset is known when
+    /// the body was not read).
+    pub shape: MimeShape,
 }
 
 impl Evaluation {
@@ -237,6 +240,7 @@ pub fn evaluate(
         plan,
         raw,
         body_inspected,
+        shape,
     })
 }
 
@@ -756,11 +760,9 @@ fn disclaimer_skip(reason: &str, rule: &str) -> Edit {
     }
 }
 
-/// `text/plain` or `text/html` for a part index, from a fresh look at the message (only
-/// called when the body was read).
+/// `text/plain` or `text/html` for a part index of the message's MIME shape.
 fn part_name(eval: &Evaluation, part: usize) -> String {
-    let shape = mime::analyze(&eval.raw, None);
-    shape
+    eval.shape
         .parts
         .get(part)
         .map_or_else(|| format!("part {part}"), |p| p.content_type.clone())
