@@ -40,7 +40,7 @@ done
 export PATH="$PATH:/usr/sbin:/sbin"
 
 missing=()
-for tool in postfix smtp-sink postqueue sendmail swaks miltertest; do
+for tool in postfix smtp-sink postqueue sendmail swaks miltertest openssl; do
 	command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -48,9 +48,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 	case " ${missing[*]} " in *" postfix "*) installing_postfix=1 ;; esac
 	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix swaks miltertest
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix swaks miltertest openssl
 fi
-for tool in postfix smtp-sink postqueue sendmail swaks miltertest; do
+for tool in postfix smtp-sink postqueue sendmail swaks miltertest openssl; do
 	command -v "$tool" >/dev/null || { echo "scripts/test.sh: $tool still missing after install" >&2; exit 1; }
 done
 
