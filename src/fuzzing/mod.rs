@@ -10,3 +10,4 @@
 
 pub mod milter;
 pub mod policy;
+pub mod rewrite;

@@ -4,10 +4,12 @@
 //!   and in the policy's label headers, each with where it was found, its raw text, the byte
 //!   range inside the decoded subject, and the grammar's diagnostics.
 //! - [`forward`]: auto-forward evidence from the policy's configured header signals.
+//! - [`mime`]: the MIME shape (parts, roles, transfer encodings, charsets), disclaimer already
+//!   present, signed or encrypted parts.
 //!
-//! The MIME facts (disclaimer already present, signed or encrypted parts) live in `mime`.
 //! Must not: change the message, decide anything, do I/O or log. The results are the plain data
 //! types of `policy::facts`, so decide() never depends on how they were found.
 
 pub mod forward;
 pub mod markings;
+pub mod mime;
