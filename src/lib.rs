@@ -9,8 +9,18 @@
 pub mod alert;
 /// The tamper-evident audit trail: records, writer, syslog, verify and report.
 pub mod audit;
+/// The command line (`markgate run`, `markgate version`) and exit codes.
+pub mod cli;
+/// Daemon settings (listen, limits, timeouts, logging) — not policy.
+pub mod config;
+/// The production milter handler (glue between the milter layer and the decision pipeline).
+pub mod filter;
 /// The milter protocol engine (no labels, no policy).
 pub mod milter;
+/// Logging setup and what each log level is for.
+pub mod telemetry;
+/// One message: envelope, headers in order, body (spilled to disk when large).
+pub mod transaction;
 
 /// Fuzz target bodies (shared by `fuzz/` and the corpus-replay test).
 #[doc(hidden)]

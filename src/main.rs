@@ -1,6 +1,6 @@
-//! The `markgate` binary: parse the command line and hand over to the library.
+//! The `markgate` binary: everything happens in [`markgate::cli`].
 #![forbid(unsafe_code)]
 
-fn main() {
-    println!("markgate {}", env!("CARGO_PKG_VERSION"));
+fn main() -> std::process::ExitCode {
+    markgate::cli::main()
 }

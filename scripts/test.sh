@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# scripts/test.sh: run markgate's whole test suite, real peers included.
+#
+#   scripts/test.sh                 install missing peers, then cargo test --all-targets (+ doc tests)
+#   scripts/test.sh --install-only  only install the peers (used by .ci/run before fmt/clippy)
+#   scripts/test.sh -- ARGS...      pass ARGS to cargo test (e.g. -- --test postfix)
+#
+# The end-to-end tests start private Postfix instances on loopback (their own config, queue and
+# ports under /tmp; the system's /etc/postfix is never read), relay to Postfix's smtp-sink, send
+# with swaks and play the MTA with OpenDKIM's miltertest. Postfix's master must start as root, so
+# this script needs root (it re-runs itself with sudo when it can). Missing peers are installed
+# with apt-get; the postfix package is preseeded to "No configuration" so installing it does not
+# set up or start a system mail server. Inside this script a missing peer fails the run instead
+# of skipping the test (MARKGATE_REQUIRE_REAL_PEERS=1).
+set -euo pipefail
+self=$(realpath "$0")
+cd "$(dirname "$self")/.."
+
+if [ "$(id -u)" != 0 ]; then
+	if command -v sudo >/dev/null; then
+		echo "scripts/test.sh: Postfix needs root; re-running with sudo" >&2
+		exec sudo -E env "PATH=$PATH" "$self" "$@"
+	fi
+	echo "scripts/test.sh: must run as root (Postfix's master starts as root)" >&2
+	exit 2
+fi
+
+install_only=0
+cargo_args=()
+while [ $# -gt 0 ]; do
+	case $1 in
+	--install-only) install_only=1; shift ;;
+	--) shift; cargo_args=("$@"); break ;;
+	-h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	*) echo "scripts/test.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+	esac
+done
+
+# Postfix keeps its commands in /usr/sbin, which a non-login PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
+
+missing=()
+for tool in postfix smtp-sink postqueue sendmail swaks miltertest; do
+	command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "scripts/test.sh: installing real peers (missing: ${missing[*]})" >&2
+	case " ${missing[*]} " in *" postfix "*) installing_postfix=1 ;; esac
+	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix swaks miltertest
+fi
+for tool in postfix smtp-sink postqueue sendmail swaks miltertest; do
+	command -v "$tool" >/dev/null || { echo "scripts/test.sh: $tool still missing after install" >&2; exit 1; }
+done
+
+# The tests never need the system instance. If one runs (a developer's own mail server) it is
+# left alone: the private instances use other ports and directories. If it is running only
+# because the package we just installed started it, stop it again.
+if [ -f /etc/postfix/main.cf ] && postfix status >/dev/null 2>&1; then
+	if [ "${installing_postfix:-0}" = 1 ]; then
+		echo "scripts/test.sh: stopping the system Postfix the package started" >&2
+		postfix stop || true
+	else
+		echo "scripts/test.sh: note: a system Postfix is running; the tests do not use or touch it" >&2
+	fi
+fi
+
+[ "$install_only" = 1 ] && exit 0
+
+export MARKGATE_REQUIRE_REAL_PEERS=1
+cargo test --all-targets "${cargo_args[@]}"
+if [ ${#cargo_args[@]} -eq 0 ]; then
+	cargo test --doc
+fi
