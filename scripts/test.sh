@@ -69,7 +69,13 @@ fi
 [ "$install_only" = 1 ] && exit 0
 
 export MARKGATE_REQUIRE_REAL_PEERS=1
+# go-md2man lets tests/manpages.rs check markgate-policy(5) byte for byte against its markdown.
+command -v go-md2man >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y go-md2man >/dev/null || true
 cargo test --all-targets "${cargo_args[@]}"
 if [ ${#cargo_args[@]} -eq 0 ]; then
 	cargo test --doc
+	# The Debian package: build, dpkg -i, run as the unit would through the chroot socket, purge,
+	# nothing left behind (packaging/README.md). Then the Sendmail snippet against a real Sendmail.
+	packaging/test-package.sh
+	packaging/sendmail/test-sendmail.sh
 fi

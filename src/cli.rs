@@ -1,8 +1,11 @@
-//! The command line: `markgate run` and `markgate version`.
+//! The command line: `markgate run | check | policy test | audit verify | audit report | version`.
 //!
-//! Owns: argument parsing (clap), loading the config, setting up logging, starting the milter
-//! server with the production [`Filter`], signal handling, and turning failures into messages for
-//! people and exit codes. The only place besides `main.rs` that uses `anyhow`.
+//! Owns: argument parsing (clap), loading the config, setting up logging, starting the audit
+//! writer, the alert task and the milter server with the production [`Filter`], signal
+//! handling, the offline tools for people (check a config and policy, try a policy on messages
+//! through the daemon's own pipeline, verify and summarise audit files), and turning failures
+//! into messages for people and exit codes. The only place besides `main.rs` that uses
+//! `anyhow`.
 //!
 //! Must not: know protocol or policy internals; it calls their public APIs.
 //!
@@ -13,6 +16,9 @@
 //! - `2`: usage or configuration error: bad arguments, a config file that cannot be read or is
 //!   invalid (the message names file:line:column), an invalid `--listen` spec, a policy file that
 //!   cannot be read.
+//! - `markgate check` and `markgate audit verify`: 0 when everything is fine, 1 when any problem
+//!   was found (each is printed). `markgate policy test`: 0 when every message was evaluated,
+//!   1 when a message file could not be read, 2 for a policy that does not load.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -57,9 +63,105 @@ enum Command {
         /// inet:PORT@HOST, inet6:PORT@HOST, local:/path.
         #[arg(long, value_name = "SPEC")]
         listen: Option<String>,
+        /// Write the audit trail here instead of the configured file (default
+        /// /var/log/markgate/audit.jsonl). The path in force is logged at start.
+        #[arg(long, value_name = "FILE")]
+        audit_log: Option<PathBuf>,
+    },
+    /// Check a daemon config and a policy; print every problem (file:line:column). Exit 0 when
+    /// both load, 1 otherwise.
+    Check {
+        /// Daemon config file; without it, the built-in default config.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Policy file; without it, the one the config names (else the built-in default).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
+    /// Policy tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Print the version and exit.
     Version,
+    /// Print the markgate(8) manual page (roff), generated from this command-line definition.
+    /// Used to keep packaging/man/markgate.8 in step with the CLI.
+    #[command(hide = true)]
+    Manpage,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Run messages through the daemon's own pipeline (inspect, decide, rewrite) under a
+    /// policy and show what it would do: markings found and where, the effective level, each
+    /// recipient's outcome with rule ids, the labels and disclaimer added, the SMTP answer and
+    /// the exact output message.
+    Test {
+        /// Policy file; without it, the built-in default (policies/uk-gpms.toml).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Envelope sender (MAIL FROM); "" for the null sender.
+        #[arg(long, value_name = "ADDR")]
+        from: String,
+        /// Envelope recipient (RCPT TO); repeat the option (or separate with commas) for
+        /// several.
+        #[arg(long, value_name = "ADDR", required = true, value_delimiter = ',')]
+        rcpt: Vec<String>,
+        /// The SMTP client's address (decides direction with the policy's networks).
+        #[arg(long, value_name = "IP")]
+        client_ip: Option<std::net::IpAddr>,
+        /// The SASL-authenticated user (`{auth_authen}`).
+        #[arg(long, value_name = "USER")]
+        auth: Option<String>,
+        /// The MTA's `{daemon_name}` (e.g. ORIGINATING for Postfix's submission service).
+        #[arg(long, value_name = "NAME")]
+        daemon_name: Option<String>,
+        /// One JSON object per message instead of the text report.
+        #[arg(long)]
+        json: bool,
+        /// Message files (.eml), one or more.
+        #[arg(value_name = "MESSAGE.eml", required = true, num_args = 1..)]
+        messages: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain across audit files (oldest first); report the first broken or
+    /// missing record with its line. Exit 0 when intact, 1 otherwise.
+    Verify {
+        #[arg(value_name = "FILE", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
+    /// Summarise audit files: counts by direction, level, verdict and rule; blocked forwards
+    /// and above-ceiling attempts; conflicts and invalid markings; top senders of blocked mail;
+    /// the CoCo evidence section.
+    Report {
+        /// From this time (RFC 3339, or a date YYYY-MM-DD), inclusive.
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+        /// Until this time (RFC 3339, or a date YYYY-MM-DD), exclusive.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[arg(value_name = "FILE", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// The markgate(8) manual page in roff, generated from the clap definition (clap_mangen), so
+/// the page and the CLI cannot drift: `tests/manpages.rs` compares it with the committed copy.
+pub fn manpage() -> std::io::Result<Vec<u8>> {
+    use clap::CommandFactory;
+    crate::manpage::render(Cli::command())
 }
 
 /// A failure with the exit code it maps to.
@@ -97,7 +199,62 @@ pub fn main() -> ExitCode {
             println!("markgate {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
-        Command::Run { config, listen } => run(config.as_deref(), listen),
+        Command::Run {
+            config,
+            listen,
+            audit_log,
+        } => run(config.as_deref(), listen, audit_log),
+        Command::Check { config, policy } => {
+            return ExitCode::from(check(config.as_deref(), policy.as_deref()));
+        }
+        Command::Policy {
+            command:
+                PolicyCommand::Test {
+                    policy,
+                    from,
+                    rcpt,
+                    client_ip,
+                    auth,
+                    daemon_name,
+                    json,
+                    messages,
+                },
+        } => {
+            let envelope = crate::policy::Envelope {
+                sender: from.trim_matches(['<', '>']).to_owned(),
+                recipients: rcpt
+                    .iter()
+                    .map(|r| r.trim_matches(['<', '>']).to_owned())
+                    .collect(),
+                client_ip,
+                auth_user: auth,
+                daemon_name,
+            };
+            return ExitCode::from(policy_test(policy.as_deref(), &envelope, json, &messages));
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { files },
+        } => {
+            let report = crate::audit::verify_files(&files);
+            print!("{report}");
+            return ExitCode::from(if report.ok() { EXIT_OK } else { EXIT_RUNTIME });
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Report {
+                    since,
+                    until,
+                    json,
+                    files,
+                },
+        } => audit_report(since.as_deref(), until.as_deref(), json, &files),
+        Command::Manpage => manpage()
+            .and_then(|page| {
+                use std::io::Write as _;
+                std::io::stdout().write_all(&page)
+            })
+            .context("cannot write the manual page")
+            .map_err(runtime),
     };
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),
@@ -141,20 +298,83 @@ fn prepare(config_path: Option<&Path>, listen: Option<String>) -> Result<Config,
 // next socket it opens, and a log line meant for stderr would go to the MTA. Rust's runtime already
 // opens /dev/null on any of 0-2 that is closed before `main` runs (tests/cli.rs checks it), so
 // nothing is needed here; after start-up only log lines are written, and only to stderr.
-fn run(config_path: Option<&Path>, listen: Option<String>) -> Result<(), Failure> {
-    let config = prepare(config_path, listen)?;
+fn run(
+    config_path: Option<&Path>,
+    listen: Option<String>,
+    audit_log: Option<PathBuf>,
+) -> Result<(), Failure> {
+    let mut config = prepare(config_path, listen)?;
+    if let Some(path) = &audit_log {
+        config.audit.path = path.clone();
+    }
     crate::telemetry::init(&config.logging).map_err(runtime)?;
+    // systemd readiness (Type=notify); a no-op when not started by systemd.
+    let notifier = Arc::new(crate::notify::Notifier::from_env().unwrap_or_else(|e| {
+        warn!(error = %e, "NOTIFY_SOCKET is unusable; systemd will not be told about readiness");
+        crate::notify::Notifier::disabled()
+    }));
+    // The audit writer first: policy loads and reload failures are audited too.
+    let audit = crate::audit::start(&config.audit)
+        .with_context(|| {
+            format!(
+                "cannot open the audit trail {}",
+                config.audit.path.display()
+            )
+        })
+        .map_err(runtime)?;
+    info!(audit = %audit.path().display(), sync = ?config.audit.sync, fail_open = config.audit.fail_open, "audit trail open");
+    // Load the policy now (refusing to start on any error in it) and keep config + policy in
+    // the reload cell; the command-line --listen and --audit-log are re-applied on every reload.
+    let listen_override = config.listen.clone();
+    let audit_override = config.audit.path.clone();
+    let observer = AuditObserver {
+        audit: audit.clone(),
+    };
+    let reloader = crate::reload::Reloader::start(
+        config_path.map(Path::to_path_buf),
+        Box::new(move |c: &mut Config| {
+            c.listen = listen_override.clone();
+            c.audit.path = audit_override.clone();
+        }),
+        crate::reload::PolicyFiles,
+        Box::new(observer),
+        None,
+        Arc::clone(&notifier),
+    )
+    .map_err(usage)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
         .map_err(runtime)?;
-    rt.block_on(serve(config))
+    rt.block_on(serve(
+        config,
+        config_path.map(Path::to_path_buf),
+        Arc::new(reloader),
+        notifier,
+        audit,
+    ))
 }
 
-async fn serve(config: Config) -> Result<(), Failure> {
+async fn serve(
+    config: Config,
+    config_path: Option<PathBuf>,
+    reloader: Arc<crate::reload::Reloader<crate::reload::PolicyFiles>>,
+    notifier: Arc<crate::notify::Notifier>,
+    audit: crate::audit::AuditHandle,
+) -> Result<(), Failure> {
+    use crate::audit::AuditEvent;
+    use crate::audit::event::{DaemonStart, DaemonStop, PolicyLoaded};
     // Handlers first, so a signal that arrives while we bind is not lost.
     let shutdown = shutdown_signal().map_err(runtime)?;
+    let (signals_stop, signals_stopped) = tokio::sync::oneshot::channel::<()>();
+    let signals = tokio::spawn(crate::reload::handle_signals(
+        Arc::clone(&reloader),
+        AuditLog(audit.clone()),
+        async move {
+            let _ = signals_stopped.await;
+        },
+    ));
     let server = Server::bind(&config.listen, config.server_config())
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))
@@ -165,33 +385,320 @@ async fn serve(config: Config) -> Result<(), Failure> {
     let address = server
         .local_addr()
         .map_or_else(|| config.listen.to_string(), |a| format!("inet:{a}"));
+    let live = reloader.current().snapshot();
+    let policy_path = config.policy.as_ref().map_or_else(
+        || crate::policy::BUILTIN_NAME.to_owned(),
+        |p| p.display().to_string(),
+    );
     info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %address,
+        policy = %policy_path,
+        policy_name = %live.policy.name,
+        mode = ?live.policy.mode,
+        audit = %audit.path().display(),
         "markgate started"
     );
-    match &config.policy {
-        Some(p) => warn!(
-            policy = %p.display(),
-            "policy enforcement is not wired in yet: every message passes unchanged"
-        ),
-        None => info!("no policy enforcement yet: every message passes unchanged"),
+    for event in [
+        AuditEvent::DaemonStart(DaemonStart {
+            listen: vec![address.clone()],
+            config_path: config_path.map(|p| p.display().to_string()),
+            audit_path: audit.path().display().to_string(),
+            pid: std::process::id(),
+        }),
+        AuditEvent::PolicyLoaded(PolicyLoaded {
+            path: policy_path.clone(),
+            digest: live.policy_digest.clone(),
+            trigger: "start".into(),
+            policy_name: Some(live.policy.name.clone()),
+        }),
+    ] {
+        if let Err(e) = audit.record(event).await {
+            error!(error = %e, "cannot write the start records to the audit trail");
+        }
     }
 
-    let filter = Arc::new(Filter::new(config.spill_policy()));
+    let alerts = match crate::alert::AlertSettings::from_config(&config.alerts) {
+        Ok(settings) if config.alerts.enabled => {
+            crate::alert::AlertHandle::spawn(settings, Some(audit.clone()))
+        }
+        Ok(_) => crate::alert::AlertHandle::disabled(),
+        Err(e) => {
+            // The config loader validated it; this only happens with the built-in default.
+            warn!(error = %e, "alerts disabled");
+            crate::alert::AlertHandle::disabled()
+        }
+    };
+    let relay = &config.alerts.relay;
+    let notices = crate::filter::Notices::spawn(
+        relay.host.clone(),
+        relay.port,
+        config.alerts.from.clone(),
+        std::time::Duration::from_secs(relay.timeout.max(1)),
+    );
+    let filter = Arc::new(Filter::new(
+        reloader.current(),
+        Some(audit.clone()),
+        alerts.clone(),
+        notices,
+    ));
     let grace = config.timeouts.shutdown_grace;
-    server
+    if let Err(e) = notifier.ready(&format!(
+        "listening on {address}; policy {}",
+        live.policy_digest.get(..12).unwrap_or(&live.policy_digest)
+    )) {
+        warn!(error = %e, "could not tell systemd that markgate is ready");
+    }
+    let stopping = Arc::clone(&notifier);
+    let (reason_tx, reason_rx) = tokio::sync::oneshot::channel::<&'static str>();
+    let served = server
         .run(filter, async move {
             let name = shutdown.await;
             info!(signal = name, grace = ?grace, "shutting down: no new connections, finishing messages in flight");
+            if let Err(e) = stopping.stopping(&format!("{name}: finishing messages in flight")) {
+                warn!(error = %e, "could not tell systemd that markgate is stopping");
+            }
+            let _ = reason_tx.send(name);
+            let _ = signals_stop.send(());
         })
+        .await;
+    let reason = match &served {
+        Ok(()) => reason_rx.await.unwrap_or("stopped").to_owned(),
+        Err(e) => format!("fatal error: {e:#}"),
+    };
+    match signals.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(error = %e, "SIGHUP/SIGUSR1 handling could not be set up"),
+        Err(e) => warn!(error = %e, "the signal task failed"),
+    }
+    alerts.shutdown().await;
+    if let Err(e) = audit
+        .record(AuditEvent::DaemonStop(DaemonStop {
+            reason,
+            abandoned_transactions: 0,
+        }))
         .await
-        .context("milter server failed")
-        .map_err(|e| {
-            error!("{e:#}");
-            runtime(e)
-        })?;
+    {
+        error!(error = %e, "cannot write the stop record to the audit trail");
+    }
+    if let Err(e) = audit.shutdown().await {
+        error!(error = %e, "the audit writer did not stop cleanly");
+    }
+    served.context("milter server failed").map_err(|e| {
+        error!("{e:#}");
+        runtime(e)
+    })?;
     info!("markgate stopped");
+    Ok(())
+}
+
+/// SIGUSR1 target: reopen the audit file after logrotate renamed it.
+struct AuditLog(crate::audit::AuditHandle);
+
+impl crate::reload::Reopen for AuditLog {
+    async fn reopen(&self) -> Result<(), String> {
+        self.0.reopen().await.map_err(|e| e.to_string())
+    }
+}
+
+/// Writes `policy_loaded` / `reload_failed` records for reloads. Called on the reload task
+/// (a blocking thread of the runtime), so the record is handed to the runtime, not awaited.
+struct AuditObserver {
+    audit: crate::audit::AuditHandle,
+}
+
+impl AuditObserver {
+    fn send(&self, event: crate::audit::AuditEvent) {
+        let audit = self.audit.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if let Err(e) = audit.record(event).await {
+                        error!(error = %e, "cannot write a reload record to the audit trail");
+                    }
+                });
+            }
+            Err(_) => warn!("reload record not audited: no runtime on this thread"),
+        }
+    }
+}
+
+impl crate::reload::ReloadObserver for AuditObserver {
+    fn applied(&self, policy_path: &str, digest: &str, _generation: u64) {
+        self.send(crate::audit::AuditEvent::PolicyLoaded(
+            crate::audit::event::PolicyLoaded {
+                path: policy_path.to_owned(),
+                digest: digest.to_owned(),
+                trigger: "reload".into(),
+                policy_name: None,
+            },
+        ));
+    }
+    fn failed(&self, path: &str, error: &str, kept_digest: &str) {
+        self.send(crate::audit::AuditEvent::ReloadFailed(
+            crate::audit::event::ReloadFailed {
+                path: path.to_owned(),
+                error: error.to_owned(),
+                kept_digest: kept_digest.to_owned(),
+            },
+        ));
+    }
+}
+
+/// `markgate check`: the config, then the policy it names (or `--policy`); every problem.
+fn check(config_path: Option<&Path>, policy_path: Option<&Path>) -> u8 {
+    let mut ok = true;
+    let config = match config_path {
+        Some(path) => match Config::load(path) {
+            Ok(c) => {
+                println!("{}: config OK", path.display());
+                Some(c)
+            }
+            Err(e) => {
+                println!("{e}");
+                ok = false;
+                None
+            }
+        },
+        None => Some(Config::default()),
+    };
+    let policy_file = policy_path
+        .map(Path::to_path_buf)
+        .or_else(|| config.as_ref().and_then(|c| c.policy.clone()));
+    let report = match &policy_file {
+        Some(path) => crate::policy::check_file(path),
+        None => {
+            crate::policy::check_str(crate::policy::BUILTIN_NAME, crate::policy::BUILTIN_POLICY)
+        }
+    };
+    print!("{}", report.render());
+    if !report.ok() {
+        ok = false;
+    }
+    if ok { EXIT_OK } else { EXIT_RUNTIME }
+}
+
+/// `markgate policy test`: each message through [`crate::filter::evaluate`], the daemon's own
+/// pipeline, and the output message from `rewrite::apply`.
+fn policy_test(
+    policy_path: Option<&Path>,
+    envelope: &crate::policy::Envelope,
+    json: bool,
+    messages: &[PathBuf],
+) -> u8 {
+    use crate::filter::{self, RawSource};
+    let loaded = match policy_path {
+        Some(p) => crate::policy::Policy::from_file(p),
+        None => crate::policy::Policy::builtin(),
+    };
+    let policy = match loaded {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return EXIT_USAGE;
+        }
+    };
+    let mut code = EXIT_OK;
+    for path in messages {
+        let name = path.display().to_string();
+        let raw = match std::fs::read(path) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("markgate: cannot read {name}: {e}");
+                code = EXIT_RUNTIME;
+                continue;
+            }
+        };
+        let eval = match filter::evaluate(&policy, envelope.clone(), &RawSource::new(&raw)) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("markgate: {name}: {e} (the daemon would answer 451 4.3.0)");
+                code = EXIT_RUNTIME;
+                continue;
+            }
+        };
+        let answer = filter::answer_text(&eval);
+        let output = eval.output();
+        let notice = filter::sender_notice(&eval);
+        if json {
+            let mut v = crate::policy::render::json(&name, &eval.facts, &eval.decision);
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("answer".into(), serde_json::Value::String(answer));
+                obj.insert("removed".into(), serde_json::json!(eval.removed()));
+                obj.insert(
+                    "sender_notice".into(),
+                    serde_json::json!(notice.as_ref().map(|n| &n.body)),
+                );
+                obj.insert(
+                    "output".into(),
+                    output.as_ref().map_or(serde_json::Value::Null, |o| {
+                        serde_json::Value::String(String::from_utf8_lossy(o).into_owned())
+                    }),
+                );
+            }
+            println!("{v}");
+        } else {
+            print!(
+                "{}",
+                crate::policy::render::text(&name, &eval.facts, &eval.decision)
+            );
+            println!("answer: {answer}");
+            for r in eval.removed() {
+                println!("removed (DELRCPT): {r}");
+            }
+            if let Some(n) = &notice {
+                println!("notice to {}:", n.to);
+                for l in n.body.lines() {
+                    println!("  | {l}");
+                }
+            }
+            match &output {
+                Some(o) => {
+                    println!("output message:");
+                    println!("-----8<-----");
+                    print!("{}", String::from_utf8_lossy(o));
+                    if !o.ends_with(b"\n") {
+                        println!();
+                    }
+                    println!("----->8-----");
+                }
+                None => println!("output message: none (refused)"),
+            }
+            println!();
+        }
+    }
+    code
+}
+
+fn audit_report(
+    since: Option<&str>,
+    until: Option<&str>,
+    json: bool,
+    files: &[PathBuf],
+) -> Result<(), Failure> {
+    let since = since
+        .map(|t| crate::audit::parse_time_bound(t, false))
+        .transpose()
+        .map_err(|e| usage(anyhow::anyhow!("--since: {e}")))?;
+    let until = until
+        .map(|t| crate::audit::parse_time_bound(t, true))
+        .transpose()
+        .map_err(|e| usage(anyhow::anyhow!("--until: {e}")))?;
+    let loaded = crate::audit::load_records(files)
+        .context("cannot read the audit files")
+        .map_err(runtime)?;
+    let report = crate::audit::report(&loaded.records, since, until);
+    if json {
+        println!("{}", report.render_json());
+    } else {
+        print!("{}", report.render_text());
+        if loaded.skipped_lines > 0 {
+            println!(
+                "({} line(s) did not parse; run `markgate audit verify` to see where)",
+                loaded.skipped_lines
+            );
+        }
+    }
     Ok(())
 }
 

@@ -1,80 +1,1194 @@
 //! The production milter handler: the only glue between the protocol engine and markgate's
 //! decisions.
 //!
-//! Owns: creating one [`Transaction`] per message (at MAIL) and answering it at end-of-message.
-//! Must not: encode protocol frames, parse policy files, or choose file paths; it receives all of
-//! that ready-made.
+//! Owns: the end-of-message pipeline. For each message it takes one snapshot of the policy in
+//! force (at MAIL, from the reload cell, so a message finishes on the policy it started with),
+//! then at end-of-message runs [`evaluate`]:
+//! envelope → `inspect` (markings, forward evidence; the MIME tree is parsed once, and only when
+//! the decision needs the body: a disclaimer or a subject edit) → `policy::decide` → the
+//! rewrite request → `rewrite::plan`. The daemon then makes the audit record durable (an audit
+//! error answers 451, unless the writer is configured to fail open), raises incident alerts and
+//! sender notices without waiting for them, and hands the [`Outcome`] to the milter layer:
+//! header edits, then one body replacement, then recipient removals and quarantine, then the
+//! verdict.
 //!
-//! Until the policy engine is wired in (inspect → decide → plan → audit, see `ARCHITECTURE.md`),
-//! every message passes unchanged and one `info` line records that it did. The end-to-end tests
-//! prove the edit path (header, subject and body changes) with their own test handlers.
+//! `markgate policy test` calls the same [`evaluate`] on a file, so what it shows is what the
+//! daemon does. Any error on the way (spill file unreadable, a rewrite request the policy made
+//! invalid, a panic in a pure module) answers 4xx: mail is retried, never lost or passed
+//! unlabelled.
+//!
+//! Must not: encode protocol frames, parse policy files, or choose file paths; it receives all
+//! of that ready-made. Read more: `ARCHITECTURE.md` ("Errors and what the MTA hears"),
+//! `docs/audit-format.md` (the record this fills).
 
-use tracing::info;
+use std::borrow::Cow;
+use std::io::{self, Read as _, Seek as _, Write as _};
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::milter::handler::{ConnectionFacts, Handler, HandlerError, Outcome};
+use tracing::{error, info, warn};
+
+use crate::alert::{AlertHandle, Incident, IncidentKind};
+use crate::audit::record::{
+    Cause, Direction as AuditDirection, Edit, Finding, ForwardEvidence as AuditForward,
+    MarkingFound, MessageRecord, Mode as AuditMode, RecipientOutcome as AuditRecipient,
+    RecipientStatus, Verdict as AuditVerdict,
+};
+use crate::audit::{AuditEvent, AuditHandle};
+use crate::config::Config;
+use crate::inspect;
+use crate::inspect::mime::{self, LineEnding, MimeShape};
+use crate::milter::handler::{
+    ConnectionFacts, Handler, HandlerError, Macros, MessageSink, Modification, NewBody, Outcome,
+    SmtpReply, Verdict,
+};
+use crate::policy::decide::{
+    Decision, Delivery, Direction, DisclaimerDecision, LevelSource, Verdict as PolicyVerdict,
+};
+use crate::policy::{self, Envelope, Facts, MarkingSource, MarkingStatus, Mode, Policy, Reply};
+use crate::reload::{Live, Swap};
+use crate::rewrite::{
+    self, DisclaimerEdit, DisclaimerOutcome, EditPlan, HeaderOp, LabelHeader, RewriteRequest,
+    SubjectEdit, SubjectOutcome, SubjectPosition,
+};
 use crate::transaction::{SpillPolicy, Transaction};
 
+/// The reply when a signed message must be refused and the policy gives no text of its own.
+const SIGNED_REJECT_DEFAULT: &str = "Signed or encrypted mail cannot carry the required \
+    monitoring notice (policy); send it unsigned or ask your security team.";
+
+// ---------------------------------------------------------------------------------------------
+// The pipeline (pure apart from reading the message body through `MessageSource`).
+// ---------------------------------------------------------------------------------------------
+
+/// Where the pipeline reads one message from: the daemon's transaction or a file for
+/// `markgate policy test`.
+pub trait MessageSource {
+    /// The header fields in order, values as the milter delivers them (LF folding, no leading
+    /// space).
+    fn headers(&self) -> Vec<(&[u8], &[u8])>;
+    /// Enough of the message for header-only edits: at least the header block and the blank
+    /// line that ends it. A source that has the whole message in memory may return all of it.
+    fn head(&self) -> Cow<'_, [u8]>;
+    /// The whole message (headers, blank line, body). Called at most once, and only when the
+    /// decision needs the body.
+    fn whole(&self) -> io::Result<Cow<'_, [u8]>>;
+}
+
+/// A whole message in memory (a `.eml` file, a test vector).
+#[derive(Debug)]
+pub struct RawSource<'a> {
+    raw: &'a [u8],
+    fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl<'a> RawSource<'a> {
+    pub fn new(raw: &'a [u8]) -> Self {
+        RawSource {
+            raw,
+            fields: inspect::markings::header_fields(raw),
+        }
+    }
+}
+
+impl MessageSource for RawSource<'_> {
+    fn headers(&self) -> Vec<(&[u8], &[u8])> {
+        self.fields
+            .iter()
+            .map(|(n, v)| (n.as_slice(), v.as_slice()))
+            .collect()
+    }
+    fn head(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(self.raw)
+    }
+    fn whole(&self) -> io::Result<Cow<'_, [u8]>> {
+        Ok(Cow::Borrowed(self.raw))
+    }
+}
+
+impl MessageSource for Transaction {
+    fn headers(&self) -> Vec<(&[u8], &[u8])> {
+        Transaction::headers(self)
+            .iter()
+            .map(|h| (h.name.as_slice(), h.value.as_slice()))
+            .collect()
+    }
+    fn head(&self) -> Cow<'_, [u8]> {
+        let mut head = self.header_block();
+        head.extend_from_slice(b"\r\n");
+        Cow::Owned(head)
+    }
+    fn whole(&self) -> io::Result<Cow<'_, [u8]>> {
+        let mut raw = Vec::with_capacity(usize::try_from(self.body_len()).unwrap_or(0) + 4096);
+        self.raw_message().read_to_end(&mut raw)?;
+        Ok(Cow::Owned(raw))
+    }
+}
+
+/// Why the pipeline could not decide a message. Always answered with a 4xx.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("cannot read the message body: {0}")]
+    Body(#[from] io::Error),
+    #[error("the policy's edits cannot be planned: {0}")]
+    Request(#[from] rewrite::RequestError),
+}
+
+/// Everything the pipeline worked out about one message.
+#[derive(Debug)]
+pub struct Evaluation {
+    pub envelope: Envelope,
+    pub facts: Facts,
+    pub decision: Decision,
+    /// The final answer: the decision's verdict, or a rejection the rewrite layer demanded
+    /// (signed mail under `signed = "reject"`).
+    pub verdict: PolicyVerdict,
+    /// The rewrite request built from the decision (`None` when the message is refused).
+    pub request: Option<RewriteRequest>,
+    /// The edit plan (`None` when the message is refused).
+    pub plan: Option<EditPlan>,
+    /// The bytes the plan's offsets refer to: the whole message when the body was read, else
+    /// what [`MessageSource::head`] returned.
+    pub raw: Vec<u8>,
+    /// Whether the body was read and its MIME tree parsed.
+    pub body_inspected: bool,
+}
+
+impl Evaluation {
+    /// The message as it leaves markgate (what Postfix would deliver, minus its own Received
+    /// header), or `None` when it is refused. Only meaningful when `raw` is the whole message.
+    pub fn output(&self) -> Option<Vec<u8>> {
+        self.plan.as_ref().map(|p| rewrite::apply(p, &self.raw))
+    }
+
+    /// Recipients removed from the envelope.
+    pub fn removed(&self) -> Vec<&str> {
+        if !self.delivers() {
+            return Vec::new();
+        }
+        self.decision
+            .recipients
+            .iter()
+            .filter(|r| r.delivery == Delivery::Remove)
+            .map(|r| r.address.as_str())
+            .collect()
+    }
+
+    /// True when the message goes on to (some of) its recipients.
+    pub fn delivers(&self) -> bool {
+        matches!(
+            self.verdict,
+            PolicyVerdict::Accept | PolicyVerdict::Quarantine { .. }
+        )
+    }
+}
+
+/// Run inspect → decide → rewrite plan for one message under `policy`.
+pub fn evaluate(
+    policy: &Policy,
+    envelope: Envelope,
+    source: &dyn MessageSource,
+) -> Result<Evaluation, PipelineError> {
+    let headers = source.headers();
+    let mut facts = inspect::markings::header_facts(policy, &headers);
+    let mut decision = policy::decide(policy, &facts, &envelope);
+
+    // The body is read only when the decision needs it; then its facts may change the
+    // decision (disclaimer already present, signed mail), so decide again with them.
+    let mut body_inspected = false;
+    let (raw, shape) = if wants_body(&decision) {
+        let raw = source.whole()?.into_owned();
+        let marker = policy.disclaimer.as_ref().map(|d| d.marker.as_str());
+        let shape = mime::analyze(&raw, marker);
+        facts.disclaimer_present = shape.disclaimer_present == Some(true);
+        facts.signed_or_encrypted = shape.is_protected();
+        decision = policy::decide(policy, &facts, &envelope);
+        body_inspected = true;
+        (raw, shape)
+    } else {
+        let raw = source.head().into_owned();
+        let shape = head_shape(&raw);
+        (raw, shape)
+    };
+
+    let mut verdict = decision.verdict.clone();
+    let refused = matches!(
+        verdict,
+        PolicyVerdict::Reject { .. } | PolicyVerdict::Tempfail { .. }
+    );
+    let (request, plan) = if refused {
+        (None, None)
+    } else {
+        let request = request_for(policy, &decision);
+        let plan = rewrite::plan(&request, &headers, &raw, &shape)?;
+        if let Some(kind) = plan.must_reject {
+            verdict = signed_rejection(policy, kind);
+            (Some(request), None)
+        } else {
+            (Some(request), Some(plan))
+        }
+    };
+    Ok(Evaluation {
+        envelope,
+        facts,
+        decision,
+        verdict,
+        request,
+        plan,
+        raw,
+        body_inspected,
+    })
+}
+
+/// Does applying (or, in shadow mode, recording) this decision need the body?
+fn wants_body(d: &Decision) -> bool {
+    let (disclaimer, subject) = match &d.shadow {
+        Some(s) => (&s.disclaimer, s.labels.subject.is_some()),
+        None => (&d.disclaimer, d.labels.subject.is_some()),
+    };
+    matches!(disclaimer, DisclaimerDecision::Add { .. }) || subject
+}
+
+/// The shape of a message whose body is not looked at: only where the body starts.
+fn head_shape(raw: &[u8]) -> MimeShape {
+    MimeShape {
+        parsed: true,
+        structure_reliable: true,
+        body_offset: mime::header_block_end(raw),
+        line_ending: LineEnding::detect(raw),
+        parts: Vec::new(),
+        text_parts: Vec::new(),
+        signed_text_parts: Vec::new(),
+        attachments: Vec::new(),
+        rfc822_parts: Vec::new(),
+        security: Vec::new(),
+        marker: None,
+        disclaimer_present: None,
+        diagnostics: Vec::new(),
+    }
+}
+
+fn signed_rejection(policy: &Policy, kind: &str) -> PolicyVerdict {
+    let (reply, rule) = match &policy.disclaimer {
+        Some(d) => (d.signed_reply.clone(), d.id.clone()),
+        None => (None, "disclaimer".to_owned()),
+    };
+    PolicyVerdict::Reject {
+        reply: reply.unwrap_or_else(|| Reply {
+            code: 550,
+            enhanced: "5.7.1".into(),
+            text: format!("{SIGNED_REJECT_DEFAULT} ({kind})"),
+        }),
+        rule,
+    }
+}
+
+/// Translate the decision into what rewrite should ensure. Shadow mode asks for one header.
+pub fn request_for(policy: &Policy, d: &Decision) -> RewriteRequest {
+    if let Some(shadow) = &d.shadow {
+        return RewriteRequest {
+            extra_headers: vec![LabelHeader {
+                name: shadow.header.clone(),
+                value: shadow.value.clone(),
+            }],
+            ..RewriteRequest::default()
+        };
+    }
+    let label_header = d.labels.header.as_ref().map(|h| LabelHeader {
+        name: h.name.clone(),
+        value: h.value.clone(),
+    });
+    let subject = d.labels.subject.as_ref().map(|s| SubjectEdit {
+        marking: s.marking.clone(),
+        position: match s.form {
+            policy::SubjectForm::Prefix => SubjectPosition::Prefix,
+            policy::SubjectForm::Bracketed => SubjectPosition::Bracketed,
+            policy::SubjectForm::SecSuffix => SubjectPosition::Suffix,
+        },
+        existing: s.existing.clone(),
+        on_signed: false,
+    });
+    let disclaimer = match &d.disclaimer {
+        DisclaimerDecision::Add {
+            text,
+            html,
+            position,
+            marker,
+            signed,
+            ..
+        } => {
+            let configured = policy.disclaimer.as_ref().map(|c| c.signed);
+            Some(DisclaimerEdit {
+                text: text.clone(),
+                html: Some(html.clone()).filter(|h| !h.trim().is_empty()),
+                placement: match position {
+                    policy::Placement::Append => rewrite::Placement::Append,
+                    policy::Placement::Prepend => rewrite::Placement::Prepend,
+                },
+                marker: marker.clone(),
+                signed_action: match signed.or(configured) {
+                    Some(policy::SignedAction::Wrap) => rewrite::SignedAction::Wrap,
+                    Some(policy::SignedAction::Reject) => rewrite::SignedAction::Reject,
+                    Some(policy::SignedAction::Skip) | None => rewrite::SignedAction::Skip,
+                },
+            })
+        }
+        DisclaimerDecision::Skip { .. } => None,
+    };
+    RewriteRequest {
+        label_header,
+        strip_headers: d.strip_headers.clone(),
+        subject,
+        disclaimer,
+        extra_headers: Vec::new(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// From an evaluation to what the MTA hears and what the audit trail keeps.
+// ---------------------------------------------------------------------------------------------
+
+/// The SMTP reply for a policy reply, as one line of text per line of the policy's text.
+pub fn smtp_reply(reply: &Reply) -> SmtpReply {
+    let lines: Vec<String> = reply
+        .text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    SmtpReply {
+        code: reply.code,
+        enhanced: Some(reply.enhanced.clone()).filter(|e| !e.is_empty()),
+        lines: if lines.is_empty() {
+            vec!["refused by policy".to_owned()]
+        } else {
+            lines
+        },
+    }
+}
+
+/// What markgate answers when it cannot decide (internal error, audit failure).
+pub fn tempfail_reply(why: &str) -> SmtpReply {
+    SmtpReply {
+        code: 451,
+        enhanced: Some("4.3.0".into()),
+        lines: vec![format!(
+            "markgate could not process this message ({why}); try again later"
+        )],
+    }
+}
+
+fn header_modification(op: &HeaderOp) -> Modification {
+    match op {
+        HeaderOp::Add { name, value } => Modification::AddHeader {
+            name: name.clone(),
+            value: value.clone(),
+        },
+        HeaderOp::Insert { index, name, value } => Modification::InsertHeader {
+            index: *index,
+            name: name.clone(),
+            value: value.clone(),
+        },
+        HeaderOp::Change { index, name, value } => Modification::ChangeHeader {
+            index: *index,
+            name: name.clone(),
+            value: value.clone(),
+        },
+        HeaderOp::Delete { index, name } => Modification::ChangeHeader {
+            index: *index,
+            name: name.clone(),
+            value: Vec::new(),
+        },
+    }
+}
+
+/// The milter outcome: header edits, then the body replacement, then recipient removals and
+/// quarantine, then the verdict. `recipients_as_sent` maps a bare address back to the form
+/// the MTA gave in RCPT (what DELRCPT must name). Bodies larger than `spill.threshold` are
+/// written to a temporary file and streamed from there.
+pub fn outcome(
+    eval: &Evaluation,
+    recipients_as_sent: &[(String, Vec<u8>)],
+    spill: &SpillPolicy,
+) -> io::Result<Outcome> {
+    let verdict = match &eval.verdict {
+        PolicyVerdict::Reject { reply, .. } => Verdict::Reject(Some(smtp_reply(reply))),
+        PolicyVerdict::Tempfail { reply, .. } => Verdict::Tempfail(Some(smtp_reply(reply))),
+        PolicyVerdict::Accept | PolicyVerdict::Quarantine { .. } => Verdict::Continue,
+    };
+    let mut modifications = Vec::new();
+    if let Some(plan) = &eval.plan {
+        modifications.extend(plan.header_ops.iter().map(header_modification));
+        if let Some(body) = &plan.body {
+            modifications.push(Modification::ReplaceBody(new_body(body, &eval.raw, spill)?));
+        }
+        for removed in eval.removed() {
+            let recipient = recipients_as_sent
+                .iter()
+                .find(|(bare, _)| bare.eq_ignore_ascii_case(removed))
+                .map_or_else(|| format!("<{removed}>").into_bytes(), |(_, s)| s.clone());
+            modifications.push(Modification::DeleteRecipient { recipient });
+        }
+    }
+    if let PolicyVerdict::Quarantine { reason, .. } = &eval.verdict {
+        modifications.push(Modification::Quarantine {
+            reason: reason.clone().into_bytes(),
+        });
+    }
+    Ok(Outcome {
+        verdict,
+        modifications,
+    })
+}
+
+fn new_body(body: &rewrite::BodyEdit, raw: &[u8], spill: &SpillPolicy) -> io::Result<NewBody> {
+    if body.len() <= spill.threshold {
+        return Ok(NewBody::Bytes(body.to_vec(raw).into()));
+    }
+    let mut file = match &spill.directory {
+        Some(dir) => tempfile::tempfile_in(dir)?,
+        None => tempfile::tempfile()?,
+    };
+    for chunk in body.chunks(raw) {
+        file.write_all(chunk)?;
+    }
+    file.rewind()?;
+    Ok(NewBody::File(file))
+}
+
+/// What the MTA told us about the message besides its content, for the audit record.
+#[derive(Debug, Clone, Default)]
+pub struct MessageMeta {
+    pub queue_id: Option<String>,
+    pub message_id: Option<String>,
+    pub client_name: Option<String>,
+    pub helo: Option<String>,
+    pub size: Option<u64>,
+}
+
+fn cause_of(situation: &str) -> Cause {
+    match situation {
+        "auto-forward-down" => Cause::AutoForward,
+        "above-ceiling" => Cause::AboveCeiling,
+        "forged-label" => Cause::ForgedLabel,
+        "conflict" | "multiple" => Cause::LabelConflict,
+        "malformed" | "unknown" => Cause::InvalidMarking,
+        _ => Cause::Policy,
+    }
+}
+
+fn reply_text(reply: &Reply) -> String {
+    format!("{} {} {}", reply.code, reply.enhanced, reply.text)
+}
+
+/// The audit record of one decision: every recipient's outcome, markings, level, forward
+/// evidence, edits, verdict and reply, rule ids, mode and policy digest. Never the body.
+pub fn audit_record(policy: &Policy, eval: &Evaluation, meta: &MessageMeta) -> MessageRecord {
+    let d = &eval.decision;
+    let shadow = d.shadow.as_ref();
+    // In shadow mode the record says what would have happened to each recipient.
+    let decided_recipients = shadow.map_or(&d.recipients, |s| &s.recipients);
+    let decided_verdict = shadow.map_or(&eval.verdict, |s| &s.verdict);
+    let refused = !eval.delivers();
+    let recipients = decided_recipients
+        .iter()
+        .map(|r| {
+            let hit = d
+                .hits
+                .iter()
+                .find(|h| h.recipient.as_deref() == Some(r.address.as_str()));
+            let status = if refused {
+                RecipientStatus::Rejected
+            } else if r.delivery == Delivery::Remove && shadow.is_none() {
+                RecipientStatus::Removed
+            } else {
+                RecipientStatus::Delivered
+            };
+            AuditRecipient {
+                address: r.address.clone(),
+                status,
+                cause: hit
+                    .filter(|h| h.action != policy::Action::Accept)
+                    .map(|h| cause_of(&h.situation)),
+                rule: r.rules.first().cloned(),
+                reason: Some(r.reason.clone()).filter(|s| !s.is_empty()),
+                ceiling: Some(r.ceiling.clone()),
+            }
+        })
+        .collect();
+    let markings = eval
+        .facts
+        .markings
+        .iter()
+        .map(|m| MarkingFound {
+            location: match &m.source {
+                MarkingSource::Header { name, .. } => format!("header:{name}"),
+                MarkingSource::Subject { .. } => "subject".into(),
+            },
+            raw: m.raw.clone(),
+            scheme: Some(policy.scheme.name.clone()),
+            level: m.label.as_ref().map(|l| l.level_name.clone()),
+            valid: m.status == MarkingStatus::Valid,
+            diagnostics: m
+                .diagnostics
+                .iter()
+                .map(|g| format!("{}: {}", g.code, g.message))
+                .collect(),
+        })
+        .collect();
+    let marked = d.effective.source != LevelSource::Assumed;
+    let label_required = marked && d.effective.level >= policy.write.from_level;
+    let labels = shadow.map_or(&d.labels, |s| &s.labels);
+    let label_present = label_required
+        && labels
+            .header
+            .as_ref()
+            .is_none_or(|h| h.action == policy::decide::HeaderAction::Keep)
+        && labels
+            .subject
+            .as_ref()
+            .is_none_or(|s| s.new_subject.is_none());
+    let f = &eval.facts.forward;
+    let forward = Some(AuditForward {
+        signals: f.hits.iter().map(|h| h.signal.clone()).collect(),
+        score: f64::from(f.score),
+        threshold: f64::from(f.threshold),
+        is_forward: f.is_forward(),
+    });
+    let findings = d
+        .hits
+        .iter()
+        .filter(|h| h.recipient.is_none() && h.situation != "unmarked")
+        .map(|h| Finding {
+            cause: cause_of(&h.situation),
+            detail: h.detail.clone(),
+            rule: Some(h.rule.clone()),
+        })
+        .collect();
+    let (smtp, verdict_rules, verdict) = match decided_verdict {
+        PolicyVerdict::Accept => (None, d.rule_ids.clone(), AuditVerdict::Accept),
+        PolicyVerdict::Reject { reply, rule } => (
+            Some(reply_text(reply)),
+            vec![rule.clone()],
+            AuditVerdict::Reject,
+        ),
+        PolicyVerdict::Tempfail { reply, rule } => (
+            Some(reply_text(reply)),
+            vec![rule.clone()],
+            AuditVerdict::Tempfail,
+        ),
+        PolicyVerdict::Quarantine { rule, .. } => {
+            (None, vec![rule.clone()], AuditVerdict::Quarantine)
+        }
+    };
+    MessageRecord {
+        queue_id: meta.queue_id.clone(),
+        message_id: meta.message_id.clone(),
+        client_addr: eval.envelope.client_ip.map(|ip| ip.to_string()),
+        client_name: meta.client_name.clone(),
+        helo: meta.helo.clone(),
+        auth_user: eval.envelope.auth_user.clone(),
+        sender: eval.envelope.sender.clone(),
+        recipients,
+        direction: match d.direction {
+            Direction::Outbound => AuditDirection::Outbound,
+            Direction::Inbound => AuditDirection::Inbound,
+        },
+        markings,
+        effective_level: marked.then(|| d.effective.level_name.clone()),
+        label_required,
+        label_present,
+        forward,
+        findings,
+        edits: edits(eval),
+        verdict,
+        smtp_reply: smtp,
+        verdict_rules,
+        mode: match d.mode {
+            Mode::Enforce => AuditMode::Enforce,
+            Mode::Shadow => AuditMode::Shadow,
+        },
+        policy_digest: d.policy_digest.clone(),
+        size: meta.size,
+    }
+}
+
+/// The edits made (enforce) or that would have been made (shadow), never body text.
+fn edits(eval: &Evaluation) -> Vec<Edit> {
+    let d = &eval.decision;
+    let mut out = Vec::new();
+    if let Some(s) = &d.shadow {
+        out.push(Edit::Header {
+            action: "add".into(),
+            name: s.header.clone(),
+            value: s.value.clone(),
+            rule: None,
+        });
+        if let Some(h) = s
+            .labels
+            .header
+            .as_ref()
+            .filter(|h| h.action != policy::decide::HeaderAction::Keep)
+        {
+            out.push(Edit::LabelHeader {
+                name: h.name.clone(),
+                value: h.value.clone(),
+                rule: Some("write".into()),
+            });
+        }
+        if let Some(sub) = &s.labels.subject
+            && let Some(new) = &sub.new_subject
+        {
+            out.push(Edit::Subject {
+                old: eval.facts.subject.clone().unwrap_or_default(),
+                new: new.clone(),
+                rule: Some("write".into()),
+            });
+        }
+        match &s.disclaimer {
+            DisclaimerDecision::Add { rule, .. } => out.push(Edit::Disclaimer {
+                parts: vec!["(shadow mode: not added)".into()],
+                rule: Some(rule.clone()),
+            }),
+            DisclaimerDecision::Skip { rule, reason } => {
+                out.push(disclaimer_skip(reason, rule));
+            }
+        }
+        return out;
+    }
+    let Some(plan) = &eval.plan else {
+        return out;
+    };
+    let label_name = d.labels.header.as_ref().map(|h| h.name.as_str());
+    for op in &plan.header_ops {
+        let (action, name, value) = match op {
+            HeaderOp::Add { name, value } => ("add", name, value.as_slice()),
+            HeaderOp::Insert { name, value, .. } => ("insert", name, value.as_slice()),
+            HeaderOp::Change { name, value, .. } => ("change", name, value.as_slice()),
+            HeaderOp::Delete { name, .. } => ("delete", name, &[][..]),
+        };
+        if name.eq_ignore_ascii_case("Subject") {
+            continue; // recorded from the subject outcome below, decoded
+        }
+        let value = String::from_utf8_lossy(value).into_owned();
+        if Some(name.as_str())
+            .is_some_and(|n| label_name.is_some_and(|l| l.eq_ignore_ascii_case(n)))
+            && action != "delete"
+        {
+            out.push(Edit::LabelHeader {
+                name: name.clone(),
+                value,
+                rule: Some("write".into()),
+            });
+        } else {
+            let rule = d
+                .strip_headers
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(name))
+                .then(|| "inbound.labels".to_owned());
+            out.push(Edit::Header {
+                action: action.into(),
+                name: name.clone(),
+                value,
+                rule,
+            });
+        }
+    }
+    if let SubjectOutcome::Changed { from, to } = &plan.subject {
+        out.push(Edit::Subject {
+            old: from.clone().unwrap_or_default(),
+            new: to.clone(),
+            rule: Some("write".into()),
+        });
+    }
+    match &d.disclaimer {
+        DisclaimerDecision::Skip { rule, reason } => out.push(disclaimer_skip(reason, rule)),
+        DisclaimerDecision::Add { rule, .. } => {
+            let mut parts = Vec::new();
+            let mut present = false;
+            let mut skipped = Vec::new();
+            for o in &plan.disclaimer {
+                match o {
+                    DisclaimerOutcome::Added { part, .. } => parts.push(part_name(eval, *part)),
+                    DisclaimerOutcome::AddedNewPart => parts.push("new text/plain part".into()),
+                    DisclaimerOutcome::Wrapped { kind } => parts.push(format!("wrapped {kind}")),
+                    DisclaimerOutcome::AlreadyPresent { .. } => present = true,
+                    DisclaimerOutcome::Skipped { reason, .. } => {
+                        skipped.push(format!("{reason:?}"));
+                    }
+                    DisclaimerOutcome::MustReject { kind } => {
+                        skipped.push(format!("{kind}: refused"));
+                    }
+                }
+            }
+            if !parts.is_empty() {
+                out.push(Edit::Disclaimer {
+                    parts,
+                    rule: Some(rule.clone()),
+                });
+            } else if present {
+                out.push(Edit::DisclaimerPresent {
+                    rule: Some(rule.clone()),
+                });
+            }
+            if !skipped.is_empty() {
+                out.push(Edit::DisclaimerSkipped {
+                    reason: skipped.join("; "),
+                    rule: Some(rule.clone()),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn disclaimer_skip(reason: &str, rule: &str) -> Edit {
+    if reason.starts_with("already present") {
+        Edit::DisclaimerPresent {
+            rule: Some(rule.to_owned()),
+        }
+    } else {
+        Edit::DisclaimerSkipped {
+            reason: reason.to_owned(),
+            rule: Some(rule.to_owned()),
+        }
+    }
+}
+
+/// `text/plain` or `text/html` for a part index, from a fresh look at the message (only
+/// called when the body was read).
+fn part_name(eval: &Evaluation, part: usize) -> String {
+    let shape = mime::analyze(&eval.raw, None);
+    shape
+        .parts
+        .get(part)
+        .map_or_else(|| format!("part {part}"), |p| p.content_type.clone())
+}
+
+/// The incidents a decision raises (one per kind): blocked auto-forwards, mail above a
+/// domain's ceiling, forged labels. In shadow mode nothing was blocked; the summary says so.
+pub fn incidents(eval: &Evaluation, meta: &MessageMeta) -> Vec<Incident> {
+    let d = &eval.decision;
+    let mut out: Vec<Incident> = Vec::new();
+    for h in &d.hits {
+        let kind = match h.situation.as_str() {
+            "auto-forward-down" if h.action != policy::Action::Accept => {
+                IncidentKind::BlockedAutoForward
+            }
+            "above-ceiling" if h.action != policy::Action::Accept => IncidentKind::AboveCeiling,
+            "forged-label" => IncidentKind::ForgedLabel,
+            _ => continue,
+        };
+        if let Some(i) = out.iter_mut().find(|i| i.kind == kind) {
+            if let Some(r) = &h.recipient
+                && !i.recipients.contains(r)
+            {
+                i.recipients.push(r.clone());
+            }
+            i.details.push(h.detail.clone());
+            continue;
+        }
+        let level = (d.effective.source != LevelSource::Assumed).then(|| {
+            d.effective
+                .marking
+                .clone()
+                .unwrap_or(d.effective.level_name.clone())
+        });
+        let mut summary = format!(
+            "{}: {} from {}",
+            kind.title(),
+            level.as_deref().unwrap_or("unmarked mail"),
+            if eval.envelope.sender.is_empty() {
+                "<>"
+            } else {
+                &eval.envelope.sender
+            }
+        );
+        if d.shadow.is_some() {
+            summary.push_str(" (shadow mode: not blocked)");
+        }
+        let mut i = Incident::new(kind, summary);
+        i.queue_id = meta.queue_id.clone();
+        i.message_id = meta.message_id.clone();
+        i.sender = Some(eval.envelope.sender.clone());
+        i.recipients = h.recipient.iter().cloned().collect();
+        i.level = level;
+        i.rule = Some(h.rule.clone());
+        i.details.push(h.detail.clone());
+        out.push(i);
+    }
+    out
+}
+
+/// The notice to the sender when recipients were removed, or `None` (nobody removed, or the
+/// null sender, which must never get mail from us).
+pub fn sender_notice(eval: &Evaluation) -> Option<Notice> {
+    let text = eval.decision.sender_notice.as_ref()?;
+    let removed = eval.removed();
+    if removed.is_empty() || eval.envelope.sender.is_empty() || eval.decision.shadow.is_some() {
+        return None;
+    }
+    let subject = eval
+        .facts
+        .subject
+        .clone()
+        .unwrap_or_else(|| "(no subject)".into());
+    let mut body = String::new();
+    body.push_str("Your message was not delivered to these recipients:\n\n");
+    for r in &removed {
+        body.push_str(&format!("  {r}\n"));
+    }
+    body.push_str("\nWhy: ");
+    body.push_str(text);
+    body.push_str("\n\nYour message was delivered to its other recipients.\n");
+    body.push_str(&format!("Subject of your message: {subject}\n"));
+    Some(Notice {
+        to: eval.envelope.sender.clone(),
+        subject: "Some recipients of your message were removed (security policy)".into(),
+        body,
+    })
+}
+
+/// A short notice mail to an envelope sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sender notices: sent over SMTP from their own task, never on the message's path.
+// ---------------------------------------------------------------------------------------------
+
+/// Sends [`Notice`]s through the configured relay (the `[alerts.relay]` settings), each from
+/// the null sender so a bounce can never loop back to us.
+#[derive(Clone)]
+pub struct Notices {
+    tx: Option<tokio::sync::mpsc::Sender<Notice>>,
+}
+
+impl std::fmt::Debug for Notices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notices")
+            .field("enabled", &self.tx.is_some())
+            .finish()
+    }
+}
+
+impl Notices {
+    /// No notices (tests, or no relay).
+    pub fn disabled() -> Self {
+        Notices { tx: None }
+    }
+
+    /// Start the notice task on the current runtime, sending through `host:port` as `from`.
+    pub fn spawn(host: String, port: u16, from: String, timeout: Duration) -> Self {
+        use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Notice>(256);
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+            .port(port)
+            .timeout(Some(timeout))
+            .build();
+        tokio::spawn(async move {
+            while let Some(n) = rx.recv().await {
+                let message = match build_notice(&from, &n) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        warn!(to = %n.to, error = %e, "sender notice not sent: cannot build it");
+                        continue;
+                    }
+                };
+                match transport.send(message).await {
+                    Ok(_) => info!(to = %n.to, "sender notice sent"),
+                    Err(e) => warn!(to = %n.to, error = %e, "sender notice not sent"),
+                }
+            }
+        });
+        Notices { tx: Some(tx) }
+    }
+
+    /// Queue a notice; never waits. A full queue drops it with a warning.
+    pub fn send(&self, notice: Notice) {
+        if let Some(tx) = &self.tx
+            && let Err(e) = tx.try_send(notice)
+        {
+            warn!(error = %e, "sender notice dropped: the notice queue is full");
+        }
+    }
+}
+
+fn build_notice(from: &str, n: &Notice) -> Result<lettre::Message, String> {
+    use lettre::address::Envelope as SmtpEnvelope;
+    let to: lettre::Address = n.to.parse().map_err(|e| format!("{}: {e}", n.to))?;
+    let from_box: lettre::message::Mailbox = from.parse().map_err(|e| format!("{from}: {e}"))?;
+    let envelope = SmtpEnvelope::new(None, vec![to.clone()]).map_err(|e| e.to_string())?;
+    lettre::Message::builder()
+        .from(from_box)
+        .to(lettre::message::Mailbox::new(None, to))
+        .subject(n.subject.clone())
+        .header(lettre::message::header::ContentType::TEXT_PLAIN)
+        .envelope(envelope)
+        .body(n.body.clone())
+        .map_err(|e| e.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The milter handler.
+// ---------------------------------------------------------------------------------------------
+
+/// The policy and settings in force, as the reload cell holds them.
+pub type LiveCell = Arc<Swap<Live<Policy>>>;
+
 /// markgate's [`Handler`]. One instance serves every connection.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Filter {
-    spill: SpillPolicy,
+    live: LiveCell,
+    audit: Option<AuditHandle>,
+    alerts: AlertHandle,
+    notices: Notices,
+}
+
+impl std::fmt::Debug for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Filter")
+            .field(
+                "audit",
+                &self.audit.as_ref().map(|a| a.path().to_path_buf()),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl Filter {
-    /// A filter that stores message bodies according to `spill`.
-    pub fn new(spill: SpillPolicy) -> Self {
-        Filter { spill }
+    /// A filter reading its policy from `live` (one snapshot per message), recording to
+    /// `audit` (none: no records, for tests), raising incidents on `alerts` and sending
+    /// sender notices through `notices`.
+    pub fn new(
+        live: LiveCell,
+        audit: Option<AuditHandle>,
+        alerts: AlertHandle,
+        notices: Notices,
+    ) -> Self {
+        Filter {
+            live,
+            audit,
+            alerts,
+            notices,
+        }
+    }
+
+    /// A filter with one fixed policy and config (tests, tools).
+    pub fn fixed(policy: Policy, config: Config, audit: Option<AuditHandle>) -> Self {
+        let digest = policy.digest.clone();
+        let live = Live {
+            config,
+            policy: Arc::new(policy),
+            policy_digest: digest,
+            generation: 0,
+        };
+        Filter::new(
+            Arc::new(Swap::new(Arc::new(live))),
+            audit,
+            AlertHandle::disabled(),
+            Notices::disabled(),
+        )
+    }
+
+    /// Replace the notice sender (tests send notices to their own SMTP sink).
+    pub fn with_notices(mut self, notices: Notices) -> Self {
+        self.notices = notices;
+        self
+    }
+
+    /// Replace the alert handle.
+    pub fn with_alerts(mut self, alerts: AlertHandle) -> Self {
+        self.alerts = alerts;
+        self
+    }
+}
+
+/// One message in flight: its transaction and the policy snapshot it started with.
+pub struct Message {
+    tx: Transaction,
+    live: Arc<Live<Policy>>,
+}
+
+impl MessageSink for Message {
+    fn mail_from(&mut self, sender: &[u8], args: &[Vec<u8>]) -> io::Result<()> {
+        MessageSink::mail_from(&mut self.tx, sender, args)
+    }
+    fn rcpt_to(&mut self, recipient: &[u8], args: &[Vec<u8>]) -> io::Result<()> {
+        MessageSink::rcpt_to(&mut self.tx, recipient, args)
+    }
+    fn header(&mut self, name: &[u8], value: &[u8]) -> io::Result<()> {
+        MessageSink::header(&mut self.tx, name, value)
+    }
+    fn body_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
+        MessageSink::body_chunk(&mut self.tx, chunk)
+    }
+    fn macros(&mut self, macros: &Macros) -> io::Result<()> {
+        MessageSink::macros(&mut self.tx, macros)
+    }
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The envelope decide() needs, from the transaction and the MTA's macros.
+pub fn envelope_of(tx: &Transaction, conn: &ConnectionFacts) -> Envelope {
+    let macro_text = |name: &str| {
+        tx.macros()
+            .get(name)
+            .map(lossy)
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    Envelope {
+        sender: tx.sender().map(|s| lossy(s.bare())).unwrap_or_default(),
+        recipients: tx.recipients().iter().map(|r| lossy(r.bare())).collect(),
+        client_ip: conn.addr,
+        auth_user: macro_text("auth_authen"),
+        daemon_name: macro_text("daemon_name"),
+    }
+}
+
+fn meta_of(tx: &Transaction, conn: &ConnectionFacts) -> MessageMeta {
+    let head_len = tx
+        .headers()
+        .iter()
+        .map(|h| (h.name.len() + h.value.len() + 4) as u64)
+        .sum::<u64>();
+    MessageMeta {
+        queue_id: tx.queue_id().map(lossy),
+        message_id: tx
+            .first_header("Message-ID")
+            .map(|h| lossy(&h.value).trim().to_owned()),
+        client_name: Some(lossy(&conn.hostname)).filter(|s| !s.is_empty()),
+        helo: conn.helo.as_deref().map(lossy),
+        size: Some(head_len + 2 + tx.body_len()),
     }
 }
 
 impl Handler for Filter {
-    type Sink = Transaction;
+    type Sink = Message;
 
-    fn begin_message(&self, conn: &ConnectionFacts) -> Result<Transaction, HandlerError> {
-        Ok(Transaction::new(conn, self.spill.clone()))
+    fn begin_message(&self, conn: &ConnectionFacts) -> Result<Message, HandlerError> {
+        let live = self.live.snapshot();
+        let tx = Transaction::new(conn, live.config.spill_policy());
+        Ok(Message { tx, live })
     }
 
     async fn end_of_message(
         &self,
-        _conn: &ConnectionFacts,
-        message: Transaction,
+        conn: &ConnectionFacts,
+        message: Message,
     ) -> Result<Outcome, HandlerError> {
-        let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let Message { tx, live } = message;
+        let conn = conn.clone();
+        // The pure pipeline may parse a large body: keep it off the connection tasks' threads.
+        let worked = tokio::task::spawn_blocking(move || {
+            let envelope = envelope_of(&tx, &conn);
+            let meta = meta_of(&tx, &conn);
+            let spill = live.config.spill_policy();
+            let recipients_as_sent: Vec<(String, Vec<u8>)> = tx
+                .recipients()
+                .iter()
+                .map(|r| (lossy(r.bare()), r.address.clone()))
+                .collect();
+            let result = evaluate(&live.policy, envelope, &tx).and_then(|eval| {
+                let out = outcome(&eval, &recipients_as_sent, &spill)?;
+                let record = audit_record(&live.policy, &eval, &meta);
+                Ok((eval, out, record))
+            });
+            (result, meta)
+        })
+        .await;
+        let (result, meta) = match worked {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "the decision pipeline failed; answering 4xx");
+                return Ok(Outcome {
+                    verdict: Verdict::Tempfail(Some(tempfail_reply("internal error"))),
+                    modifications: Vec::new(),
+                });
+            }
+        };
+        let (eval, out, record) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                error!(queue_id = meta.queue_id.as_deref().unwrap_or(""), error = %e, "cannot decide the message; answering 4xx");
+                return Ok(Outcome {
+                    verdict: Verdict::Tempfail(Some(tempfail_reply("internal error"))),
+                    modifications: Vec::new(),
+                });
+            }
+        };
+
+        // Durable before answering.
+        let mut audit_seq = None;
+        if let Some(audit) = &self.audit {
+            match audit
+                .record(AuditEvent::MessageDecision(Box::new(record)))
+                .await
+            {
+                Ok(ack) => audit_seq = ack.seq,
+                Err(e) => {
+                    error!(queue_id = meta.queue_id.as_deref().unwrap_or(""), error = %e, "audit record not written; answering 4xx so the mail is retried, not passed unaudited");
+                    return Ok(Outcome {
+                        verdict: Verdict::Tempfail(Some(tempfail_reply("audit trail unavailable"))),
+                        modifications: Vec::new(),
+                    });
+                }
+            }
+        }
+        for mut incident in incidents(&eval, &meta) {
+            incident.audit_seq = audit_seq;
+            self.alerts.raise(incident);
+        }
+        if let Some(notice) = sender_notice(&eval) {
+            self.notices.send(notice);
+        }
         info!(
-            queue_id = message.queue_id().map(lossy).unwrap_or_default(),
-            from = message
-                .sender()
-                .map(|s| lossy(s.bare()))
-                .unwrap_or_default(),
-            recipients = message.recipients().len(),
-            size = message.body_len(),
-            verdict = "pass",
-            "message passed unchanged"
+            queue_id = meta.queue_id.as_deref().unwrap_or(""),
+            from = %eval.envelope.sender,
+            recipients = eval.envelope.recipients.len(),
+            direction = ?eval.decision.direction,
+            level = %eval.decision.effective.level_name,
+            verdict = verdict_name(&eval.verdict),
+            removed = eval.removed().len(),
+            edits = out.modifications.len(),
+            rules = %eval.decision.rule_ids.join(","),
+            mode = ?eval.decision.mode,
+            "message decided"
         );
-        Ok(Outcome::pass())
+        Ok(out)
+    }
+}
+
+/// The SMTP answer in one line, as the MTA would relay it (`250 accepted`, `550 5.7.1 …`).
+pub fn answer_text(eval: &Evaluation) -> String {
+    match &eval.verdict {
+        PolicyVerdict::Accept => "accept (250)".to_owned(),
+        PolicyVerdict::Quarantine { reason, rule } => {
+            format!("accept into the hold queue: {reason} (rule {rule})")
+        }
+        PolicyVerdict::Reject { reply, rule } | PolicyVerdict::Tempfail { reply, rule } => {
+            format!("{} (rule {rule})", reply_text(reply))
+        }
+    }
+}
+
+fn verdict_name(v: &PolicyVerdict) -> &'static str {
+    match v {
+        PolicyVerdict::Accept => "accept",
+        PolicyVerdict::Reject { .. } => "reject",
+        PolicyVerdict::Tempfail { .. } => "tempfail",
+        PolicyVerdict::Quarantine { .. } => "quarantine",
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::milter::handler::{MessageSink, Verdict};
-
-    #[tokio::test]
-    async fn passes_every_message_unchanged() {
-        let f = Filter::new(SpillPolicy {
-            threshold: 4,
-            directory: None,
-        });
-        let conn = ConnectionFacts::default();
-        let mut t = f.begin_message(&conn).unwrap();
-        t.mail_from(b"<a@example.org>", &[]).unwrap();
-        t.rcpt_to(b"<b@example.net>", &[]).unwrap();
-        t.header(b"Subject", b"x").unwrap();
-        t.body_chunk(b"a body longer than four bytes\r\n").unwrap();
-        assert!(t.is_spilled());
-        let out = f.end_of_message(&conn, t).await.unwrap();
-        assert_eq!(out.verdict, Verdict::Continue);
-        assert!(out.modifications.is_empty());
-    }
-}
+mod tests;

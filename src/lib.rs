@@ -15,13 +15,26 @@ pub mod cli;
 pub mod config;
 /// The production milter handler (glue between the milter layer and the decision pipeline).
 pub mod filter;
+/// Fuzz target bodies (shared by `fuzz/` and the corpus-replay test).
+#[doc(hidden)]
+pub mod fuzzing;
+/// Read-only facts about a message: markings, forward evidence (MIME facts: `inspect::mime`).
+pub mod inspect;
+/// The markgate(8) manual page, generated from the CLI definition.
+pub mod manpage;
+/// Prometheus/OpenMetrics metrics and the loopback `GET /metrics` endpoint.
+pub mod metrics;
 /// The milter protocol engine (no labels, no policy).
 pub mod milter;
+/// systemd readiness/reload/stop notifications over `$NOTIFY_SOCKET`.
+pub mod notify;
+/// The TOML policy, label grammars and `decide()`.
+pub mod policy;
+/// SIGHUP: rebuild config and policy, swap atomically, keep the old ones on error.
+pub mod reload;
+/// Edit plans (labels, subject, disclaimer) and their application to raw messages.
+pub mod rewrite;
 /// Logging setup and what each log level is for.
 pub mod telemetry;
 /// One message: envelope, headers in order, body (spilled to disk when large).
 pub mod transaction;
-
-/// Fuzz target bodies (shared by `fuzz/` and the corpus-replay test).
-#[doc(hidden)]
-pub mod fuzzing;

@@ -13,9 +13,23 @@ fn markgate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_markgate"))
 }
 
+/// `markgate run` in these tests writes its audit trail to a temporary directory (kept for
+/// the life of the test process), never to the built-in /var/log/markgate.
+fn with_audit_log(args: &[&str]) -> Vec<String> {
+    use std::sync::OnceLock;
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    if args.first() == Some(&"run") && !args.contains(&"--audit-log") {
+        let dir = DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"));
+        v.push("--audit-log".into());
+        v.push(dir.path().join("audit.jsonl").display().to_string());
+    }
+    v
+}
+
 fn run(args: &[&str]) -> Output {
     markgate()
-        .args(args)
+        .args(with_audit_log(args))
         .stdin(Stdio::null())
         .output()
         .expect("run markgate")
@@ -27,7 +41,7 @@ fn text(b: &[u8]) -> String {
 
 fn spawn(args: &[&str]) -> Child {
     markgate()
-        .args(args)
+        .args(with_audit_log(args))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -229,4 +243,272 @@ fn closed_standard_fds_are_reopened_on_dev_null() {
     }
     let (code, _, _) = stop(child, "-TERM");
     assert_eq!(code, Some(0));
+}
+
+// ---- markgate check / policy test / audit verify / audit report ----------------------------
+
+const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/uk-gpms.toml");
+
+#[test]
+fn check_passes_the_shipped_policies_and_the_sample_config() {
+    for p in ["uk-gpms", "uk-gsc", "au-epms"] {
+        let path = format!("{}/policies/{p}.toml", env!("CARGO_MANIFEST_DIR"));
+        let o = run(&["check", "--policy", &path]);
+        assert_eq!(o.status.code(), Some(0), "{p}: {}", text(&o.stdout));
+        assert!(text(&o.stdout).contains("policy OK"), "{}", text(&o.stdout));
+    }
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/config/markgate.toml");
+    let o = run(&["check", "--config", conf]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+    assert!(text(&o.stdout).contains("config OK"));
+    // No arguments: the built-in config and policy.
+    let o = run(&["check"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+}
+
+#[test]
+fn check_reports_every_problem_with_its_place_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text_in = std::fs::read_to_string(SHIPPED)
+        .unwrap()
+        .replacen(
+            "default_ceiling = \"UNCLASSIFIED\"",
+            "default_ceiling = \"PUBLIC\"",
+            1,
+        )
+        .replacen("action = \"accept\"", "action = \"shrug\"", 1);
+    std::fs::write(&bad, text_in).unwrap();
+    let o = run(&["check", "--policy", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = text(&o.stdout);
+    let name = bad.display().to_string();
+    // Both mistakes, each with file:line:col.
+    assert!(out.contains("PUBLIC") && out.contains("shrug"), "{out}");
+    assert!(
+        out.lines()
+            .filter(|l| l.starts_with(&format!("{name}:")))
+            .count()
+            >= 2,
+        "{out}"
+    );
+    assert!(out.contains("2 error(s)"), "{out}");
+
+    let conf = dir.path().join("markgate.toml");
+    std::fs::write(&conf, "[audit]\nsync = \"sometimes\"\n").unwrap();
+    let o = run(&["check", "--config", conf.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stdout).contains("markgate.toml:2"),
+        "{}",
+        text(&o.stdout)
+    );
+}
+
+fn corpus(name: &str) -> String {
+    format!("/work/shared/corpus/{name}")
+}
+
+fn write_msg(dir: &std::path::Path, name: &str, body: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, body).unwrap();
+    p.display().to_string()
+}
+
+#[test]
+fn policy_test_shows_markings_outcomes_labels_and_the_exact_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_msg(
+        dir.path(),
+        "r.eml",
+        "From: alice@example-council.gcsx.gov.uk\r\nTo: bob@partner.gcsx.gov.uk\r\n\
+         Subject: RESTRICTED: figures\r\nMessage-ID: <r@x>\r\n\r\nHello\r\n",
+    );
+    let o = run(&[
+        "policy",
+        "test",
+        "--policy",
+        SHIPPED,
+        "--from",
+        "alice@example-council.gcsx.gov.uk",
+        "--rcpt",
+        "bob@partner.gcsx.gov.uk",
+        "--client-ip",
+        "127.0.0.1",
+        &m,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    for want in [
+        "subject (Prefix): `RESTRICTED`",
+        "effective level: RESTRICTED",
+        "bob@partner.gcsx.gov.uk: deliver",
+        "X-Protective-Marking: RESTRICTED",
+        "answer: accept",
+        "output message:",
+        "\r\nX-Protective-Marking: RESTRICTED\r\n",
+        "may be subject to recording and/or monitoring",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+}
+
+#[test]
+fn policy_test_json_and_several_messages_and_a_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = write_msg(
+        dir.path(),
+        "r.eml",
+        "From: a@example-council.gcsx.gov.uk\r\nSubject: RESTRICTED: x\r\n\r\nx\r\n",
+    );
+    let o = run(&[
+        "policy",
+        "test",
+        "--from",
+        "a@example-council.gcsx.gov.uk",
+        "--rcpt",
+        "carol@gmail.com",
+        "--auth",
+        "alice",
+        "--json",
+        &m,
+        &corpus("plain-unmarked.eml"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let a = lines[0]["answer"].as_str().unwrap();
+    assert!(
+        a.starts_with("550 5.7.1") && a.contains("GPMS-ABOVE-CEILING"),
+        "{a}"
+    );
+    assert!(lines[0]["output"].is_null());
+    assert_eq!(lines[0]["decision"]["direction"], "outbound");
+    let out1 = lines[1]["output"].as_str().unwrap();
+    assert_eq!(out1.matches("may be subject to recording").count(), 1);
+}
+
+#[test]
+fn policy_test_errors_exit_nonzero() {
+    let o = run(&[
+        "policy",
+        "test",
+        "--from",
+        "a@b",
+        "--rcpt",
+        "c@d",
+        "/nonexistent.eml",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o.stderr).contains("/nonexistent.eml"));
+    let o = run(&[
+        "policy",
+        "test",
+        "--policy",
+        "/nonexistent.toml",
+        "--from",
+        "a@b",
+        "--rcpt",
+        "c@d",
+        &corpus("plain-unmarked.eml"),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    // --rcpt is required.
+    let o = run(&[
+        "policy",
+        "test",
+        "--from",
+        "a@b",
+        &corpus("plain-unmarked.eml"),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+/// An audit file made the way the daemon makes one: `markgate run --audit-log` writes the
+/// start records; the message records come from the e2e tests, here we only need a chain.
+fn audit_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("audit.jsonl");
+    let port = ports::free_port();
+    let child = spawn(&[
+        "run",
+        "--listen",
+        &format!("inet:127.0.0.1:{port}"),
+        "--audit-log",
+        path.to_str().unwrap(),
+    ]);
+    assert!(ports::wait_listening(port, 20), "markgate did not listen");
+    let (code, _, err) = stop(child, "-TERM");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(&path.display().to_string()),
+        "audit path logged: {err}"
+    );
+    path
+}
+
+#[test]
+fn audit_verify_passes_an_untouched_file_and_catches_an_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = audit_file(dir.path());
+    let content = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        content.lines().count() >= 3,
+        "start, policy loaded, stop: {content}"
+    );
+    let o = run(&["audit", "verify", path.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+    let tampered = content.replacen("\"policy_loaded\"", "\"policy_loaded\" ", 1);
+    assert_ne!(tampered, content);
+    let bad = dir.path().join("tampered.jsonl");
+    std::fs::write(&bad, tampered.replacen("uk-gpms", "uk-gpmz", 1)).unwrap();
+    let o = run(&["audit", "verify", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
+    assert!(text(&o.stdout).contains("line"), "{}", text(&o.stdout));
+}
+
+#[test]
+fn audit_report_text_json_and_time_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = audit_file(dir.path());
+    let p = path.to_str().unwrap();
+    let o = run(&["audit", "report", p]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    assert!(!text(&o.stdout).is_empty());
+    let o = run(&["audit", "report", "--json", p]);
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).expect("JSON");
+    assert!(v["records"].as_u64().unwrap() >= 3, "{v}");
+    let o = run(&["audit", "report", "--json", "--until", "2000-01-01", p]);
+    let v: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).expect("JSON");
+    assert_eq!(v["records"], 0, "{v}");
+    let o = run(&["audit", "report", "--since", "yesterday-ish", p]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn policy_test_takes_several_recipients_comma_separated_or_repeated() {
+    for rcpts in [
+        vec!["--rcpt", "bob@partner.gcsx.gov.uk,carol@nhs.net"],
+        vec![
+            "--rcpt",
+            "bob@partner.gcsx.gov.uk",
+            "--rcpt",
+            "carol@nhs.net",
+        ],
+    ] {
+        let mut args = vec!["policy", "test", "--from", "a@example-council.gcsx.gov.uk"];
+        args.extend(rcpts);
+        let m = corpus("gpms-restricted-subject.eml");
+        args.extend(["--client-ip", "127.0.0.1", "--json", m.as_str()]);
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+        let v: serde_json::Value = serde_json::from_str(text(&o.stdout).trim()).unwrap();
+        let r = v["decision"]["recipients"].as_array().unwrap();
+        assert_eq!(r.len(), 2, "{v}");
+        assert_eq!(r[1]["address"], "carol@nhs.net");
+    }
 }

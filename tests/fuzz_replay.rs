@@ -13,6 +13,11 @@ type Body = fn(&[u8]);
 const TARGETS: &[(&str, Body)] = &[
     ("frame", markgate::fuzzing::milter::frame),
     ("session", markgate::fuzzing::milter::session),
+    ("policy_toml", markgate::fuzzing::policy::policy_toml),
+    ("label_uk_gpms", markgate::fuzzing::policy::label_uk_gpms),
+    ("label_uk_gsc", markgate::fuzzing::policy::label_uk_gsc),
+    ("label_au_epms", markgate::fuzzing::policy::label_au_epms),
+    ("markings", markgate::fuzzing::policy::markings_and_decide),
 ];
 
 fn inputs(dir: &Path) -> Vec<std::path::PathBuf> {

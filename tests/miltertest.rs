@@ -8,7 +8,6 @@ mod support;
 
 use std::process::Command;
 
-use markgate::filter::Filter;
 use markgate::milter::{Modification, NewBody, Outcome, Verdict};
 use markgate::transaction::SpillPolicy;
 
@@ -61,7 +60,7 @@ fn miltertest_production_filter_passes_mail_untouched() {
     ) {
         return;
     }
-    let milter = Milter::start_tcp(Filter::new(spill()));
+    let milter = Milter::start_tcp(support::markgate::passing_filter(1024 * 1024));
     run_script(&milter, "pass");
 }
 

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use markgate::filter::Filter;
 use markgate::milter::{ListenSpec, Modification, NewBody, Outcome, ServerConfig, Verdict};
 use markgate::transaction::{SpillPolicy, Transaction};
 
@@ -144,7 +143,7 @@ fn message_passes_through_unchanged() {
     if !peers_ok("message_passes_through_unchanged") {
         return;
     }
-    let milter = Milter::start_tcp(Filter::new(spill(1024 * 1024)));
+    let milter = Milter::start_tcp(support::markgate::passing_filter(1024 * 1024));
     let pf = Postfix::start(PostfixConfig::with_milter(milter.postfix_spec()));
     let msg = sample_message("unchanged please");
     let r = pf.send_data(
@@ -269,7 +268,7 @@ fn message_larger_than_the_spill_threshold_passes_intact() {
     if !peers_ok("message_larger_than_the_spill_threshold_passes_intact") {
         return;
     }
-    let milter = Milter::start_tcp(Filter::new(spill(64 * 1024)));
+    let milter = Milter::start_tcp(support::markgate::passing_filter(64 * 1024));
     let pf = Postfix::start(PostfixConfig::with_milter(milter.postfix_spec()));
     let body = big_body(30_000);
     assert!(body.len() > 3 * 1024 * 1024, "{}", body.len());
@@ -337,7 +336,7 @@ fn stopped_milter_means_451_and_delivery_once_it_is_back() {
         return;
     }
     let port = ports::free_port();
-    let milter = Milter::start_tcp_on(port, Filter::new(spill(1024 * 1024)));
+    let milter = Milter::start_tcp_on(port, support::markgate::passing_filter(1024 * 1024));
     let pf = Postfix::start(PostfixConfig::with_milter(milter.postfix_spec()));
     milter.stop();
     assert!(ports::wait_closed(port, 10), "markgate still listening");
@@ -364,7 +363,7 @@ fn stopped_milter_means_451_and_delivery_once_it_is_back() {
     assert!(pf.queue().contains("Mail queue is empty"), "{}", pf.queue());
     assert_eq!(pf.delivered().len(), 0);
 
-    let _back = Milter::start_tcp_on(port, Filter::new(spill(1024 * 1024)));
+    let _back = Milter::start_tcp_on(port, support::markgate::passing_filter(1024 * 1024));
     let r = pf.send_data("alice@example.org", &["bob@example.net"], &msg);
     assert_eq!(r.code, 0, "{}", r.dialog);
     let got = pf.wait_delivered(1, DELIVERY);
@@ -682,16 +681,22 @@ fn unix_socket_listener() {
 }
 
 /// The `markgate` binary itself, as the README starts it (here on a free port rather than
-/// 8895, so parallel runs do not collide): mail passes through Postfix unchanged, and SIGTERM
-/// stops it cleanly with exit status 0.
+/// 8895, so parallel runs do not collide, and with the audit trail in a temporary directory):
+/// under the built-in policy unmarked mail from the organisation's network keeps its headers
+/// and gains the monitoring disclaimer once, the decision is audited, and SIGTERM stops it
+/// cleanly with exit status 0.
 #[test]
 fn markgate_binary_in_front_of_postfix() {
     if !peers_ok("markgate_binary_in_front_of_postfix") {
         return;
     }
     let port = ports::free_port();
+    let audit_dir = tempfile::tempdir().expect("tempdir");
+    let audit = audit_dir.path().join("audit.jsonl");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_markgate"))
         .args(["run", "--listen", &format!("inet:127.0.0.1:{port}")])
+        .arg("--audit-log")
+        .arg(&audit)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -708,7 +713,18 @@ fn markgate_binary_in_front_of_postfix() {
         without_postfix_received(got[0].headers()),
         parse_headers(head)
     );
-    assert_eq!(got[0].body(), crlf_to_lf(body).as_slice());
+    let delivered = got[0].body();
+    assert!(
+        delivered.starts_with(&crlf_to_lf(body)),
+        "original body kept"
+    );
+    let text = String::from_utf8_lossy(delivered);
+    assert_eq!(
+        text.matches("may be subject to recording and/or monitoring")
+            .count(),
+        1,
+        "{text}"
+    );
 
     let st = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -733,6 +749,12 @@ fn markgate_binary_in_front_of_postfix() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert_eq!(stdout, "", "markgate run must not write to stdout");
     assert!(stderr.contains("markgate started"), "{stderr}");
-    assert!(stderr.contains("message passed unchanged"), "{stderr}");
+    assert!(stderr.contains("message decided"), "{stderr}");
+    assert!(
+        stderr.contains(&audit.display().to_string()),
+        "audit path logged: {stderr}"
+    );
     assert!(stderr.contains("markgate stopped"), "{stderr}");
+    let records = std::fs::read_to_string(&audit).expect("audit file");
+    assert!(records.contains("\"message_decision\""), "{records}");
 }

@@ -45,6 +45,11 @@ pub struct Config {
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub logging: Logging,
+    /// `[audit]`: the audit trail (owned by `audit::config`, embedded here so one file
+    /// configures the daemon).
+    pub audit: crate::audit::AuditConfig,
+    /// `[alerts]`: incident alerts and the relay that also carries sender notices.
+    pub alerts: crate::alert::AlertConfig,
 }
 
 /// Ownership and permissions of a unix-domain listening socket (ignored for inet listeners).
@@ -154,6 +159,8 @@ impl Default for Config {
                 level: LogLevel::Info,
                 format: LogFormat::Text,
             },
+            audit: crate::audit::AuditConfig::default(),
+            alerts: crate::alert::AlertConfig::default(),
         }
     }
 }

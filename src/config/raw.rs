@@ -27,6 +27,8 @@ pub(super) struct RawConfig {
     timeouts: RawTimeouts,
     #[serde(default)]
     logging: RawLogging,
+    audit: Option<Spanned<crate::audit::AuditConfig>>,
+    alerts: Option<Spanned<crate::alert::AlertConfig>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -191,6 +193,18 @@ impl RawConfig {
         }
         if let Some(v) = self.logging.format {
             c.logging.format = v;
+        }
+        if let Some(v) = self.audit {
+            let span = v.span();
+            let audit = v.into_inner();
+            audit.validate().map_err(|e| (span, e))?;
+            c.audit = audit;
+        }
+        if let Some(v) = self.alerts {
+            let span = v.span();
+            let alerts = v.into_inner();
+            crate::alert::AlertSettings::from_config(&alerts).map_err(|e| (span, e))?;
+            c.alerts = alerts;
         }
         Ok(c)
     }

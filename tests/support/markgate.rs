@@ -212,3 +212,22 @@ pub fn socket_dir() -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().join("markgate.sock");
     (dir, path)
 }
+
+/// markgate's production filter under the built-in policy with its `[disclaimer]` section
+/// taken out and no audit trail: unmarked mail then passes byte for byte. For the tests that
+/// prove the transport (pass-through, spill, stopped milter); what the default policy does to
+/// mail is tested in `tests/enforce_*.rs`.
+pub fn passing_filter(spill_threshold: usize) -> markgate::filter::Filter {
+    use markgate::policy::{BUILTIN_POLICY, Policy};
+    let start = BUILTIN_POLICY
+        .find("\n[disclaimer]\n")
+        .expect("the built-in policy has a disclaimer");
+    let end = BUILTIN_POLICY
+        .find("\n[inbound]\n")
+        .expect("and an [inbound] section after it");
+    let text = format!("{}{}", &BUILTIN_POLICY[..start], &BUILTIN_POLICY[end..]);
+    let policy = Policy::from_str("built-in without disclaimer", &text).expect("loads");
+    let mut config = markgate::config::Config::default();
+    config.limits.spill_threshold = spill_threshold;
+    markgate::filter::Filter::fixed(policy, config, None)
+}

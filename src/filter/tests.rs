@@ -1,0 +1,466 @@
+//! The pipeline and the handler without sockets: decisions of the shipped default policy,
+//! variants of it (remove-recipients, shadow mode), the outcome's modification order, the audit
+//! record, and the 4xx answers for internal and audit failures.
+
+use super::*;
+use crate::policy::BUILTIN_POLICY;
+
+const COUNCIL: &str = "alice@example-council.gcsx.gov.uk";
+const PARTNER: &str = "bob@partner.gcsx.gov.uk";
+const INTERNET: &str = "carol@gmail.com";
+
+fn builtin() -> Policy {
+    Policy::builtin().expect("the built-in policy loads")
+}
+
+/// The built-in policy with one piece of text replaced (the replacement must apply).
+fn variant(from: &str, to: &str) -> Policy {
+    assert!(BUILTIN_POLICY.contains(from), "{from:?} not in the policy");
+    Policy::from_str("variant.toml", &BUILTIN_POLICY.replacen(from, to, 1)).expect("loads")
+}
+
+fn removing_policy() -> Policy {
+    variant(
+        "when = \"above-ceiling\"\ndirection = \"outbound\"\naction = \"reject\"",
+        "when = \"above-ceiling\"\ndirection = \"outbound\"\naction = \"remove-recipients\"",
+    )
+}
+
+fn shadow_policy() -> Policy {
+    variant("mode = \"enforce\"", "mode = \"shadow\"")
+}
+
+fn outbound(from: &str, to: &[&str]) -> Envelope {
+    Envelope {
+        sender: from.into(),
+        recipients: to.iter().map(|s| s.to_string()).collect(),
+        client_ip: Some("127.0.0.1".parse().unwrap()),
+        auth_user: None,
+        daemon_name: None,
+    }
+}
+
+fn inbound(from: &str, to: &[&str]) -> Envelope {
+    Envelope {
+        client_ip: Some("192.0.2.7".parse().unwrap()),
+        ..outbound(from, to)
+    }
+}
+
+fn msg(subject: &str, extra: &str, body: &str) -> Vec<u8> {
+    format!(
+        "From: {COUNCIL}\r\nTo: someone\r\nSubject: {subject}\r\nMessage-ID: <t@x>\r\n{extra}\r\n{body}"
+    )
+    .into_bytes()
+}
+
+fn run(policy: &Policy, env: Envelope, raw: &[u8]) -> Evaluation {
+    evaluate(policy, env, &RawSource::new(raw)).expect("evaluates")
+}
+
+fn count(hay: &[u8], needle: &str) -> usize {
+    String::from_utf8_lossy(hay).matches(needle).count()
+}
+
+const DISCLAIMER_WORDS: &str = "may be subject to recording";
+
+#[test]
+fn restricted_to_partner_gets_both_labels_and_the_disclaimer() {
+    let p = builtin();
+    let e = run(
+        &p,
+        outbound(COUNCIL, &[PARTNER]),
+        &msg("RESTRICTED: figures", "", "Hi\r\n"),
+    );
+    assert!(e.body_inspected);
+    assert_eq!(e.verdict, PolicyVerdict::Accept);
+    let out = e.output().unwrap();
+    assert_eq!(count(&out, "X-Protective-Marking: RESTRICTED\r\n"), 1);
+    assert_eq!(count(&out, "Subject: RESTRICTED: figures\r\n"), 1);
+    assert_eq!(count(&out, DISCLAIMER_WORDS), 1);
+}
+
+#[test]
+fn a_protect_subject_without_prefix_gets_the_canonical_prefix() {
+    let p = builtin();
+    let e = run(
+        &p,
+        outbound(COUNCIL, &[PARTNER]),
+        &msg("RE: [PROTECT - PERSONAL] case notes", "", "x\r\n"),
+    );
+    let out = String::from_utf8(e.output().unwrap()).unwrap();
+    assert!(
+        out.contains("X-Protective-Marking: PROTECT - PERSONAL\r\n"),
+        "{out}"
+    );
+    // One marking in the subject, never stacked.
+    let subject = out.lines().find(|l| l.starts_with("Subject:")).unwrap();
+    assert_eq!(subject.matches("PROTECT").count(), 1, "{subject}");
+}
+
+#[test]
+fn restricted_to_the_internet_is_refused_with_the_policys_550() {
+    let p = builtin();
+    let e = run(
+        &p,
+        outbound(COUNCIL, &[INTERNET]),
+        &msg("RESTRICTED: x", "", "x\r\n"),
+    );
+    let PolicyVerdict::Reject { reply, rule } = &e.verdict else {
+        panic!("{:?}", e.verdict)
+    };
+    assert_eq!((reply.code, reply.enhanced.as_str()), (550, "5.7.1"));
+    assert_eq!(rule, "GPMS-ABOVE-CEILING");
+    assert!(e.plan.is_none() && e.output().is_none());
+    // A refused message is decided from its headers alone.
+    assert!(!e.body_inspected);
+    let out = outcome(&e, &[], &SpillPolicy::default()).unwrap();
+    let Verdict::Reject(Some(r)) = &out.verdict else {
+        panic!("{:?}", out.verdict)
+    };
+    assert_eq!(r.code, 550);
+    assert!(r.lines.join(" ").contains("GPMS-ABOVE-CEILING"));
+    assert!(out.modifications.is_empty());
+}
+
+#[test]
+fn unmarked_mail_gets_the_disclaimer_once_and_a_second_pass_changes_nothing() {
+    let p = builtin();
+    let e = run(
+        &p,
+        outbound(COUNCIL, &[INTERNET]),
+        &msg("lunch", "", "see you\r\n"),
+    );
+    assert_eq!(e.verdict, PolicyVerdict::Accept);
+    let out = e.output().unwrap();
+    assert_eq!(count(&out, DISCLAIMER_WORDS), 1);
+    assert_eq!(
+        count(&out, "X-Protective-Marking"),
+        0,
+        "never invent a marking"
+    );
+    let again = run(&p, outbound(COUNCIL, &[INTERNET]), &out);
+    assert!(again.plan.as_ref().unwrap().is_empty(), "{:?}", again.plan);
+    assert_eq!(again.output().unwrap(), out);
+}
+
+#[test]
+fn exchange_auto_forward_of_restricted_mail_to_the_internet_is_refused() {
+    let p = builtin();
+    let raw = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/corpus/autoforward-exchange-restricted.eml"
+    ))
+    .or_else(|_| std::fs::read("/work/shared/corpus/autoforward-exchange-restricted.eml"))
+    .expect("corpus file");
+    let e = run(
+        &p,
+        outbound(
+            "alice.smith@example-council.gcsx.gov.uk",
+            &["bob.private@mailbox.example.com"],
+        ),
+        &raw,
+    );
+    let PolicyVerdict::Reject { reply, .. } = &e.verdict else {
+        panic!("{:?}", e.verdict)
+    };
+    assert_eq!(reply.code, 550);
+    assert!(e.facts.forward.is_forward());
+    let incidents = incidents(&e, &MessageMeta::default());
+    assert!(
+        incidents
+            .iter()
+            .any(|i| i.kind == IncidentKind::BlockedAutoForward),
+        "{incidents:?}"
+    );
+}
+
+#[test]
+fn one_recipient_above_its_ceiling_is_removed_and_the_sender_told() {
+    let p = removing_policy();
+    let e = run(
+        &p,
+        outbound(COUNCIL, &[PARTNER, INTERNET]),
+        &msg("RESTRICTED: x", "", "x\r\n"),
+    );
+    assert_eq!(e.verdict, PolicyVerdict::Accept);
+    assert_eq!(e.removed(), vec![INTERNET]);
+    let sent = vec![
+        (PARTNER.to_owned(), format!("<{PARTNER}>").into_bytes()),
+        (INTERNET.to_owned(), format!("<{INTERNET}>").into_bytes()),
+    ];
+    let out = outcome(&e, &sent, &SpillPolicy::default()).unwrap();
+    assert_eq!(out.verdict, Verdict::Continue);
+    // Header edits first, then one body replacement, then the removal.
+    let kinds: Vec<&str> = out
+        .modifications
+        .iter()
+        .map(|m| match m {
+            Modification::AddHeader { .. }
+            | Modification::InsertHeader { .. }
+            | Modification::ChangeHeader { .. } => "header",
+            Modification::ReplaceBody(_) => "body",
+            Modification::DeleteRecipient { .. } => "delrcpt",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, vec!["header", "body", "delrcpt"]);
+    let Some(Modification::DeleteRecipient { recipient }) = out.modifications.last() else {
+        unreachable!()
+    };
+    assert_eq!(recipient, format!("<{INTERNET}>").as_bytes());
+    let notice = sender_notice(&e).expect("a notice");
+    assert_eq!(notice.to, COUNCIL);
+    assert!(notice.body.contains(INTERNET) && notice.body.contains("GPMS-ABOVE-CEILING"));
+    assert!(
+        incidents(&e, &MessageMeta::default())
+            .iter()
+            .any(|i| i.kind == IncidentKind::AboveCeiling && i.recipients == vec![INTERNET])
+    );
+    let rec = audit_record(&p, &e, &MessageMeta::default());
+    let statuses: Vec<_> = rec.recipients.iter().map(|r| (r.status, r.cause)).collect();
+    assert_eq!(
+        statuses,
+        vec![
+            (RecipientStatus::Delivered, None),
+            (RecipientStatus::Removed, Some(Cause::AboveCeiling))
+        ]
+    );
+}
+
+#[test]
+fn the_null_sender_never_gets_a_notice() {
+    let p = removing_policy();
+    let e = run(
+        &p,
+        outbound("", &[PARTNER, INTERNET]),
+        &msg("RESTRICTED: x", "", "x\r\n"),
+    );
+    assert_eq!(e.removed(), vec![INTERNET]);
+    assert_eq!(sender_notice(&e), None);
+}
+
+#[test]
+fn shadow_mode_changes_nothing_but_one_header() {
+    let p = shadow_policy();
+    let raw = msg("RESTRICTED: x", "", "x\r\n");
+    let e = run(&p, outbound(COUNCIL, &[INTERNET]), &raw);
+    assert_eq!(e.verdict, PolicyVerdict::Accept);
+    let plan = e.plan.as_ref().unwrap();
+    assert!(plan.body.is_none());
+    assert_eq!(plan.header_ops.len(), 1, "{:?}", plan.header_ops);
+    let HeaderOp::Add { name, value } = &plan.header_ops[0] else {
+        panic!("{:?}", plan.header_ops)
+    };
+    assert_eq!(name, &p.shadow_header);
+    assert!(
+        String::from_utf8_lossy(value).contains("would reject"),
+        "{value:?}"
+    );
+    let rec = audit_record(&p, &e, &MessageMeta::default());
+    assert_eq!(rec.mode, AuditMode::Shadow);
+    assert_eq!(
+        rec.verdict,
+        AuditVerdict::Reject,
+        "the record says what would have happened"
+    );
+}
+
+#[test]
+fn inbound_forged_own_label_is_stripped_and_no_disclaimer_added() {
+    let p = builtin();
+    let raw = msg(
+        "hello",
+        "X-Protective-Marking: RESTRICTED\r\n",
+        "from outside\r\n",
+    );
+    let e = run(
+        &p,
+        inbound(COUNCIL, &["carol@example-council.gcsx.gov.uk"]),
+        &raw,
+    );
+    assert_eq!(e.decision.direction, Direction::Inbound);
+    let out = e.output().unwrap();
+    assert_eq!(count(&out, DISCLAIMER_WORDS), 0);
+    assert!(
+        e.decision
+            .hits
+            .iter()
+            .any(|h| h.situation == "forged-label"),
+        "{:?}",
+        e.decision.hits
+    );
+    assert_eq!(
+        count(&out, "X-Protective-Marking"),
+        0,
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    assert!(
+        incidents(&e, &MessageMeta::default())
+            .iter()
+            .any(|i| i.kind == IncidentKind::ForgedLabel)
+    );
+}
+
+#[test]
+fn the_audit_record_has_what_an_investigator_needs() {
+    let p = builtin();
+    let e = run(
+        &p,
+        outbound(COUNCIL, &[PARTNER]),
+        &msg("RESTRICTED: x", "", "x\r\n"),
+    );
+    let meta = MessageMeta {
+        queue_id: Some("ABC123".into()),
+        message_id: Some("<t@x>".into()),
+        size: Some(99),
+        ..MessageMeta::default()
+    };
+    let r = audit_record(&p, &e, &meta);
+    assert_eq!(r.queue_id.as_deref(), Some("ABC123"));
+    assert_eq!(r.sender, COUNCIL);
+    assert_eq!(r.direction, AuditDirection::Outbound);
+    assert_eq!(r.effective_level.as_deref(), Some("RESTRICTED"));
+    assert!(r.label_required && !r.label_present);
+    assert_eq!(r.markings.len(), 1);
+    assert_eq!(r.markings[0].location, "subject");
+    assert!(
+        r.edits
+            .iter()
+            .any(|e| matches!(e, Edit::LabelHeader { value, .. } if value == "RESTRICTED"))
+    );
+    assert!(r.edits.iter().any(|e| matches!(e, Edit::Disclaimer { .. })));
+    assert_eq!(r.verdict, AuditVerdict::Accept);
+    assert_eq!(r.policy_digest, p.digest);
+    assert!(r.verdict_rules.contains(&"COCO-MONITORING".to_string()));
+}
+
+fn transaction(raw_headers: &[(&str, &str)], body: &[u8], rcpts: &[&str]) -> Transaction {
+    let conn = ConnectionFacts {
+        addr: Some("127.0.0.1".parse().unwrap()),
+        hostname: b"localhost".to_vec(),
+        ..ConnectionFacts::default()
+    };
+    let mut t = Transaction::new(&conn, SpillPolicy::default());
+    t.mail_from(format!("<{COUNCIL}>").as_bytes(), &[]).unwrap();
+    for r in rcpts {
+        t.rcpt_to(format!("<{r}>").as_bytes(), &[]).unwrap();
+    }
+    for (n, v) in raw_headers {
+        t.header(n.as_bytes(), v.as_bytes()).unwrap();
+    }
+    t.body_chunk(body).unwrap();
+    t
+}
+
+fn conn() -> ConnectionFacts {
+    ConnectionFacts {
+        addr: Some("127.0.0.1".parse().unwrap()),
+        hostname: b"localhost".to_vec(),
+        ..ConnectionFacts::default()
+    }
+}
+
+#[tokio::test]
+async fn the_handler_writes_the_audit_record_before_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit_config = crate::audit::AuditConfig {
+        path: dir.path().join("audit.jsonl"),
+        syslog: crate::audit::SyslogConfig {
+            enabled: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let audit = crate::audit::start(&audit_config).unwrap();
+    let f = Filter::fixed(builtin(), Config::default(), Some(audit.clone()));
+    let c = conn();
+    let mut m = f.begin_message(&c).unwrap();
+    let t = transaction(&[("Subject", "RESTRICTED: x")], b"body\r\n", &[PARTNER]);
+    // Move the prepared transaction into the message the handler started.
+    m.tx = t;
+    let out = f.end_of_message(&c, m).await.unwrap();
+    assert_eq!(out.verdict, Verdict::Continue);
+    assert!(
+        out.modifications
+            .iter()
+            .any(|m| matches!(m, Modification::ReplaceBody(_)))
+    );
+    let text = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("\"message_decision\"") && text.contains("RESTRICTED"));
+    audit.shutdown().await.unwrap();
+    assert!(crate::audit::verify_files(&[dir.path().join("audit.jsonl")]).ok());
+}
+
+#[tokio::test]
+async fn an_audit_failure_answers_451() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit_config = crate::audit::AuditConfig {
+        path: dir.path().join("audit.jsonl"),
+        syslog: crate::audit::SyslogConfig {
+            enabled: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let audit = crate::audit::start(&audit_config).unwrap();
+    audit.shutdown().await.unwrap();
+    let f = Filter::fixed(builtin(), Config::default(), Some(audit));
+    let c = conn();
+    let mut m = f.begin_message(&c).unwrap();
+    m.tx = transaction(&[("Subject", "hello")], b"body\r\n", &[PARTNER]);
+    let out = f.end_of_message(&c, m).await.unwrap();
+    let Verdict::Tempfail(Some(r)) = &out.verdict else {
+        panic!("{:?}", out.verdict)
+    };
+    assert_eq!(r.code, 451);
+    assert!(out.modifications.is_empty());
+}
+
+/// A source whose body cannot be read (a spill file gone bad).
+struct BrokenBody(Vec<u8>);
+
+impl MessageSource for BrokenBody {
+    fn headers(&self) -> Vec<(&[u8], &[u8])> {
+        vec![(b"Subject", b"RESTRICTED: x")]
+    }
+    fn head(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.0)
+    }
+    fn whole(&self) -> io::Result<Cow<'_, [u8]>> {
+        Err(io::Error::other("spill file truncated"))
+    }
+}
+
+#[test]
+fn an_unreadable_body_is_an_error_not_a_pass() {
+    let p = builtin();
+    let src = BrokenBody(b"Subject: RESTRICTED: x\r\n\r\n".to_vec());
+    match evaluate(&p, outbound(COUNCIL, &[PARTNER]), &src) {
+        Err(PipelineError::Body(e)) => assert!(e.to_string().contains("truncated")),
+        other => panic!("{other:?}"),
+    }
+    // A message refused from its headers alone never needs the body.
+    let e = evaluate(&p, outbound(COUNCIL, &[INTERNET]), &src).expect("decided from headers");
+    assert!(matches!(e.verdict, PolicyVerdict::Reject { .. }));
+}
+
+#[test]
+fn the_policy_snapshot_is_taken_at_mail_and_kept() {
+    let f = Filter::fixed(builtin(), Config::default(), None);
+    let c = conn();
+    let m = f.begin_message(&c).unwrap();
+    let before = Arc::clone(&m.live);
+    // A reload swaps the cell; the message keeps the policy it started with.
+    let fresh = Live {
+        config: Config::default(),
+        policy: Arc::new(shadow_policy()),
+        policy_digest: "new".into(),
+        generation: 1,
+    };
+    f.live.store(Arc::new(fresh));
+    assert!(Arc::ptr_eq(&before, &m.live));
+    assert_eq!(f.begin_message(&c).unwrap().live.generation, 1);
+}

@@ -1,0 +1,15 @@
+//! Read-only facts about one message, for `policy::decide`.
+//!
+//! - [`markings`]: protective markings in the Subject (RFC 2047-decoded, after any reply chain)
+//!   and in the policy's label headers, each with where it was found, its raw text, the byte
+//!   range inside the decoded subject, and the grammar's diagnostics.
+//! - [`forward`]: auto-forward evidence from the policy's configured header signals.
+//! - [`mime`]: the MIME shape (parts, roles, transfer encodings, charsets), disclaimer already
+//!   present, signed or encrypted parts.
+//!
+//! Must not: change the message, decide anything, do I/O or log. The results are the plain data
+//! types of `policy::facts`, so decide() never depends on how they were found.
+
+pub mod forward;
+pub mod markings;
+pub mod mime;

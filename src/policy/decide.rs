@@ -1,0 +1,1055 @@
+//! `decide(&Policy, &Facts, &Envelope) -> Decision`: the pure heart of markgate.
+//!
+//! Total: any facts and any envelope give a decision, never a panic. Every outcome cites the
+//! rule ids behind it so audit records and SMTP replies can say why. What it decides, in order:
+//! direction → situations (unmarked, malformed, unknown, multiple, conflict, forged label) →
+//! effective level → per-recipient ceilings and auto-forward → verdict → labels to write →
+//! disclaimer → shadow-mode rewrite of all of that into "would have".
+//!
+//! Hard rule (ISM-0271): labels are only written from a valid marking a person chose; mail
+//! accepted as unmarked is never given a marking.
+
+use serde::Serialize;
+
+use super::Policy;
+use super::facts::{Envelope, Facts, FoundMarking, Label, MarkingSource, MarkingStatus};
+use super::labels::{self, Grammar, au_epms};
+use super::model::*;
+
+/// Outbound (from the organisation) or inbound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Outbound,
+    Inbound,
+}
+
+/// Where the effective level came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LevelSource {
+    Header,
+    Subject,
+    /// No readable marking: the scheme's lowest level, assumed (never written as a label).
+    Assumed,
+}
+
+/// The classification the message is treated as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Effective {
+    pub level: usize,
+    pub level_name: String,
+    /// The canonical marking text chosen by the sender, when there is one.
+    pub marking: Option<String>,
+    /// Its qualifiers (descriptors, caveats, handling instructions, ACCESS values).
+    pub qualifiers: Vec<String>,
+    pub source: LevelSource,
+}
+
+/// One rule that fired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleHit {
+    pub rule: String,
+    /// The situation's name (`above-ceiling`, …; `signed-message` for the disclaimer's
+    /// signed-mail rejection).
+    pub situation: String,
+    pub action: Action,
+    /// The recipient it fired for (per-recipient situations).
+    pub recipient: Option<String>,
+    /// A sentence for people and audit.
+    pub detail: String,
+}
+
+/// What happens to one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    Deliver,
+    /// Remove the recipient (delrcpt) and tell the sender.
+    Remove,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecipientOutcome {
+    pub address: String,
+    pub domain: String,
+    pub ceiling: String,
+    /// `own`, the matching `domains.ceilings` pattern, or `default`.
+    pub ceiling_from: String,
+    pub delivery: Delivery,
+    /// Rules that fired for this recipient; `ceiling:<pattern>` when delivered within ceiling.
+    pub rules: Vec<String>,
+    pub reason: String,
+}
+
+/// The final answer for the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Verdict {
+    Accept,
+    Reject {
+        reply: Reply,
+        rule: String,
+    },
+    Tempfail {
+        reply: Reply,
+        rule: String,
+    },
+    /// Accept into the MTA's hold queue.
+    Quarantine {
+        reason: String,
+        rule: String,
+    },
+}
+
+/// What to do with the label header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeaderAction {
+    /// Already present with exactly this value.
+    Keep,
+    /// Add it (none present).
+    Add,
+    /// Change the first header of that name to this value and delete any others
+    /// (`existing` of them are present).
+    Replace { existing: usize },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeaderLabel {
+    pub name: String,
+    /// The exact value, unfolded (the rewrite layer folds it).
+    pub value: String,
+    pub action: HeaderAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubjectLabel {
+    /// The marking text as the subject writer takes it: `PROTECT - PERSONAL` for the prefix
+    /// and bracketed forms (the writer adds `: ` or the brackets), `[SEC=OFFICIAL]` with its
+    /// brackets for the sec-suffix form.
+    pub marking: String,
+    pub form: SubjectForm,
+    /// Byte ranges (in the decoded subject) of every marking found there, to be replaced by
+    /// the one canonical marking so markings never stack.
+    pub existing: Vec<std::ops::Range<usize>>,
+    /// Preview of the complete decoded subject after the edit (what `markgate policy test`
+    /// shows); `None` when the subject is already right. The rewrite layer computes the
+    /// subject it writes from `marking`, `form` and `existing`.
+    pub new_subject: Option<String>,
+}
+
+/// Labels to write (both `None` when nothing is to be written) and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Labels {
+    pub header: Option<HeaderLabel>,
+    pub subject: Option<SubjectLabel>,
+    pub reason: String,
+}
+
+/// The disclaimer decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum DisclaimerDecision {
+    Add {
+        rule: String,
+        text: String,
+        html: String,
+        position: Placement,
+        marker: String,
+        /// For signed/encrypted mail: `wrap` (the only way to add it); otherwise `skip`
+        /// is never used here.
+        signed: Option<SignedAction>,
+    },
+    Skip {
+        rule: String,
+        reason: String,
+    },
+}
+
+/// Shadow mode: what enforcement would have done. The applied fields are then no-ops.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Shadow {
+    /// Header to add saying what would have happened.
+    pub header: String,
+    pub value: String,
+    pub verdict: Verdict,
+    pub recipients: Vec<RecipientOutcome>,
+    pub labels: Labels,
+    pub strip_headers: Vec<String>,
+    pub disclaimer: DisclaimerDecision,
+}
+
+/// Everything the rewrite, filter and audit layers need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    /// `policy.name` and the policy's SHA-256, for the audit record.
+    pub policy: String,
+    pub policy_digest: String,
+    pub mode: Mode,
+    pub direction: Direction,
+    /// Why this direction (`client 127.0.0.1 in 127.0.0.0/8`).
+    pub direction_reason: String,
+    pub effective: Effective,
+    /// Every rule that fired, in evaluation order.
+    pub hits: Vec<RuleHit>,
+    /// One entry per envelope recipient, in order. In shadow mode all `deliver`. `delivery`
+    /// only matters when the verdict lets the message through (accept, quarantine); a rejected
+    /// message reaches no one whatever each entry says.
+    pub recipients: Vec<RecipientOutcome>,
+    /// What to answer. In shadow mode always `accept`.
+    pub verdict: Verdict,
+    /// Labels to write. In shadow mode none.
+    pub labels: Labels,
+    /// Header names whose every occurrence is to be removed (inbound label stripping).
+    pub strip_headers: Vec<String>,
+    pub disclaimer: DisclaimerDecision,
+    /// When recipients are removed: the notice for the sender (the rule's text).
+    pub sender_notice: Option<String>,
+    /// Set in shadow mode.
+    pub shadow: Option<Shadow>,
+    /// Every rule id behind this decision, deduplicated, in order.
+    pub rule_ids: Vec<String>,
+}
+
+/// Decide what to do with one message. Pure and total.
+pub fn decide(policy: &Policy, facts: &Facts, envelope: &Envelope) -> Decision {
+    let (direction, direction_reason) = direction(policy, envelope);
+    let mut hits: Vec<RuleHit> = Vec::new();
+
+    let markings = &facts.markings;
+    let labelled: Vec<&FoundMarking> = markings.iter().filter(|m| m.label.is_some()).collect();
+
+    // Effective level first: min_level conditions need it.
+    let effective = effective(policy, &labelled);
+
+    // Message-level situations.
+    let mut situations: Vec<(Situation, String)> = Vec::new();
+    if markings.is_empty() {
+        situations.push((Situation::Unmarked, "the message carries no marking".into()));
+    }
+    if let Some(m) = markings
+        .iter()
+        .find(|m| m.status == MarkingStatus::Malformed)
+    {
+        situations.push((
+            Situation::Malformed,
+            format!(
+                "{} marking `{}` breaks {}",
+                source_name(&m.source),
+                m.raw,
+                m.rejected_codes.join(", ")
+            ),
+        ));
+    }
+    if let Some(m) = markings.iter().find(|m| m.status == MarkingStatus::Unknown) {
+        situations.push((
+            Situation::Unknown,
+            format!(
+                "{} marking `{}` names no level of {}",
+                source_name(&m.source),
+                m.raw,
+                policy.scheme.name
+            ),
+        ));
+    }
+    let header_count = markings.iter().filter(|m| m.source.is_header()).count();
+    let subject_labels: Vec<&Label> = markings
+        .iter()
+        .filter(|m| !m.source.is_header())
+        .filter_map(|m| m.label.as_ref())
+        .collect();
+    let subject_disagree = subject_labels.windows(2).any(|w| !w[0].same_marking(w[1]));
+    if header_count > 1 || subject_disagree {
+        let what = if header_count > 1 {
+            format!("{header_count} label headers")
+        } else {
+            "several different subject markings".to_owned()
+        };
+        situations.push((Situation::Multiple, what));
+    }
+    let header_label = labelled
+        .iter()
+        .filter(|m| m.source.is_header())
+        .filter_map(|m| m.label.as_ref())
+        .max_by_key(|l| l.level);
+    let subject_label = labelled
+        .iter()
+        .filter(|m| !m.source.is_header())
+        .filter_map(|m| m.label.as_ref())
+        .max_by_key(|l| l.level);
+    if let (Some(h), Some(s)) = (header_label, subject_label)
+        && !h.same_marking(s)
+    {
+        situations.push((
+            Situation::Conflict,
+            format!(
+                "header says `{}`, subject says `{}`",
+                h.canonical, s.canonical
+            ),
+        ));
+    }
+    let forged = direction == Direction::Inbound && forged_label(policy, markings, envelope);
+    if forged {
+        situations.push((
+            Situation::ForgedLabel,
+            "inbound mail carries a label header claiming to come from this organisation".into(),
+        ));
+    }
+
+    let mut verdicts: Vec<(u8, Verdict)> = Vec::new();
+    for (situation, detail) in situations {
+        if let Some(rule) = find_rule(
+            policy,
+            situation,
+            direction,
+            Some(effective.level).filter(|_| effective.source != LevelSource::Assumed),
+        ) {
+            hits.push(RuleHit {
+                rule: rule.id.clone(),
+                situation: situation.name().to_owned(),
+                action: rule.action,
+                recipient: None,
+                detail,
+            });
+            if let Some(v) = verdict_for(rule) {
+                verdicts.push(v);
+            }
+        }
+    }
+
+    // Per recipient.
+    let source_rating = match direction {
+        Direction::Outbound => policy.domains.own_level,
+        Direction::Inbound => policy.domains.ceiling(domain_of(&envelope.sender)).0,
+    };
+    let marked_level = Some(effective.level).filter(|_| effective.source != LevelSource::Assumed);
+    let mut recipients = Vec::new();
+    let mut first_remove: Option<&Rule> = None;
+    for rcpt in &envelope.recipients {
+        let domain = domain_of(rcpt).to_ascii_lowercase();
+        let (ceiling, from) = policy.domains.ceiling(&domain);
+        let mut outcome = RecipientOutcome {
+            address: rcpt.clone(),
+            domain: domain.clone(),
+            ceiling: policy.scheme.level_name(ceiling).to_owned(),
+            ceiling_from: from.clone(),
+            delivery: Delivery::Deliver,
+            rules: Vec::new(),
+            reason: format!(
+                "{} is within the ceiling {} of {}",
+                effective.level_name,
+                policy.scheme.level_name(ceiling),
+                ceiling_label(&from, &domain)
+            ),
+        };
+        let mut checks: Vec<(Situation, String)> = Vec::new();
+        if effective.level > ceiling {
+            checks.push((
+                Situation::AboveCeiling,
+                format!(
+                    "{} mail to {} whose ceiling is {} ({})",
+                    effective.level_name,
+                    rcpt,
+                    policy.scheme.level_name(ceiling),
+                    ceiling_label(&from, &domain)
+                ),
+            ));
+        }
+        if facts.forward.is_forward() && ceiling < source_rating {
+            let signals: Vec<&str> = facts
+                .forward
+                .hits
+                .iter()
+                .map(|h| h.signal.as_str())
+                .collect();
+            checks.push((
+                Situation::AutoForwardDown,
+                format!(
+                    "auto-forwarded (score {} ≥ {}: {}) from a {} domain to {} rated {}",
+                    facts.forward.score,
+                    facts.forward.threshold,
+                    signals.join(", "),
+                    policy.scheme.level_name(source_rating),
+                    domain,
+                    policy.scheme.level_name(ceiling)
+                ),
+            ));
+        }
+        for (situation, detail) in checks {
+            let Some(rule) = find_rule(
+                policy,
+                situation,
+                direction,
+                marked_level.or(Some(effective.level)),
+            ) else {
+                continue;
+            };
+            hits.push(RuleHit {
+                rule: rule.id.clone(),
+                situation: situation.name().to_owned(),
+                action: rule.action,
+                recipient: Some(rcpt.clone()),
+                detail: detail.clone(),
+            });
+            outcome.rules.push(rule.id.clone());
+            match rule.action {
+                Action::RemoveRecipients => {
+                    outcome.delivery = Delivery::Remove;
+                    outcome.reason = detail;
+                    first_remove.get_or_insert(rule);
+                }
+                _ => {
+                    if rule.action != Action::Accept {
+                        outcome.reason = detail;
+                    }
+                    if let Some(v) = verdict_for(rule) {
+                        verdicts.push(v);
+                    }
+                }
+            }
+        }
+        if outcome.rules.is_empty() {
+            outcome.rules.push(format!("ceiling:{from}"));
+        }
+        recipients.push(outcome);
+    }
+    let removed: Vec<String> = recipients
+        .iter()
+        .filter(|r| r.delivery == Delivery::Remove)
+        .map(|r| r.address.clone())
+        .collect();
+    let mut sender_notice = None;
+    if let Some(rule) = first_remove {
+        let text = rule
+            .reply
+            .as_ref()
+            .map_or_else(String::new, |r| r.text.clone());
+        if !recipients.is_empty() && removed.len() == recipients.len() {
+            // Nobody left to deliver to: refuse the message instead of accepting it for no one.
+            if let Some(reply) = &rule.reply {
+                verdicts.push((
+                    3,
+                    Verdict::Reject {
+                        reply: reply.clone(),
+                        rule: rule.id.clone(),
+                    },
+                ));
+            }
+        } else {
+            sender_notice = Some(text);
+        }
+    }
+
+    let mut verdict = verdicts
+        .iter()
+        .max_by_key(|(sev, _)| *sev)
+        .map(|(_, v)| v.clone())
+        .unwrap_or(Verdict::Accept);
+    // Keep the first rule of the most severe kind (max_by_key returns the last).
+    if let Some(max) = verdicts.iter().map(|(s, _)| *s).max()
+        && let Some((_, v)) = verdicts.iter().find(|(s, _)| *s == max)
+    {
+        verdict = v.clone();
+    }
+    let refused = matches!(verdict, Verdict::Reject { .. } | Verdict::Tempfail { .. });
+
+    // Labels.
+    let chosen = choose_label(policy, &labelled);
+    let labels = if refused {
+        no_labels("the message is refused")
+    } else {
+        labels_to_write(policy, facts, envelope, direction, &effective, chosen)
+    };
+
+    // Inbound label stripping.
+    let mut strip_headers = Vec::new();
+    if direction == Direction::Inbound {
+        match policy.inbound.labels {
+            InboundLabels::Keep => {}
+            InboundLabels::StripAll => {
+                for m in markings {
+                    if let MarkingSource::Header { name, .. } = &m.source
+                        && !strip_headers
+                            .iter()
+                            .any(|h: &String| h.eq_ignore_ascii_case(name))
+                    {
+                        strip_headers.push(name.clone());
+                    }
+                }
+            }
+            InboundLabels::StripForged => {
+                if forged {
+                    for m in markings {
+                        if let MarkingSource::Header { name, .. } = &m.source
+                            && !strip_headers
+                                .iter()
+                                .any(|h: &String| h.eq_ignore_ascii_case(name))
+                        {
+                            strip_headers.push(name.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Disclaimer.
+    let disclaimer = match &policy.disclaimer {
+        None => DisclaimerDecision::Skip {
+            rule: "disclaimer".into(),
+            reason: "the policy has no disclaimer".into(),
+        },
+        Some(d) => {
+            let skip = |reason: &str| DisclaimerDecision::Skip {
+                rule: d.id.clone(),
+                reason: reason.to_owned(),
+            };
+            if !d.direction.includes(direction) {
+                skip(&format!(
+                    "the disclaimer is for {} mail",
+                    directions_name(d.direction)
+                ))
+            } else if refused {
+                skip("the message is refused")
+            } else if facts.disclaimer_present {
+                skip("already present in the message (quoted from earlier in the thread)")
+            } else if facts.signed_or_encrypted {
+                match d.signed {
+                    SignedAction::Skip => {
+                        skip("the message is signed or encrypted; the policy says skip")
+                    }
+                    SignedAction::Wrap => add_disclaimer(d, Some(SignedAction::Wrap)),
+                    SignedAction::Reject => {
+                        if let Some(reply) = &d.signed_reply {
+                            verdict = Verdict::Reject {
+                                reply: reply.clone(),
+                                rule: d.id.clone(),
+                            };
+                            hits.push(RuleHit {
+                                rule: d.id.clone(),
+                                situation: "signed-message".to_owned(),
+                                action: Action::Reject,
+                                recipient: None,
+                                detail: "signed or encrypted mail cannot carry the disclaimer; the policy rejects it".into(),
+                            });
+                        }
+                        skip("the message is signed or encrypted; the policy rejects it")
+                    }
+                }
+            } else {
+                add_disclaimer(d, None)
+            }
+        }
+    };
+    // A late signed-mail rejection also cancels labels.
+    let labels = if matches!(verdict, Verdict::Reject { .. }) && !refused {
+        no_labels("the message is refused")
+    } else {
+        labels
+    };
+
+    let mut rule_ids: Vec<String> = Vec::new();
+    let mut push_id = |id: &str| {
+        if !rule_ids.iter().any(|r| r == id) {
+            rule_ids.push(id.to_owned());
+        }
+    };
+    for h in &hits {
+        push_id(&h.rule);
+    }
+    for r in &recipients {
+        for id in &r.rules {
+            push_id(id);
+        }
+    }
+    if labels.header.is_some() || labels.subject.is_some() {
+        push_id("write");
+    }
+    if let DisclaimerDecision::Add { rule, .. } = &disclaimer {
+        push_id(rule);
+    }
+
+    let mut decision = Decision {
+        policy: policy.name.clone(),
+        policy_digest: policy.digest.clone(),
+        mode: policy.mode,
+        direction,
+        direction_reason,
+        effective,
+        hits,
+        recipients,
+        verdict,
+        labels,
+        strip_headers,
+        disclaimer,
+        sender_notice,
+        shadow: None,
+        rule_ids,
+    };
+    if policy.mode == Mode::Shadow {
+        into_shadow(policy, &mut decision);
+    }
+    decision
+}
+
+fn add_disclaimer(d: &Disclaimer, signed: Option<SignedAction>) -> DisclaimerDecision {
+    DisclaimerDecision::Add {
+        rule: d.id.clone(),
+        text: d.text.clone(),
+        html: d.html.clone(),
+        position: d.position,
+        marker: d.marker.clone(),
+        signed,
+    }
+}
+
+fn no_labels(reason: &str) -> Labels {
+    Labels {
+        header: None,
+        subject: None,
+        reason: reason.to_owned(),
+    }
+}
+
+fn directions_name(d: Directions) -> &'static str {
+    match d {
+        Directions::Outbound => "outbound",
+        Directions::Inbound => "inbound",
+        Directions::Both => "any",
+    }
+}
+
+fn source_name(s: &MarkingSource) -> String {
+    match s {
+        MarkingSource::Header { name, .. } => format!("header {name}"),
+        MarkingSource::Subject { .. } => "subject".to_owned(),
+    }
+}
+
+fn ceiling_label(from: &str, domain: &str) -> String {
+    match from {
+        "own" => format!("own domain {domain}"),
+        "default" => format!("{domain} (default ceiling)"),
+        pattern => format!("{domain} via {pattern}"),
+    }
+}
+
+/// The domain part of an address (after the last `@`), without angle brackets.
+pub(crate) fn domain_of(addr: &str) -> &str {
+    let a = addr.trim().trim_start_matches('<').trim_end_matches('>');
+    a.rsplit_once('@').map_or("", |(_, d)| d)
+}
+
+fn direction(policy: &Policy, env: &Envelope) -> (Direction, String) {
+    for w in &policy.domains.outbound_when {
+        match w {
+            OutboundWhen::Network => {
+                if let Some(ip) = env.client_ip
+                    && let Some(net) = policy.domains.networks.iter().find(|n| n.contains(ip))
+                {
+                    return (Direction::Outbound, format!("client {ip} is in {net}"));
+                }
+            }
+            OutboundWhen::Authenticated => {
+                if let Some(user) = env.auth_user.as_deref().filter(|u| !u.is_empty()) {
+                    return (
+                        Direction::Outbound,
+                        format!("client authenticated as {user}"),
+                    );
+                }
+            }
+            OutboundWhen::Daemon => {
+                if let Some(daemon) = env.daemon_name.as_deref()
+                    && policy.domains.outbound_daemons.iter().any(|d| d == daemon)
+                {
+                    return (
+                        Direction::Outbound,
+                        format!("received by the MTA service {daemon}"),
+                    );
+                }
+            }
+            OutboundWhen::SenderDomain => {
+                let d = domain_of(&env.sender);
+                if !d.is_empty() && policy.domains.is_own(d) {
+                    return (
+                        Direction::Outbound,
+                        format!("sender domain {d} is an own domain"),
+                    );
+                }
+            }
+        }
+    }
+    let ip = env
+        .client_ip
+        .map_or_else(|| "unknown".to_owned(), |i| i.to_string());
+    (
+        Direction::Inbound,
+        format!("client {ip} is not in the own networks and did not authenticate"),
+    )
+}
+
+/// Effective level from the labelled markings per `read.precedence`.
+fn effective(policy: &Policy, labelled: &[&FoundMarking]) -> Effective {
+    match choose_label(policy, labelled) {
+        Some((label, source)) => Effective {
+            level: label.level,
+            level_name: label.level_name.clone(),
+            marking: Some(label.canonical.clone()),
+            qualifiers: label.qualifiers.clone(),
+            source,
+        },
+        None => Effective {
+            level: 0,
+            level_name: policy.scheme.level_name(0).to_owned(),
+            marking: None,
+            qualifiers: Vec::new(),
+            source: LevelSource::Assumed,
+        },
+    }
+}
+
+/// The marking that determines the effective level (the most restrictive of the winning source).
+fn choose_label<'a>(
+    policy: &Policy,
+    labelled: &[&'a FoundMarking],
+) -> Option<(&'a Label, LevelSource)> {
+    let best = |header: Option<bool>| -> Option<&'a FoundMarking> {
+        let mut best: Option<&'a FoundMarking> = None;
+        for m in labelled.iter().copied() {
+            if header.is_some_and(|h| m.source.is_header() != h) {
+                continue;
+            }
+            let lvl = m.label.as_ref().map_or(0, |l| l.level);
+            if best.is_none_or(|b| lvl > b.label.as_ref().map_or(0, |l| l.level)) {
+                best = Some(m);
+            }
+        }
+        best
+    };
+    let m = match policy.read.precedence {
+        Precedence::Header => best(Some(true)).or_else(|| best(Some(false))),
+        Precedence::Subject => best(Some(false)).or_else(|| best(Some(true))),
+        Precedence::Highest => best(None),
+    }?;
+    let source = if m.source.is_header() {
+        LevelSource::Header
+    } else {
+        LevelSource::Subject
+    };
+    m.label.as_ref().map(|l| (l, source))
+}
+
+fn find_rule(
+    policy: &Policy,
+    situation: Situation,
+    direction: Direction,
+    level: Option<usize>,
+) -> Option<&Rule> {
+    policy.rules.iter().find(|r| {
+        r.when == situation
+            && r.direction.includes(direction)
+            && match r.min_level {
+                None => true,
+                Some(min) => level.is_some_and(|l| l >= min),
+            }
+    })
+}
+
+/// A rule's message-level verdict with its severity (higher wins).
+fn verdict_for(rule: &Rule) -> Option<(u8, Verdict)> {
+    let reply = rule.reply.clone().unwrap_or(Reply {
+        code: 550,
+        enhanced: "5.7.1".into(),
+        text: format!("Message refused by rule {}", rule.id),
+    });
+    match rule.action {
+        Action::Accept | Action::RemoveRecipients => None,
+        Action::Reject => Some((
+            3,
+            Verdict::Reject {
+                reply,
+                rule: rule.id.clone(),
+            },
+        )),
+        Action::Tempfail => Some((
+            2,
+            Verdict::Tempfail {
+                reply,
+                rule: rule.id.clone(),
+            },
+        )),
+        Action::Quarantine => Some((
+            1,
+            Verdict::Quarantine {
+                reason: rule
+                    .reply
+                    .as_ref()
+                    .map(|r| r.text.clone())
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| format!("held by rule {}", rule.id)),
+                rule: rule.id.clone(),
+            },
+        )),
+    }
+}
+
+/// Inbound label header claiming our origin: EPMS ORIGIN in an own domain, or (UK headers carry
+/// no origin) the envelope sender in an own domain.
+fn forged_label(policy: &Policy, markings: &[FoundMarking], env: &Envelope) -> bool {
+    let sender_own = {
+        let d = domain_of(&env.sender);
+        !d.is_empty() && policy.domains.is_own(d)
+    };
+    markings.iter().filter(|m| m.source.is_header()).any(|m| {
+        let origin = m
+            .label
+            .as_ref()
+            .and_then(|l| l.epms.as_ref())
+            .and_then(|e| e.origin.as_deref());
+        match origin {
+            Some(o) => {
+                let d = domain_of(o);
+                !d.is_empty() && policy.domains.is_own(d)
+            }
+            None => sender_own,
+        }
+    })
+}
+
+fn labels_to_write(
+    policy: &Policy,
+    facts: &Facts,
+    env: &Envelope,
+    direction: Direction,
+    effective: &Effective,
+    chosen: Option<(&Label, LevelSource)>,
+) -> Labels {
+    let w = &policy.write;
+    if w.header.is_none() && w.subject.is_none() {
+        return no_labels("the policy writes no labels");
+    }
+    if !w.direction.includes(direction) {
+        return no_labels(&format!(
+            "labels are written on {} mail only",
+            directions_name(w.direction)
+        ));
+    }
+    let Some((label, _)) = chosen else {
+        return no_labels("no marking chosen by the sender; markgate never invents one");
+    };
+    if effective.level < w.from_level {
+        return no_labels(&format!(
+            "{} is below {}, from which labels are mandatory",
+            effective.level_name,
+            policy.scheme.level_name(w.from_level)
+        ));
+    }
+    // Only a valid marking is rewritten into canonical labels.
+    let chosen_valid = facts
+        .markings
+        .iter()
+        .any(|m| m.status == MarkingStatus::Valid && m.label.as_ref() == Some(label));
+    if !chosen_valid {
+        return no_labels("the sender's marking is malformed; labels are left as they are");
+    }
+    let header = w.header.as_ref().and_then(|name| {
+        let value = match policy.scheme.grammar {
+            Grammar::AuEpms => {
+                let e = label.epms.as_ref()?;
+                let origin = e.origin.clone().or_else(|| origin_for(policy, env))?;
+                au_epms::render_long(e, &origin)
+            }
+            _ => label.canonical.clone(),
+        };
+        let existing: Vec<&FoundMarking> = facts.markings.iter().filter(|m| matches!(&m.source, MarkingSource::Header { name: n, .. } if n.eq_ignore_ascii_case(name))).collect();
+        let action = match existing.as_slice() {
+            [] => HeaderAction::Add,
+            [one] if one.raw == value => HeaderAction::Keep,
+            many => HeaderAction::Replace { existing: many.len() },
+        };
+        Some(HeaderLabel {
+            name: name.clone(),
+            value,
+            action,
+        })
+    });
+    let subject = w.subject.map(|form| {
+        let marking = match form {
+            SubjectForm::Prefix | SubjectForm::Bracketed => label.canonical.clone(),
+            SubjectForm::SecSuffix => format!(
+                "[{}]",
+                label
+                    .epms
+                    .as_ref()
+                    .map_or_else(|| label.canonical.clone(), au_epms::render_medium)
+            ),
+        };
+        let current = facts.subject.clone().unwrap_or_default();
+        let new = rewrite_subject(&current, facts, form, &marking);
+        let existing = facts
+            .markings
+            .iter()
+            .filter(|m| !m.source.is_header())
+            .filter_map(|m| m.range.clone())
+            .collect();
+        SubjectLabel {
+            marking,
+            form,
+            existing,
+            new_subject: (new != current).then_some(new),
+        }
+    });
+    let reason = if header.is_none()
+        && w.header.is_some()
+        && policy.scheme.grammar == Grammar::AuEpms
+    {
+        "no ORIGIN available for the EPMS header (null sender, no authenticated address); subject only".to_owned()
+    } else {
+        format!(
+            "{} is at or above {}",
+            effective.level_name,
+            policy.scheme.level_name(w.from_level)
+        )
+    };
+    Labels {
+        header,
+        subject,
+        reason,
+    }
+}
+
+fn origin_for(policy: &Policy, env: &Envelope) -> Option<String> {
+    let auth = env.auth_user.as_deref().filter(|u| u.contains('@'));
+    let sender = Some(env.sender.trim_matches(['<', '>'])).filter(|s| s.contains('@'));
+    match policy.write.origin {
+        OriginSource::AuthUser => auth.or(sender),
+        OriginSource::Sender => sender,
+    }
+    .map(str::to_owned)
+}
+
+/// The subject with every marking found removed and one canonical marking put in its place.
+fn rewrite_subject(current: &str, facts: &Facts, form: SubjectForm, marking: &str) -> String {
+    let mut ranges: Vec<std::ops::Range<usize>> = facts
+        .markings
+        .iter()
+        .filter(|m| !m.source.is_header())
+        .filter_map(|m| m.remove_range.clone())
+        .filter(|r| {
+            r.start <= r.end
+                && r.end <= current.len()
+                && current.is_char_boundary(r.start)
+                && current.is_char_boundary(r.end)
+        })
+        .collect();
+    ranges.sort_by_key(|r| std::cmp::Reverse(r.start));
+    let mut s = current.to_owned();
+    let mut last_start = usize::MAX;
+    for r in ranges {
+        if r.end > last_start {
+            continue; // overlapping ranges: keep the text rather than cut twice
+        }
+        s.replace_range(r.clone(), "");
+        last_start = r.start;
+    }
+    match form {
+        SubjectForm::Prefix | SubjectForm::Bracketed => {
+            let at = labels::reply_chain_end(&s);
+            let rest = s[at..].trim_start().to_owned();
+            let head = &s[..at];
+            let marking = if form == SubjectForm::Bracketed {
+                format!("[{marking}]")
+            } else {
+                marking.to_owned()
+            };
+            let sep = if form == SubjectForm::Prefix {
+                ": "
+            } else {
+                " "
+            };
+            if rest.is_empty() {
+                format!("{head}{marking}")
+            } else {
+                format!("{head}{marking}{sep}{rest}")
+            }
+        }
+        SubjectForm::SecSuffix => {
+            let base = s.trim_end();
+            if base.is_empty() {
+                marking.to_owned()
+            } else {
+                format!("{base} {marking}")
+            }
+        }
+    }
+}
+
+fn verdict_summary(v: &Verdict) -> String {
+    match v {
+        Verdict::Accept => "accept".into(),
+        Verdict::Reject { reply, rule } => {
+            format!("reject {} {} (rule {rule})", reply.code, reply.enhanced)
+        }
+        Verdict::Tempfail { reply, rule } => {
+            format!("tempfail {} {} (rule {rule})", reply.code, reply.enhanced)
+        }
+        Verdict::Quarantine { rule, .. } => format!("quarantine (rule {rule})"),
+    }
+}
+
+/// Move the enforcement outcome into `shadow` and make the applied fields no-ops.
+fn into_shadow(policy: &Policy, d: &mut Decision) {
+    let mut parts = vec![format!("would {}", verdict_summary(&d.verdict))];
+    for r in d
+        .recipients
+        .iter()
+        .filter(|r| r.delivery == Delivery::Remove)
+    {
+        parts.push(format!("remove {} (rule {})", r.address, r.rules.join(",")));
+    }
+    if d.labels
+        .header
+        .as_ref()
+        .is_some_and(|h| h.action != HeaderAction::Keep)
+        || d.labels
+            .subject
+            .as_ref()
+            .is_some_and(|s| s.new_subject.is_some())
+    {
+        parts.push("label".into());
+    }
+    if matches!(d.disclaimer, DisclaimerDecision::Add { .. }) {
+        parts.push("add disclaimer".into());
+    }
+    let value = format!("{}; policy {}", parts.join("; "), policy.name);
+    let applied_recipients: Vec<RecipientOutcome> = d
+        .recipients
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            if r.delivery == Delivery::Remove {
+                r.reason = format!("shadow mode, would remove: {}", r.reason);
+            }
+            r.delivery = Delivery::Deliver;
+            r
+        })
+        .collect();
+    let shadow = Shadow {
+        header: policy.shadow_header.clone(),
+        value,
+        verdict: std::mem::replace(&mut d.verdict, Verdict::Accept),
+        recipients: std::mem::replace(&mut d.recipients, applied_recipients),
+        labels: std::mem::replace(&mut d.labels, no_labels("shadow mode changes nothing")),
+        strip_headers: std::mem::take(&mut d.strip_headers),
+        disclaimer: std::mem::replace(
+            &mut d.disclaimer,
+            DisclaimerDecision::Skip {
+                rule: "shadow".into(),
+                reason: "shadow mode changes nothing".into(),
+            },
+        ),
+    };
+    d.sender_notice = None;
+    d.shadow = Some(shadow);
+}

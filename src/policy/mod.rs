@@ -1,0 +1,145 @@
+//! The classification policy: the TOML language security officers write, its loader, the label
+//! grammars, and `decide()`.
+//!
+//! Loading is three stages: [`raw`] reads TOML into a tree where every key and value keeps its
+//! byte span; [`compile`] validates it (collecting every problem, each with file, line, column,
+//! what was found and what was expected) and builds the immutable [`Policy`] (levels resolved,
+//! regexes compiled, domains in lookup maps); nothing later can fail on the policy's account.
+//! [`decide()`] is a pure function of the policy, the message [`Facts`] (from `inspect`) and the
+//! [`Envelope`]. [`render`] formats decisions for `markgate policy test`.
+//!
+//! Must not: do I/O (except [`Policy::from_file`] and [`check_file`], the one clearly separated
+//! place that reads a file), log, or touch the message. The language is documented key by key
+//! in `docs/markgate-policy.5.md`; the shipped policies are in `policies/`.
+
+mod compile;
+pub mod decide;
+pub mod domains;
+pub mod error;
+pub mod facts;
+pub mod labels;
+pub mod model;
+mod raw;
+pub mod render;
+
+use std::path::Path;
+
+pub use decide::{Decision, Direction, decide};
+pub use error::{LoadErrors, Problem, Severity};
+pub use facts::{
+    Envelope, Facts, ForwardEvidence, ForwardHit, FoundMarking, Label, MarkingSource, MarkingStatus,
+};
+pub use model::*;
+
+/// The built-in default policy's text (UK GPMS / GCSX CoCo 4.1), used when no policy is
+/// configured.
+pub const BUILTIN_POLICY: &str = include_str!("../../policies/uk-gpms.toml");
+/// Its name in messages.
+pub const BUILTIN_NAME: &str = "<built-in uk-gpms>";
+
+impl Policy {
+    /// Load a policy from text. `name` (usually the file path) is used in error messages.
+    pub fn from_str(name: &str, text: &str) -> Result<Policy, LoadErrors> {
+        compile::compile(name, text)
+    }
+
+    /// Read and load a policy file.
+    pub fn from_file(path: &Path) -> Result<Policy, LoadErrors> {
+        let name = path.display().to_string();
+        match std::fs::read(path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => Policy::from_str(&name, &text),
+                Err(e) => {
+                    let src = error::SourceText::new(&name, &String::from_utf8_lossy(e.as_bytes()));
+                    let at = e.utf8_error().valid_up_to();
+                    Err(LoadErrors {
+                        problems: vec![src.problem(
+                            at..at,
+                            "",
+                            "bytes that are not UTF-8".into(),
+                            "a UTF-8 text file".into(),
+                        )],
+                    })
+                }
+            },
+            Err(e) => Err(LoadErrors {
+                problems: vec![Problem {
+                    severity: Severity::Error,
+                    file: name,
+                    line: 0,
+                    column: 0,
+                    key: String::new(),
+                    found: format!("a file that cannot be read ({e})"),
+                    expected: "a readable policy file".into(),
+                }],
+            }),
+        }
+    }
+
+    /// The built-in default (`policies/uk-gpms.toml`, compiled into the binary).
+    pub fn builtin() -> Result<Policy, LoadErrors> {
+        Policy::from_str(BUILTIN_NAME, BUILTIN_POLICY)
+    }
+}
+
+/// The result of checking a policy for `markgate check`: every problem, formatted for people.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckReport {
+    /// The file checked.
+    pub file: String,
+    /// Every error and warning, in file order.
+    pub problems: Vec<Problem>,
+}
+
+impl CheckReport {
+    /// True when the policy loads (warnings allowed): `markgate check` exits 0.
+    pub fn ok(&self) -> bool {
+        !self.problems.iter().any(|p| p.severity == Severity::Error)
+    }
+
+    /// One `file:line:col: error: key: found …, expected …` line per problem, then a summary.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for p in &self.problems {
+            out.push_str(&p.to_string());
+            out.push('\n');
+        }
+        let errors = self
+            .problems
+            .iter()
+            .filter(|p| p.severity == Severity::Error)
+            .count();
+        let warnings = self.problems.len() - errors;
+        if errors == 0 {
+            out.push_str(&format!(
+                "{}: policy OK ({warnings} warning(s))\n",
+                self.file
+            ));
+        } else {
+            out.push_str(&format!(
+                "{}: {errors} error(s), {warnings} warning(s)\n",
+                self.file
+            ));
+        }
+        out
+    }
+}
+
+/// Check a policy file (the I/O entry point for `markgate check --policy FILE`). The daemon
+/// config is checked by `config::`; the CLI combines both reports.
+pub fn check_file(path: &Path) -> CheckReport {
+    report(path.display().to_string(), Policy::from_file(path))
+}
+
+/// Check policy text (for tests and the built-in default).
+pub fn check_str(name: &str, text: &str) -> CheckReport {
+    report(name.to_owned(), Policy::from_str(name, text))
+}
+
+fn report(file: String, result: Result<Policy, LoadErrors>) -> CheckReport {
+    let problems = match result {
+        Ok(p) => p.warnings,
+        Err(e) => e.problems,
+    };
+    CheckReport { file, problems }
+}
