@@ -77,8 +77,8 @@ queue_directory = $root/spool
 data_directory = $root/data
 maillog_file = $root/maillog
 maillog_file_prefixes = $root
-myhostname = mx.dept.gov.uk
-mydomain = dept.gov.uk
+myhostname = mx.example-council.gcsx.gov.uk
+mydomain = example-council.gcsx.gov.uk
 inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
@@ -114,8 +114,8 @@ for _ in $(seq 200); do
 done
 
 start=$(date +%s.%N)
-smtp-source -s "$sessions" -m "$messages" -F "$eml" -f alice.smith@dept.gov.uk \
-	-t bob.jones@partner.gov.uk "127.0.0.1:$smtp_port" 2>"$root/source.err" || {
+smtp-source -s "$sessions" -m "$messages" -F "$eml" -f alice.smith@example-council.gcsx.gov.uk \
+	-t bob.jones@partner.gcsx.gov.uk "127.0.0.1:$smtp_port" 2>"$root/source.err" || {
 	echo "postfix-e2e.sh: smtp-source failed: $(cat "$root/source.err")" >&2
 	exit 1
 }

@@ -85,7 +85,8 @@ ref_expect=(--expect-header X-Reference-Label --expect-replbody --expect-body-co
 if [ -n "${MARKGATE_EXPECT:-}" ]; then
 	read -r -a mg_expect <<<"$MARKGATE_EXPECT"
 elif grep -q 'policy::' src/filter.rs 2>/dev/null; then
-	mg_expect=(--expect-replbody)
+	# The shipped UK GPMS policy on PROTECT mail going out: label header + disclaimer.
+	mg_expect=(--expect-header X-Protective-Marking --expect-replbody --expect-body-contains "recording and/or monitoring")
 else
 	mg_expect=() # pass-through build: every message passes unchanged
 fi
@@ -172,8 +173,8 @@ if [ "$only" = all ] || [ "$only" = memory ]; then
 	$python - "$work/big-50m.eml" <<'EOF'
 import base64, os, sys
 with open(sys.argv[1], "w") as f:
-    f.write("From: Alice Smith <alice.smith@dept.gov.uk>\nTo: bob.jones@partner.gov.uk\n"
-            "Subject: PROTECT: the archive\nMessage-ID: <bench-50m@dept.gov.uk>\nMIME-Version: 1.0\n"
+    f.write("From: Alice Smith <alice.smith@example-council.gcsx.gov.uk>\nTo: bob.jones@partner.gcsx.gov.uk\n"
+            "Subject: PROTECT: the archive\nMessage-ID: <bench-50m@example-council.gcsx.gov.uk>\nMIME-Version: 1.0\n"
             "Content-Type: multipart/mixed; boundary=\"b50\"\n\n--b50\nContent-Type: text/plain\n\n"
             "The archive is attached.\n\n--b50\nContent-Type: application/octet-stream\n"
             "Content-Transfer-Encoding: base64\n\n")

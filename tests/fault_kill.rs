@@ -34,9 +34,9 @@ fn send_one(port: u16, n: usize) -> (Fate, String) {
         return (Fate::Tempfailed, greeting.text());
     }
     let steps = [
-        "EHLO client.dept.gov.uk".to_string(),
-        "MAIL FROM:<alice.smith@dept.gov.uk>".to_string(),
-        "RCPT TO:<bob.jones@partner.gov.uk>".to_string(),
+        "EHLO client.example-council.gcsx.gov.uk".to_string(),
+        "MAIL FROM:<alice.smith@example-council.gcsx.gov.uk>".to_string(),
+        "RCPT TO:<bob.jones@partner.gcsx.gov.uk>".to_string(),
     ];
     for step in &steps {
         let r = s.command(step);
@@ -47,8 +47,8 @@ fn send_one(port: u16, n: usize) -> (Fate, String) {
         }
     }
     let message = format!(
-        "From: Alice Smith <alice.smith@dept.gov.uk>\r\nTo: bob.jones@partner.gov.uk\r\n\
-         Subject: PROTECT: fault stream {n}\r\nMessage-ID: <fault-{n}@dept.gov.uk>\r\n\r\n\
+        "From: Alice Smith <alice.smith@example-council.gcsx.gov.uk>\r\nTo: bob.jones@partner.gcsx.gov.uk\r\n\
+         Subject: PROTECT: fault stream {n}\r\nMessage-ID: <fault-{n}@example-council.gcsx.gov.uk>\r\n\r\n\
          Message {n} of the fault stream.\r\n"
     );
     let (go, done) = s.data(message.as_bytes());

@@ -67,7 +67,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     warmup: u64,
     /// Envelope sender as Postfix passes it.
-    #[arg(long, default_value = "<alice@dept.gov.uk>")]
+    #[arg(long, default_value = "<alice@example-council.gcsx.gov.uk>")]
     from: String,
     /// Envelope recipients (repeatable).
     #[arg(long = "rcpt")]
@@ -76,6 +76,10 @@ struct Args {
     /// shipped policy treats `ORIGINATING` as outbound mail, which gets the full treatment.
     #[arg(long, default_value = "ORIGINATING")]
     daemon_name: String,
+    /// The SMTP client's address in CONNECT. The shipped policy counts mail from its own
+    /// networks (127.0.0.0/8 by default) as outbound, which gets the full treatment.
+    #[arg(long, default_value = "127.0.0.1")]
+    client_addr: String,
     /// The milter's process id: its CPU time and peak memory are read from /proc around the run.
     #[arg(long)]
     pid: Option<u32>,
@@ -442,12 +446,13 @@ async fn run(args: Args) -> Result<bool, String> {
         println!("{}", report.json());
     } else {
         println!("{}", report.text());
-        for m in all.mismatches.iter().take(5) {
-            println!("  mismatch: {m}");
-        }
-        for e in all.errors.iter().take(5) {
-            println!("  error: {e}");
-        }
+    }
+    // The first few problems, on stderr so --json output stays one line.
+    for m in all.mismatches.iter().take(5) {
+        eprintln!("markgate-load: mismatch: {m}");
+    }
+    for e in all.errors.iter().take(5) {
+        eprintln!("markgate-load: error: {e}");
     }
     Ok(all.mismatches.is_empty() && all.errors.is_empty() && report.measured == run.args.messages)
 }
@@ -512,11 +517,17 @@ fn take(run: &Run) -> Option<u64> {
 fn macro_values(run: &Run, stage: u8, qid: &str, rcpt_no: usize) -> Vec<(&'static str, String)> {
     match stage {
         b'C' => vec![
-            ("j", "mx.dept.gov.uk".into()),
+            ("j", "mx.example-council.gcsx.gov.uk".into()),
             ("{daemon_name}", run.args.daemon_name.clone()),
             ("{daemon_addr}", "127.0.0.1".into()),
             ("v", "Postfix 3.7.11".into()),
-            ("_", "client.dept.gov.uk [192.0.2.10]".into()),
+            (
+                "_",
+                format!(
+                    "client.example-council.gcsx.gov.uk [{}]",
+                    run.args.client_addr
+                ),
+            ),
         ],
         b'M' => vec![
             ("{mail_addr}", bare(&run.args.from)),
@@ -529,7 +540,7 @@ fn macro_values(run: &Run, stage: u8, qid: &str, rcpt_no: usize) -> Vec<(&'stati
                 v.push(("i", qid.to_string()));
             }
             v.push(("{rcpt_addr}", String::new()));
-            v.push(("{rcpt_host}", "partner.gov.uk".into()));
+            v.push(("{rcpt_host}", "partner.gcsx.gov.uk".into()));
             v.push(("{rcpt_mailer}", "smtp".into()));
             v
         }
@@ -652,10 +663,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(|x| e("macros")(x.into()))?;
     let connect = Command::Connect {
-        hostname: Bytes::from_static(b"client.dept.gov.uk"),
+        hostname: Bytes::from_static(b"client.example-council.gcsx.gov.uk"),
         address: ConnectAddress::Inet {
             port: 40_000,
-            address: Bytes::from_static(b"192.0.2.10"),
+            address: Bytes::from(run.args.client_addr.clone()),
         },
     };
     if let Step::Decided(d) = event(&mut c, &agreed, Protocol::NOCONNECT, &connect)
@@ -668,7 +679,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(|x| e("macros")(x.into()))?;
     let helo = Command::Helo {
-        name: Bytes::from_static(b"client.dept.gov.uk"),
+        name: Bytes::from_static(b"client.example-council.gcsx.gov.uk"),
     };
     if let Step::Decided(d) = event(&mut c, &agreed, Protocol::NOHELO, &helo)
         .await
@@ -716,7 +727,7 @@ async fn message<S: AsyncRead + AsyncWrite + Unpin>(
     qid: &str,
 ) -> Result<Option<String>, MtaError> {
     let rcpts: Vec<String> = if run.args.rcpt.is_empty() {
-        vec!["<bob@partner.gov.uk>".into()]
+        vec!["<bob@partner.gcsx.gov.uk>".into()]
     } else {
         run.args.rcpt.clone()
     };
@@ -913,7 +924,7 @@ impl IdleConn {
     /// An answered command (HELO again is legal at any time outside a message).
     async fn ping(&mut self) -> bool {
         let helo = Command::Helo {
-            name: Bytes::from_static(b"client.dept.gov.uk"),
+            name: Bytes::from_static(b"client.example-council.gcsx.gov.uk"),
         };
         match self {
             IdleConn::Unix(c) => ping_one(c, &helo).await,
@@ -962,7 +973,7 @@ where
         .await
         .map_err(|e| e.to_string())?;
     let connect = Command::Connect {
-        hostname: Bytes::from_static(b"client.dept.gov.uk"),
+        hostname: Bytes::from_static(b"client.example-council.gcsx.gov.uk"),
         address: ConnectAddress::Inet {
             port: 40_000,
             address: Bytes::from_static(b"192.0.2.10"),

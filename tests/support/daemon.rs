@@ -3,7 +3,7 @@
 //! `markgate-load` generator.
 //!
 //! The daemon gets a config file in its own temporary directory and listens on a unix socket
-//! there (or on a given spec). `ulimit -n` is raised by the shell that execs it, so no `unsafe`
+//! there; its audit trail goes there too. `ulimit -n` is raised by the shell that execs it, so no `unsafe`
 //! setrlimit is needed. Dropping a [`Daemon`] kills it by its own PID.
 
 use std::io::Read as _;
@@ -40,7 +40,10 @@ impl Daemon {
         let log = dir.path().join("markgate.log");
         std::fs::write(
             &config,
-            format!("listen = \"{spec}\"\n[socket]\nmode = \"0666\"\n{extra}\n"),
+            format!(
+                "listen = \"{spec}\"\n[socket]\nmode = \"0666\"\n[audit]\npath = \"{}\"\n{extra}\n",
+                dir.path().join("audit.jsonl").display()
+            ),
         )
         .expect("write config");
         let mut d = Daemon {
