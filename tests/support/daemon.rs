@@ -27,6 +27,15 @@ impl Daemon {
     /// Write a config (`listen` first, then `extra` TOML verbatim) and start the daemon on a
     /// unix socket in a fresh world-searchable directory (so Postfix's daemons can reach it).
     pub fn start(extra: &str) -> Daemon {
+        Self::start_on(None, extra)
+    }
+
+    /// Like [`Daemon::start`], listening on TCP 127.0.0.1:`port`.
+    pub fn start_tcp(port: u16, extra: &str) -> Daemon {
+        Self::start_on(Some(port), extra)
+    }
+
+    fn start_on(port: Option<u16>, extra: &str) -> Daemon {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::Builder::new()
             .prefix("markgate-daemon.")
@@ -35,7 +44,10 @@ impl Daemon {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("chmod");
         let socket = dir.path().join("markgate.sock");
-        let spec = format!("unix:{}", socket.display());
+        let spec = match port {
+            Some(p) => format!("inet:127.0.0.1:{p}"),
+            None => format!("unix:{}", socket.display()),
+        };
         let config = dir.path().join("markgate.toml");
         let log = dir.path().join("markgate.log");
         std::fs::write(
@@ -78,7 +90,7 @@ impl Daemon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+            if self.accepts() {
                 return;
             }
             if let Some(c) = self.child.as_mut()
@@ -93,6 +105,14 @@ impl Daemon {
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Does the listener accept connections? (A TCP probe is closed at once, before OPTNEG.)
+    fn accepts(&self) -> bool {
+        match self.spec.strip_prefix("inet:") {
+            Some(addr) => std::net::TcpStream::connect(addr).is_ok(),
+            None => std::os::unix::net::UnixStream::connect(&self.socket).is_ok(),
         }
     }
 
