@@ -25,7 +25,7 @@ def main():
     load_rows = {}
     for r in rows:
         parts = r["label"].split("|")
-        if len(parts) == 4 and "msgs_per_sec" in r:
+        if len(parts) == 4 and "msgs_per_sec" in r and parts[2].endswith(".eml"):
             load_rows[tuple(parts)] = r
     if load_rows:
         print("### Milter load (markgate-load playing Postfix)\n")
@@ -59,9 +59,34 @@ def main():
             print(f"markgate p50 at 1 connection, small message: TCP {tcp['p50_us'] / 1000:.3f} ms "
                   f"/ unix {unix['p50_us'] / 1000:.3f} ms = {tcp['p50_us'] / unix['p50_us']:.2f}x "
                   "(target <= 1.5x)\n")
-    other = [r for r in rows if r["label"] not in {"|".join(k) for k in load_rows}]
+    big = [r for r in rows if "|50MiB|" in r["label"]]
+    if big:
+        print("### One 50 MiB message (unix socket)\n")
+        print("| milter | seconds | milter CPU s | peak RSS MiB | peak RSS growth MiB | errors |")
+        print("|---|---|---|---|---|---|")
+        for r in big:
+            cpu = (r.get("cpu_us_per_msg") or 0) / 1e6
+            print(f"| {r['label'].split('|')[0]} | {r['seconds']:.2f} | {cpu:.2f} "
+                  f"| {(r.get('hwm_kib') or 0) / 1024:.1f} | {(r.get('hwm_growth_kib') or 0) / 1024:.1f} "
+                  f"| {r['mismatches'] + r['errors']} |")
+        print()
+    idle = [r for r in rows if r["label"].endswith("|idle1000")]
+    if idle:
+        print("### 1000 idle connections (unix socket)\n")
+        print("| milter | served after hold | RSS before MiB | RSS with 1000 idle MiB |")
+        print("|---|---|---|---|")
+        for r in idle:
+            print(f"| {r['label'].split('|')[0]} | {r['alive_after_hold']}/{r['idle_connections']} "
+                  f"| {(r.get('rss_kib_before') or 0) / 1024:.1f} | {(r.get('rss_kib_idle') or 0) / 1024:.1f} |")
+        print()
+    cg = [r for r in rows if r["label"] == "markgate|callgrind"]
+    for r in cg:
+        print(f"callgrind: markgate executes {r['ir_per_msg']:,} instructions per message "
+              f"(small-2k, unix, 1 connection; ({r['ir_250']:,} - {r['ir_50']:,}) / 200)\n")
+    shown = {"|".join(k) for k in load_rows} | {r["label"] for r in big + idle + cg}
+    other = [r for r in rows if r["label"] not in shown]
     if other:
-        print("### Memory, instructions, Postfix end to end\n")
+        print("### Postfix end to end (smtp-source, 8 sessions, small-2k.eml)\n")
         print("| run | result |")
         print("|---|---|")
         for r in other:
