@@ -29,17 +29,36 @@ for t in dpkg postfix swaks setpriv getent adduser; do
 done
 export PATH=$PATH:/usr/sbin:/sbin
 getent group postfix >/dev/null || die "group postfix missing: install postfix first"
+# logrotate is only recommended by the package; the test checks the shipped rotation file with
+# it, so install it before the "before" snapshot.
+command -v logrotate >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y logrotate >/dev/null
 if dpkg-query -W -f='${Status}' markgate 2>/dev/null | grep -q 'installed'; then
 	die "markgate is already installed; dpkg --purge markgate first"
 fi
 
 work=$(mktemp -d /tmp/markgate-pkgtest.XXXXXX)
 installed=
+# Paths the package creates. If one exists already (a markgate run from source as root creates
+# /var/log/markgate for its default audit file), it is moved aside for the test and put back
+# afterwards, so the install starts from a machine without markgate.
+owned=(/var/lib/markgate /var/log/markgate /var/spool/postfix/markgate /etc/markgate)
+aside=()
+for p in "${owned[@]}"; do
+	if [ -e "$p" ]; then
+		say "moving the existing $p aside for the test"
+		mv "$p" "$work/aside.$(echo "$p" | tr / _)"
+		aside+=("$p")
+	fi
+done
 cleanup() {
 	# A failed run must not leave the package on the machine (CI machines are reused).
 	if [ -n "$installed" ]; then
 		DEBIAN_FRONTEND=noninteractive dpkg --purge markgate >/dev/null 2>&1 || true
 	fi
+	for p in "${aside[@]}"; do
+		rm -rf "$p"
+		mv "$work/aside.$(echo "$p" | tr / _)" "$p"
+	done
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -94,6 +113,19 @@ systemd-analyze security --offline=yes "$unit" | tail -1
 
 say "running the installed daemon as the unit would (tests/package.rs)"
 MARKGATE_PACKAGE_TEST=1 cargo test --test package -- --nocapture
+
+say "logrotate with the packaged file (forced rotation, private state file)"
+logrotate -d -s "$work/logrotate.state" /etc/logrotate.d/markgate >"$work/logrotate.debug" 2>&1 || true
+if grep -q '^error:' "$work/logrotate.debug"; then
+	cat "$work/logrotate.debug"; die "logrotate rejects /etc/logrotate.d/markgate"
+fi
+runuser -u markgate -- sh -c 'umask 0027; echo "{\"seq\":1}" > /var/log/markgate/audit.jsonl'
+logrotate -f -s "$work/logrotate.state" /etc/logrotate.d/markgate
+rotated=$(find /var/log/markgate -name 'audit.jsonl-*' | head -1)
+[ -n "$rotated" ] && grep -q '"seq":1' "$rotated" || die "audit.jsonl was not rotated by renaming"
+[ "$(stat -c '%U:%G %a' /var/log/markgate/audit.jsonl)" = "markgate:markgate 640" ] \
+	|| die "new audit.jsonl not created markgate:markgate 0640: $(stat -c '%U:%G %a' /var/log/markgate/audit.jsonl)"
+say "rotated to $(basename "$rotated"), new audit.jsonl markgate:markgate 0640"
 
 say "dpkg --purge"
 DEBIAN_FRONTEND=noninteractive dpkg --purge markgate

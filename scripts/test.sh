@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
 	case $1 in
 	--install-only) install_only=1; shift ;;
 	--) shift; cargo_args=("$@"); break ;;
-	-h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h | --help) sed -n '2,/^set /{/^#/s/^# \{0,1\}//p}' "$self"; exit 0 ;;
 	*) echo "scripts/test.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
 	esac
 done
@@ -40,7 +40,7 @@ done
 export PATH="$PATH:/usr/sbin:/sbin"
 
 missing=()
-for tool in postfix smtp-sink postqueue sendmail swaks miltertest; do
+for tool in postfix smtp-sink postqueue sendmail swaks miltertest openssl; do
 	command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -48,9 +48,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 	case " ${missing[*]} " in *" postfix "*) installing_postfix=1 ;; esac
 	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix swaks miltertest
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix swaks miltertest openssl
 fi
-for tool in postfix smtp-sink postqueue sendmail swaks miltertest; do
+for tool in postfix smtp-sink postqueue sendmail swaks miltertest openssl; do
 	command -v "$tool" >/dev/null || { echo "scripts/test.sh: $tool still missing after install" >&2; exit 1; }
 done
 

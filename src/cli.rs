@@ -168,12 +168,16 @@ pub fn manpage() -> std::io::Result<Vec<u8>> {
 struct Failure {
     code: u8,
     error: anyhow::Error,
+    /// Already reported through the log (once logging is set up, failures go there, so that a
+    /// JSON log stays all JSON); otherwise printed to stderr on exit.
+    logged: bool,
 }
 
 fn usage(error: impl Into<anyhow::Error>) -> Failure {
     Failure {
         code: EXIT_USAGE,
         error: error.into(),
+        logged: false,
     }
 }
 
@@ -181,6 +185,18 @@ fn runtime(error: impl Into<anyhow::Error>) -> Failure {
     Failure {
         code: EXIT_RUNTIME,
         error: error.into(),
+        logged: false,
+    }
+}
+
+/// A runtime failure after logging is up: log it as an error.
+fn logged_runtime(error: impl Into<anyhow::Error>) -> Failure {
+    let error = error.into();
+    error!("{error:#}");
+    Failure {
+        code: EXIT_RUNTIME,
+        error,
+        logged: true,
     }
 }
 
@@ -259,9 +275,11 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(f) => {
-            // `{:#}` prints the whole cause chain on one line; config errors carry their own
-            // multi-line location display.
-            eprintln!("markgate: {:#}", f.error);
+            if !f.logged {
+                // `{:#}` prints the whole cause chain on one line; config errors carry their
+                // own multi-line location display.
+                eprintln!("markgate: {:#}", f.error);
+            }
             ExitCode::from(f.code)
         }
     }
@@ -280,7 +298,8 @@ fn prepare(config_path: Option<&Path>, listen: Option<String>) -> Result<Config,
     }
     if let Some(policy) = &config.policy {
         // Fail at start, not on the first message: the file must at least be readable.
-        std::fs::metadata(policy)
+        std::fs::File::open(policy)
+            .and_then(|f| f.metadata())
             .and_then(|m| {
                 if m.is_file() {
                     Ok(())
@@ -321,15 +340,18 @@ fn run(
                 config.audit.path.display()
             )
         })
-        .map_err(runtime)?;
+        .map_err(logged_runtime)?;
     info!(audit = %audit.path().display(), sync = ?config.audit.sync, fail_open = config.audit.fail_open, "audit trail open");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+        .map_err(logged_runtime)?;
     // Load the policy now (refusing to start on any error in it) and keep config + policy in
     // the reload cell; the command-line --listen and --audit-log are re-applied on every reload.
     let listen_override = config.listen.clone();
     let audit_override = config.audit.path.clone();
-    let observer = AuditObserver {
-        audit: audit.clone(),
-    };
+    let metrics = crate::metrics::Metrics::new();
     let reloader = crate::reload::Reloader::start(
         config_path.map(Path::to_path_buf),
         Box::new(move |c: &mut Config| {
@@ -337,22 +359,21 @@ fn run(
             c.audit.path = audit_override.clone();
         }),
         crate::reload::PolicyFiles,
-        Box::new(observer),
-        None,
+        Box::new(crate::reload::AuditObserver::new(
+            audit.clone(),
+            rt.handle().clone(),
+        )),
+        Some(metrics.clone()),
         Arc::clone(&notifier),
     )
     .map_err(usage)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-        .map_err(runtime)?;
     rt.block_on(serve(
         config,
         config_path.map(Path::to_path_buf),
         Arc::new(reloader),
         notifier,
         audit,
+        metrics,
     ))
 }
 
@@ -362,15 +383,28 @@ async fn serve(
     reloader: Arc<crate::reload::Reloader<crate::reload::PolicyFiles>>,
     notifier: Arc<crate::notify::Notifier>,
     audit: crate::audit::AuditHandle,
+    metrics: crate::metrics::Metrics,
 ) -> Result<(), Failure> {
     use crate::audit::AuditEvent;
     use crate::audit::event::{DaemonStart, DaemonStop, PolicyLoaded};
     // Handlers first, so a signal that arrives while we bind is not lost.
-    let shutdown = shutdown_signal().map_err(runtime)?;
+    let shutdown = shutdown_signal().map_err(logged_runtime)?;
+    let (metrics_stop, metrics_stopped) = tokio::sync::watch::channel(false);
+    if let Some(addr) = config.metrics.listen {
+        let listener = crate::metrics::bind(addr)
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))
+            .map_err(logged_runtime)?;
+        info!(%addr, "metrics endpoint: GET /metrics");
+        let mut stopped = metrics_stopped.clone();
+        tokio::spawn(metrics.clone().serve(listener, async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+    }
     let (signals_stop, signals_stopped) = tokio::sync::oneshot::channel::<()>();
     let signals = tokio::spawn(crate::reload::handle_signals(
         Arc::clone(&reloader),
-        AuditLog(audit.clone()),
+        audit.clone(),
         async move {
             let _ = signals_stopped.await;
         },
@@ -378,10 +412,7 @@ async fn serve(
     let server = Server::bind(&config.listen, config.server_config())
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))
-        .map_err(|e| {
-            error!("{e:#}");
-            runtime(e)
-        })?;
+        .map_err(logged_runtime)?;
     let address = server
         .local_addr()
         .map_or_else(|| config.listen.to_string(), |a| format!("inet:{a}"));
@@ -436,12 +467,26 @@ async fn serve(
         config.alerts.from.clone(),
         std::time::Duration::from_secs(relay.timeout.max(1)),
     );
-    let filter = Arc::new(Filter::new(
-        reloader.current(),
-        Some(audit.clone()),
-        alerts.clone(),
-        notices,
-    ));
+    {
+        let mut stopped = metrics_stopped.clone();
+        tokio::spawn(metrics.clone().follow(
+            Some(audit.clone()),
+            Some(alerts.clone()),
+            std::time::Duration::from_secs(5),
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ));
+    }
+    let filter = Arc::new(
+        Filter::new(
+            reloader.current(),
+            Some(audit.clone()),
+            alerts.clone(),
+            notices,
+        )
+        .with_metrics(metrics.clone()),
+    );
     let grace = config.timeouts.shutdown_grace;
     if let Err(e) = notifier.ready(&format!(
         "listening on {address}; policy {}",
@@ -460,6 +505,7 @@ async fn serve(
             }
             let _ = reason_tx.send(name);
             let _ = signals_stop.send(());
+            let _ = metrics_stop.send(true);
         })
         .await;
     let reason = match &served {
@@ -484,65 +530,11 @@ async fn serve(
     if let Err(e) = audit.shutdown().await {
         error!(error = %e, "the audit writer did not stop cleanly");
     }
-    served.context("milter server failed").map_err(|e| {
-        error!("{e:#}");
-        runtime(e)
-    })?;
+    served
+        .context("milter server failed")
+        .map_err(logged_runtime)?;
     info!("markgate stopped");
     Ok(())
-}
-
-/// SIGUSR1 target: reopen the audit file after logrotate renamed it.
-struct AuditLog(crate::audit::AuditHandle);
-
-impl crate::reload::Reopen for AuditLog {
-    async fn reopen(&self) -> Result<(), String> {
-        self.0.reopen().await.map_err(|e| e.to_string())
-    }
-}
-
-/// Writes `policy_loaded` / `reload_failed` records for reloads. Called on the reload task
-/// (a blocking thread of the runtime), so the record is handed to the runtime, not awaited.
-struct AuditObserver {
-    audit: crate::audit::AuditHandle,
-}
-
-impl AuditObserver {
-    fn send(&self, event: crate::audit::AuditEvent) {
-        let audit = self.audit.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(async move {
-                    if let Err(e) = audit.record(event).await {
-                        error!(error = %e, "cannot write a reload record to the audit trail");
-                    }
-                });
-            }
-            Err(_) => warn!("reload record not audited: no runtime on this thread"),
-        }
-    }
-}
-
-impl crate::reload::ReloadObserver for AuditObserver {
-    fn applied(&self, policy_path: &str, digest: &str, _generation: u64) {
-        self.send(crate::audit::AuditEvent::PolicyLoaded(
-            crate::audit::event::PolicyLoaded {
-                path: policy_path.to_owned(),
-                digest: digest.to_owned(),
-                trigger: "reload".into(),
-                policy_name: None,
-            },
-        ));
-    }
-    fn failed(&self, path: &str, error: &str, kept_digest: &str) {
-        self.send(crate::audit::AuditEvent::ReloadFailed(
-            crate::audit::event::ReloadFailed {
-                path: path.to_owned(),
-                error: error.to_owned(),
-                kept_digest: kept_digest.to_owned(),
-            },
-        ));
-    }
 }
 
 /// `markgate check`: the config, then the policy it names (or `--policy`); every problem.

@@ -152,6 +152,9 @@ pub struct Evaluation {
     pub raw: Vec<u8>,
     /// Whether the body was read and its MIME tree parsed.
     pub body_inspected: bool,
+    /// The MIME shape the plan was made from (parsed once; only the body offset is known when
+    /// the body was not read).
+    pub shape: MimeShape,
 }
 
 impl Evaluation {
@@ -237,6 +240,7 @@ pub fn evaluate(
         plan,
         raw,
         body_inspected,
+        shape,
     })
 }
 
@@ -756,11 +760,9 @@ fn disclaimer_skip(reason: &str, rule: &str) -> Edit {
     }
 }
 
-/// `text/plain` or `text/html` for a part index, from a fresh look at the message (only
-/// called when the body was read).
+/// `text/plain` or `text/html` for a part index of the message's MIME shape.
 fn part_name(eval: &Evaluation, part: usize) -> String {
-    let shape = mime::analyze(&eval.raw, None);
-    shape
+    eval.shape
         .parts
         .get(part)
         .map_or_else(|| format!("part {part}"), |p| p.content_type.clone())
@@ -883,15 +885,16 @@ impl Notices {
         Notices { tx: None }
     }
 
-    /// Start the notice task on the current runtime, sending through `host:port` as `from`.
+    /// Start the notice task, sending through `host:port` as `from`: on the current tokio
+    /// runtime when there is one, else on a small runtime of its own thread.
     pub fn spawn(host: String, port: u16, from: String, timeout: Duration) -> Self {
         use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Notice>(256);
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-            .port(port)
-            .timeout(Some(timeout))
-            .build();
-        tokio::spawn(async move {
+        let task = async move {
+            let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+                .port(port)
+                .timeout(Some(timeout))
+                .build();
             while let Some(n) = rx.recv().await {
                 let message = match build_notice(&from, &n) {
                     Ok(m) => m,
@@ -905,7 +908,29 @@ impl Notices {
                     Err(e) => warn!(to = %n.to, error = %e, "sender notice not sent"),
                 }
             }
-        });
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(task);
+            }
+            Err(_) => {
+                let started = std::thread::Builder::new()
+                    .name("markgate-notices".into())
+                    .spawn(move || {
+                        match tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                        {
+                            Ok(rt) => rt.block_on(task),
+                            Err(e) => error!(error = %e, "sender notices disabled: no runtime"),
+                        }
+                    });
+                if let Err(e) = started {
+                    error!(error = %e, "sender notices disabled: cannot start their thread");
+                    return Notices::disabled();
+                }
+            }
+        }
         Notices { tx: Some(tx) }
     }
 
@@ -948,6 +973,7 @@ pub struct Filter {
     audit: Option<AuditHandle>,
     alerts: AlertHandle,
     notices: Notices,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Filter {
@@ -976,6 +1002,35 @@ impl Filter {
             audit,
             alerts,
             notices,
+            metrics: None,
+        }
+    }
+
+    /// Count every answered message in `metrics` (by direction, level, verdict and rule, with
+    /// the end-of-message latency).
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, started: std::time::Instant, d: Option<&Decision>, verdict: &str) {
+        if let Some(m) = &self.metrics {
+            let (direction, level, rules) = match d {
+                Some(d) => (
+                    match d.direction {
+                        Direction::Outbound => "outbound",
+                        Direction::Inbound => "inbound",
+                    },
+                    if d.effective.source == LevelSource::Assumed {
+                        "none"
+                    } else {
+                        d.effective.level_name.as_str()
+                    },
+                    d.rule_ids.iter().map(String::as_str).collect::<Vec<_>>(),
+                ),
+                None => ("unknown", "none", Vec::new()),
+            };
+            m.message_decided(direction, level, verdict, &rules, started.elapsed());
         }
     }
 
@@ -1086,6 +1141,7 @@ impl Handler for Filter {
         conn: &ConnectionFacts,
         message: Message,
     ) -> Result<Outcome, HandlerError> {
+        let started = std::time::Instant::now();
         let Message { tx, live } = message;
         let conn = conn.clone();
         // The pure pipeline may parse a large body: keep it off the connection tasks' threads.
@@ -1110,6 +1166,7 @@ impl Handler for Filter {
             Ok(r) => r,
             Err(e) => {
                 error!(error = %e, "the decision pipeline failed; answering 4xx");
+                self.count(started, None, "tempfail");
                 return Ok(Outcome {
                     verdict: Verdict::Tempfail(Some(tempfail_reply("internal error"))),
                     modifications: Vec::new(),
@@ -1120,6 +1177,7 @@ impl Handler for Filter {
             Ok(r) => r,
             Err(e) => {
                 error!(queue_id = meta.queue_id.as_deref().unwrap_or(""), error = %e, "cannot decide the message; answering 4xx");
+                self.count(started, None, "tempfail");
                 return Ok(Outcome {
                     verdict: Verdict::Tempfail(Some(tempfail_reply("internal error"))),
                     modifications: Vec::new(),
@@ -1137,6 +1195,7 @@ impl Handler for Filter {
                 Ok(ack) => audit_seq = ack.seq,
                 Err(e) => {
                     error!(queue_id = meta.queue_id.as_deref().unwrap_or(""), error = %e, "audit record not written; answering 4xx so the mail is retried, not passed unaudited");
+                    self.count(started, Some(&eval.decision), "tempfail");
                     return Ok(Outcome {
                         verdict: Verdict::Tempfail(Some(tempfail_reply("audit trail unavailable"))),
                         modifications: Vec::new(),
@@ -1151,6 +1210,15 @@ impl Handler for Filter {
         if let Some(notice) = sender_notice(&eval) {
             self.notices.send(notice);
         }
+        self.count(
+            started,
+            Some(&eval.decision),
+            if eval.decision.shadow.is_some() {
+                "shadow"
+            } else {
+                verdict_name(&eval.verdict)
+            },
+        );
         info!(
             queue_id = meta.queue_id.as_deref().unwrap_or(""),
             from = %eval.envelope.sender,

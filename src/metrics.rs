@@ -155,7 +155,7 @@ impl Metrics {
         let audit_fsync = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         registry.register_with_unit(
             "audit_fsync_duration",
-            "Time each audit group commit spent in fsync",
+            "Time audit group commits spent in fsync (the latest one, sampled on each poll of the writer)",
             Unit::Seconds,
             audit_fsync.clone(),
         );
@@ -276,6 +276,44 @@ impl Metrics {
         self.inner
             .alert_backlog
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Keep the audit and alert gauges current: every `every`, read the audit writer's queue
+    /// depth and latest fsync time (one histogram sample per poll in which fsyncs happened) and
+    /// the alert sender's backlog (raised, not yet delivered or given up). Runs until
+    /// `shutdown` completes.
+    pub async fn follow(
+        self,
+        audit: Option<crate::audit::AuditHandle>,
+        alerts: Option<crate::alert::AlertHandle>,
+        every: Duration,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        tokio::pin!(shutdown);
+        let mut fsyncs_seen = audit.as_ref().map_or(0, |a| a.stats().fsyncs);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Some(a) = &audit {
+                let s = a.stats();
+                self.audit_queue_depth(s.queue_depth);
+                if s.fsyncs > fsyncs_seen {
+                    fsyncs_seen = s.fsyncs;
+                    self.audit_fsync(Duration::from_micros(s.last_fsync_micros));
+                }
+            }
+            if let Some(al) = &alerts {
+                let st = al.stats();
+                let raised = st.raised.load(Ordering::Relaxed);
+                let done = st.incidents_delivered.load(Ordering::Relaxed)
+                    + st.undeliverable.load(Ordering::Relaxed);
+                self.alert_backlog(
+                    usize::try_from(raised.saturating_sub(done)).unwrap_or(usize::MAX),
+                );
+            }
+        }
     }
 
     /// The whole exposition, as a scrape would get it.
@@ -708,5 +746,56 @@ mod tests {
             sample(&text, r#"markgate_rule_hits_total{rule="other"}"#),
             Some(10.0)
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn follow_reports_the_audit_writer_queue_and_fsyncs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = crate::audit::AuditConfig {
+            path: dir.path().join("audit.jsonl"),
+            ..crate::audit::AuditConfig::default()
+        };
+        cfg.syslog.enabled = false;
+        let audit = crate::audit::start(&cfg).expect("audit");
+        let m = Metrics::new();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(m.clone().follow(
+            Some(audit.clone()),
+            Some(crate::alert::AlertHandle::disabled()),
+            Duration::from_millis(10),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        for i in 0..5 {
+            audit
+                .record(crate::audit::AuditEvent::PolicyLoaded(
+                    crate::audit::event::PolicyLoaded {
+                        path: format!("p{i}"),
+                        digest: "d".into(),
+                        trigger: "start".into(),
+                        policy_name: None,
+                    },
+                ))
+                .await
+                .expect("record");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = m.render();
+            if sample(&text, "markgate_audit_fsync_duration_seconds_count").unwrap_or(0.0) >= 1.0 {
+                assert_eq!(sample(&text, "markgate_audit_queue_depth"), Some(0.0));
+                assert_eq!(sample(&text, "markgate_alert_backlog"), Some(0.0));
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no fsync sample: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tx.send(()).expect("stop");
+        task.await.expect("follow ends");
+        audit.shutdown().await.expect("shutdown");
     }
 }

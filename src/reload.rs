@@ -396,6 +396,10 @@ pub fn restart_only_changes(running: &Config, fresh: &Config) -> Vec<&'static st
         "logging.format",
         running.logging.format != fresh.logging.format,
     );
+    check(
+        "metrics.listen",
+        running.metrics.listen != fresh.metrics.listen,
+    );
     // Keys added to Config later and not listed above are still caught, by name-less
     // comparison: anything else that differs is restart-only too.
     if out.is_empty() && keep_restart_only(running, fresh.clone()) != *running {
@@ -408,6 +412,62 @@ pub fn restart_only_changes(running: &Config, fresh: &Config) -> Vec<&'static st
 /// integrator over `audit::AuditHandle::reopen`.
 pub trait Reopen: Send + Sync + 'static {
     fn reopen(&self) -> impl std::future::Future<Output = Result<(), String>> + Send;
+}
+
+/// SIGUSR1 reopens the audit writer's file (the writer continues the hash chain).
+impl Reopen for crate::audit::AuditHandle {
+    async fn reopen(&self) -> Result<(), String> {
+        crate::audit::AuditHandle::reopen(self)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Writes the `policy_loaded` and `reload_failed` audit records for reloads. The records are
+/// handed to the audit writer on the runtime given at construction, so the reload (which runs
+/// on a blocking thread) never waits for the disk.
+pub struct AuditObserver {
+    audit: crate::audit::AuditHandle,
+    runtime: tokio::runtime::Handle,
+}
+
+impl AuditObserver {
+    pub fn new(audit: crate::audit::AuditHandle, runtime: tokio::runtime::Handle) -> Self {
+        AuditObserver { audit, runtime }
+    }
+
+    fn record(&self, event: crate::audit::AuditEvent) {
+        let audit = self.audit.clone();
+        self.runtime.spawn(async move {
+            let kind = event.kind();
+            if let Err(e) = audit.record(event).await {
+                error!(error = %e, event = %kind, "could not write the reload's audit record");
+            }
+        });
+    }
+}
+
+impl ReloadObserver for AuditObserver {
+    fn applied(&self, policy_path: &str, digest: &str, _generation: u64) {
+        self.record(crate::audit::AuditEvent::PolicyLoaded(
+            crate::audit::event::PolicyLoaded {
+                path: policy_path.to_string(),
+                digest: digest.to_string(),
+                trigger: "reload".into(),
+                policy_name: None,
+            },
+        ));
+    }
+
+    fn failed(&self, path: &str, error: &str, kept_digest: &str) {
+        self.record(crate::audit::AuditEvent::ReloadFailed(
+            crate::audit::event::ReloadFailed {
+                path: path.to_string(),
+                error: error.to_string(),
+                kept_digest: kept_digest.to_string(),
+            },
+        ));
+    }
 }
 
 /// Serve SIGHUP (reload) and SIGUSR1 (reopen the audit log) until `shutdown` completes.
@@ -759,6 +819,88 @@ mod tests {
                     .take(2)
                     .all(|n| n.parse::<usize>().is_ok())),
             "no file:line:col in {e}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reloads_are_audited_and_sigusr1_reopens_the_audit_file() {
+        let f = Files::new();
+        f.config("");
+        f.write("policy.txt", "policy 1");
+        let audit_path = f.path("audit.jsonl");
+        let mut cfg = crate::audit::AuditConfig {
+            path: audit_path.clone(),
+            ..crate::audit::AuditConfig::default()
+        };
+        cfg.syslog.enabled = false;
+        let audit = crate::audit::start(&cfg).expect("audit writer");
+        let r = Arc::new(
+            Reloader::start(
+                Some(f.path("markgate.toml")),
+                Box::new(|_| {}),
+                TextPolicy,
+                Box::new(AuditObserver::new(
+                    audit.clone(),
+                    tokio::runtime::Handle::current(),
+                )),
+                None,
+                Arc::new(Notifier::disabled()),
+            )
+            .expect("start"),
+        );
+        f.write("policy.txt", "broken");
+        let r2 = Arc::clone(&r);
+        tokio::task::spawn_blocking(move || r2.reload())
+            .await
+            .expect("reload");
+        f.write("policy.txt", "policy 2");
+        let r2 = Arc::clone(&r);
+        tokio::task::spawn_blocking(move || r2.reload())
+            .await
+            .expect("reload");
+
+        // logrotate renames the file, then SIGUSR1: the next record goes to a new file.
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let events = |p: &Path| -> Vec<String> {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter_map(|v| v.get("event").and_then(|e| e.as_str()).map(String::from))
+                .collect()
+        };
+        while events(&audit_path).len() < 2 {
+            assert!(Instant::now() < deadline, "records not written");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let first = events(&audit_path);
+        assert!(first.contains(&"reload_failed".to_string()), "{first:?}");
+        assert!(first.contains(&"policy_loaded".to_string()), "{first:?}");
+        let text = std::fs::read_to_string(&audit_path).expect("audit");
+        assert!(
+            text.contains("policy.txt:1:1"),
+            "the error is in the record: {text}"
+        );
+        assert!(text.contains("\"kept_digest\":\"d1\""), "{text}");
+
+        let rotated = f.path("audit.jsonl.1");
+        std::fs::rename(&audit_path, &rotated).expect("rotate");
+        Reopen::reopen(&audit).await.expect("reopen");
+        f.write("policy.txt", "policy 3");
+        let r2 = Arc::clone(&r);
+        tokio::task::spawn_blocking(move || r2.reload())
+            .await
+            .expect("reload");
+        while events(&audit_path).is_empty() {
+            assert!(Instant::now() < deadline, "no record in the reopened file");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(events(&audit_path).contains(&"policy_loaded".to_string()));
+        audit.shutdown().await.expect("shutdown");
+        let report = crate::audit::verify_files(&[rotated, audit_path]);
+        assert!(
+            report.ok(),
+            "the chain continues across the reopen: {report:?}"
         );
     }
 }

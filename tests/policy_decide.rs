@@ -264,8 +264,9 @@ fn gpms_auto_forward_down_whatever_the_marking() {
     assert_eq!(f.forward.score, 260);
     let d = decide(&p, &f, &out(ALICE, &[NET]));
     let ids: Vec<&str> = d.hits.iter().map(|h| h.rule.as_str()).collect();
-    assert_eq!(ids, ["GPMS-ABOVE-CEILING", "AUTOFWD-DOWN"]);
-    assert!(rejected_by(&d).is_some());
+    assert_eq!(ids, ["AUTOFWD-DOWN", "GPMS-ABOVE-CEILING"]);
+    // The forward rule's reply: the sender must remove the mailbox rule, not readdress mail.
+    assert_eq!(rejected_by(&d).map(|r| r.0), Some("AUTOFWD-DOWN"));
     // Unmarked: only the forward rule.
     let f = facts(
         &p,

@@ -13,13 +13,22 @@ use markgate::inspect::mime::{self, PartRole};
 use markgate::rewrite::{DisclaimerOutcome, SignedAction};
 
 fn inputs() -> Vec<(PathBuf, Vec<u8>)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut out = Vec::new();
-    for dir in [
+    read_inputs(&[
         "tests/rewrite",
         "fuzz/corpus/inspect",
         "fuzz/corpus/rewrite",
-    ] {
+    ])
+}
+
+/// The golden inputs only (every shared-corpus file plus our own cases): the mutation seeds.
+fn golden_inputs() -> Vec<(PathBuf, Vec<u8>)> {
+    read_inputs(&["tests/rewrite"])
+}
+
+fn read_inputs(dirs: &[&str]) -> Vec<(PathBuf, Vec<u8>)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut out = Vec::new();
+    for dir in dirs {
         let Ok(entries) = fs::read_dir(root.join(dir)) else {
             continue;
         };
@@ -37,8 +46,19 @@ fn inputs() -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 #[test]
-fn every_input_round_trips() {
+fn fuzz_corpora_replay() {
     for (path, raw) in inputs() {
+        let result = std::panic::catch_unwind(|| {
+            fuzz_inspect(&raw);
+            fuzz_rewrite_roundtrip(&raw);
+        });
+        assert!(result.is_ok(), "{} broke a property", path.display());
+    }
+}
+
+#[test]
+fn every_input_round_trips() {
+    for (path, raw) in golden_inputs() {
         fuzz_inspect(&raw);
         for action in [SignedAction::Skip, SignedAction::Wrap, SignedAction::Reject] {
             let mut req = default_request();
@@ -169,7 +189,7 @@ fn mutated_inputs_keep_the_properties() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x9E37_79B9_7F4A_7C15);
     let mut rng = Rng(seed);
-    let inputs = inputs();
+    let inputs = golden_inputs();
     for (path, raw) in &inputs {
         for round in 0..rounds {
             let m = mutate(&mut rng, raw);

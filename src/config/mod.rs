@@ -50,6 +50,14 @@ pub struct Config {
     pub audit: crate::audit::AuditConfig,
     /// `[alerts]`: incident alerts and the relay that also carries sender notices.
     pub alerts: crate::alert::AlertConfig,
+    pub metrics: MetricsSettings,
+}
+
+/// The Prometheus/OpenMetrics endpoint (see `crate::metrics`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Loopback address to serve `GET /metrics` on; `None` (the default) serves nothing.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Ownership and permissions of a unix-domain listening socket (ignored for inet listeners).
@@ -161,6 +169,7 @@ impl Default for Config {
             },
             audit: crate::audit::AuditConfig::default(),
             alerts: crate::alert::AlertConfig::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }

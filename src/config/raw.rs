@@ -29,6 +29,14 @@ pub(super) struct RawConfig {
     logging: RawLogging,
     audit: Option<Spanned<crate::audit::AuditConfig>>,
     alerts: Option<Spanned<crate::alert::AlertConfig>>,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,6 +213,30 @@ impl RawConfig {
             let alerts = v.into_inner();
             crate::alert::AlertSettings::from_config(&alerts).map_err(|e| (span, e))?;
             c.alerts = alerts;
+        }
+
+        if let Some(v) = self.metrics.listen {
+            let span = v.span();
+            let text = non_empty(v, "a loopback address such as \"127.0.0.1:9195\"")?;
+            let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+                (
+                    span.clone(),
+                    format!(
+                        "found \"{text}\", expected ADDRESS:PORT such as \"127.0.0.1:9195\" or \
+                         \"[::1]:9195\""
+                    ),
+                )
+            })?;
+            if !addr.ip().is_loopback() {
+                return Err((
+                    span,
+                    format!(
+                        "found the non-loopback address \"{text}\", expected a loopback address \
+                         (127.0.0.1 or [::1]): the metrics endpoint has no authentication"
+                    ),
+                ));
+            }
+            c.metrics.listen = Some(addr);
         }
         Ok(c)
     }

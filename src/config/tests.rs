@@ -65,6 +65,9 @@ fn sample_file_shows_every_key_with_its_default() {
     want.socket.owner = Some("markgate".into());
     want.socket.group = Some("postfix".into());
     want.limits.spill_directory = Some(PathBuf::from("/var/tmp"));
+    want.metrics.listen = Some("127.0.0.1:9195".parse().unwrap());
+    want.audit.host = Some("gw1.example".into());
+    want.alerts.to = vec!["security-team@example.gov.uk".into()];
     assert_eq!(got, want);
     // And every key the loader knows appears in the sample.
     for key in [
@@ -169,7 +172,14 @@ fn unknown_key_in_a_section_points_at_the_key() {
 
 #[test]
 fn unknown_section_is_an_error() {
-    assert_err("[audit]\nfile = \"x\"\n", 1, 2, &["unknown field `audit`"]);
+    assert_err(
+        "[nonsense]\nfile = \"x\"\n",
+        1,
+        2,
+        &["unknown field `nonsense`"],
+    );
+    // Inside a known section, an unknown key is named where it is.
+    assert_err("[audit]\nfile = \"x\"\n", 2, 1, &["unknown field `file`"]);
 }
 
 #[test]
@@ -369,5 +379,23 @@ fn defaults_are_the_protocol_engines() {
     assert_eq!(
         Config::default().server_config(),
         crate::milter::ServerConfig::default()
+    );
+}
+
+#[test]
+fn metrics_listen_must_be_a_loopback_address() {
+    let c = Config::parse("[metrics]\nlisten = \"[::1]:9195\"\n", "t").unwrap();
+    assert_eq!(c.metrics.listen, Some("[::1]:9195".parse().unwrap()));
+    assert_err(
+        "[metrics]\nlisten = \"0.0.0.0:9195\"\n",
+        2,
+        10,
+        &["non-loopback", "0.0.0.0:9195", "no authentication"],
+    );
+    assert_err(
+        "[metrics]\nlisten = \"localhost\"\n",
+        2,
+        10,
+        &["found \"localhost\"", "ADDRESS:PORT"],
     );
 }

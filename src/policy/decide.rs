@@ -343,19 +343,9 @@ pub fn decide(policy: &Policy, facts: &Facts, envelope: &Envelope) -> Decision {
                 ceiling_label(&from, &domain)
             ),
         };
+        // The auto-forward check first: when both fire, its reply (remove the forwarding rule)
+        // is the one that tells the sender what to do; the sender did not address the mail.
         let mut checks: Vec<(Situation, String)> = Vec::new();
-        if effective.level > ceiling {
-            checks.push((
-                Situation::AboveCeiling,
-                format!(
-                    "{} mail to {} whose ceiling is {} ({})",
-                    effective.level_name,
-                    rcpt,
-                    policy.scheme.level_name(ceiling),
-                    ceiling_label(&from, &domain)
-                ),
-            ));
-        }
         if facts.forward.is_forward() && ceiling < source_rating {
             let signals: Vec<&str> = facts
                 .forward
@@ -373,6 +363,18 @@ pub fn decide(policy: &Policy, facts: &Facts, envelope: &Envelope) -> Decision {
                     policy.scheme.level_name(source_rating),
                     domain,
                     policy.scheme.level_name(ceiling)
+                ),
+            ));
+        }
+        if effective.level > ceiling {
+            checks.push((
+                Situation::AboveCeiling,
+                format!(
+                    "{} mail to {} whose ceiling is {} ({})",
+                    effective.level_name,
+                    rcpt,
+                    policy.scheme.level_name(ceiling),
+                    ceiling_label(&from, &domain)
                 ),
             ));
         }

@@ -504,9 +504,16 @@ fn insertion(
                 .or_else(|| open_tag_end(content, b"<html"))
                 .unwrap_or(0),
         };
-        // Broken HTML can leave a comment, script or style open at that point; the block would
-        // be invisible there, so close it first.
-        let text = match open_raw_context(&content[..at]) {
+        // Broken HTML can leave a comment, script or style open at that point, where the block
+        // would be invisible. Closing it there would reveal what follows, so move: prepending
+        // goes to the very start (nothing is open there); appending goes to the very end,
+        // after closing whatever is open (nothing follows to be revealed).
+        let (at, closer) = match (open_raw_context(&content[..at]), placement) {
+            (None, _) => (at, None),
+            (Some(_), Placement::Prepend) => (0, None),
+            (Some(_), Placement::Append) => (content.len(), open_raw_context(content)),
+        };
+        let mut text = match closer {
             Some(closer) => {
                 let mut t = closer.as_bytes().to_vec();
                 t.extend_from_slice(&text);
@@ -514,6 +521,15 @@ fn insertion(
             }
             None => text,
         };
+        // No closing tag: the block goes at the very end. Keep it on lines of its own and end
+        // it with a line end, as the part did (the MTA would otherwise add one on the wire, and
+        // the output would differ from what was planned).
+        if at == content.len() && !content.is_empty() {
+            if !content.ends_with(b"\n") {
+                text.splice(0..0, eol.iter().copied());
+            }
+            text.extend_from_slice(eol);
+        }
         return (at, text);
     }
     let mut ins = Vec::with_capacity(text.len() + 3 * eol.len());
@@ -995,15 +1011,13 @@ mod tests {
         assert_eq!(open_raw_context(b"<p>a</p><!-- x "), Some("-->"));
         assert_eq!(open_raw_context(b"<SCRIPT>var a = 1;"), Some("</script>"));
         assert_eq!(open_raw_context(b"<style>p{}</style><scripts>"), None);
-        let (at, ins) = insertion(
-            b"<body><!-- open </body>",
-            b"X",
-            true,
-            Placement::Append,
-            LineEnding::Crlf,
-        );
-        assert_eq!(at, 16);
-        assert_eq!(ins, b"-->X");
+        let html = b"<body><!-- open </body>";
+        let (at, ins) = insertion(html, b"X", true, Placement::Append, LineEnding::Crlf);
+        // At the very end the block gets lines of its own and a final line end.
+        assert_eq!((at, ins.as_slice()), (html.len(), &b"\r\n-->X\r\n"[..]));
+        let html = b"<!-- <body> hidden -->";
+        let (at, ins) = insertion(html, b"X", true, Placement::Prepend, LineEnding::Crlf);
+        assert_eq!((at, ins.as_slice()), (0, &b"X"[..]));
     }
 
     #[test]

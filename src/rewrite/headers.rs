@@ -93,6 +93,36 @@ fn trim_name(n: &[u8]) -> &[u8] {
     &n[..end]
 }
 
+/// Assemble a raw message from a delivered header list and body, the way the MTA holds it:
+/// `Name: value` lines (LF folds become CRLF), an empty line, the body as given. This is the
+/// `raw` that `inspect::mime::analyze`, `plan` and `apply` take; [`headers_from_raw`] is its
+/// inverse.
+pub fn assemble_raw<N: AsRef<[u8]>, V: AsRef<[u8]>>(headers: &[(N, V)], body: &[u8]) -> Vec<u8> {
+    let head_len: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_ref().len() + v.as_ref().len() + 8)
+        .sum();
+    let mut out = Vec::with_capacity(head_len + 2 + body.len());
+    for (n, v) in headers {
+        out.extend_from_slice(n.as_ref());
+        out.extend_from_slice(b": ");
+        let v = v.as_ref();
+        let mut i = 0;
+        while i < v.len() {
+            match v[i] {
+                b'\r' if v.get(i + 1) == Some(&b'\n') => {}
+                b'\n' => out.extend_from_slice(b"\r\n"),
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
 /// Header list of a raw message, as a milter would deliver it: the single space after the colon
 /// removed, CRLF folds turned into LF folds, the final line end dropped.
 pub fn headers_from_raw(raw: &[u8], body_offset: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -637,6 +667,21 @@ mod tests {
         assert!(
             encode_unstructured(7, "RESTRICTED: Réunion").starts_with("RESTRICTED: =?UTF-8?Q?")
         );
+    }
+
+    #[test]
+    fn assemble_and_split_are_inverse() {
+        let headers = vec![
+            (b"Subject".to_vec(), b"a\n b".to_vec()),
+            (b"X-Empty".to_vec(), b"".to_vec()),
+        ];
+        let raw = assemble_raw(&headers, b"body\r\n");
+        assert_eq!(
+            raw,
+            b"Subject: a\r\n b\r\nX-Empty: \r\n\r\nbody\r\n".to_vec()
+        );
+        let end = crate::inspect::mime::header_block_end(&raw);
+        assert_eq!(headers_from_raw(&raw, end), headers);
     }
 
     #[test]

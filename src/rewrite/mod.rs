@@ -24,7 +24,7 @@ use std::ops::Range;
 use crate::inspect::mime::{self, LineEnding, MimeShape};
 
 pub use disclaimer::{DisclaimerEdit, DisclaimerOutcome, Placement, SignedAction, SkipReason};
-pub use headers::{HeaderList, HeaderOp, encode_unstructured, headers_from_raw};
+pub use headers::{HeaderList, HeaderOp, assemble_raw, encode_unstructured, headers_from_raw};
 pub use subject::{SubjectEdit, SubjectPosition, decode_subject};
 
 /// A header that must be present exactly once with exactly this value (the label header, or
