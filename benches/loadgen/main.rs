@@ -1155,3 +1155,113 @@ impl Report {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eml_is_split_as_cleanup_hands_it_to_a_milter() {
+        let m = Message::parse(
+            b"Subject: a\r\n long subject\r\nX-Empty:\nTo:  b@c\n\nline 1\nline 2\r\nlast",
+        );
+        let h: Vec<(&[u8], &[u8])> = m
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_ref(), v.as_ref()))
+            .collect();
+        assert_eq!(
+            h,
+            vec![
+                (&b"Subject"[..], &b" a\n long subject"[..]),
+                (&b"X-Empty"[..], &b""[..]),
+                (&b"To"[..], &b"  b@c"[..]),
+            ]
+        );
+        // Body lines end in CRLF on the wire; a last line without a newline stays as it is.
+        assert_eq!(&m.body[..], b"line 1\r\nline 2\r\nlast");
+        let empty = Message::parse(b"Subject: x\n");
+        assert_eq!(empty.headers.len(), 1);
+        assert!(empty.body.is_empty());
+    }
+
+    #[test]
+    fn endpoints_in_postfix_and_sendmail_syntax() {
+        assert!(
+            matches!(Endpoint::parse("unix:/a/b"), Ok(Endpoint::Unix(p)) if p == std::path::Path::new("/a/b"))
+        );
+        assert!(matches!(Endpoint::parse("local:/a"), Ok(Endpoint::Unix(_))));
+        assert!(
+            matches!(Endpoint::parse("inet:127.0.0.1:99"), Ok(Endpoint::Tcp(a)) if a == "127.0.0.1:99")
+        );
+        assert!(
+            matches!(Endpoint::parse("inet:99@localhost"), Ok(Endpoint::Tcp(a)) if a == "localhost:99")
+        );
+        assert!(Endpoint::parse("tcp:1").is_err());
+    }
+
+    fn expect(headers: &[&str], replbody: bool, contains: &[&str]) -> Expect {
+        Expect {
+            headers: headers.iter().map(|s| s.to_string()).collect(),
+            replbody,
+            body_contains: contains.iter().map(|s| s.to_string()).collect(),
+            unchanged: false,
+            finals: vec!["continue", "accept"],
+        }
+    }
+
+    #[test]
+    fn answers_are_checked_against_expectations() {
+        let b = |s: &'static [u8]| Bytes::from_static(s);
+        let good = vec![
+            Reply::Progress,
+            Reply::ChangeHeader {
+                index: 1,
+                name: b(b"x-protective-marking"),
+                value: b(b"PROTECT"),
+            },
+            Reply::ReplaceBody(b(b"body\r\n-- \r\nmonit")),
+            Reply::ReplaceBody(b(b"ored\r\n")),
+            Reply::Continue,
+        ];
+        let e = expect(&["X-Protective-Marking"], true, &["monitored"]);
+        assert_eq!(check(&e, &good), None);
+        // The text may straddle two REPLBODY chunks; a missing header, body or text is named.
+        let bare = vec![Reply::Accept];
+        let problems = check(&e, &bare).expect("mismatch");
+        assert!(
+            problems.contains("no header X-Protective-Marking"),
+            "{problems}"
+        );
+        assert!(problems.contains("body not replaced"), "{problems}");
+        assert!(problems.contains("lacks \"monitored\""), "{problems}");
+        // A tempfail is never an expected answer unless asked for.
+        let tf = check(&expect(&[], false, &[]), &[Reply::Tempfail]).expect("mismatch");
+        assert!(tf.contains("tempfail"), "{tf}");
+        assert!(check(&expect(&[], false, &[]), &[]).is_some());
+        let mut unchanged = expect(&[], false, &[]);
+        unchanged.unchanged = true;
+        assert!(check(&unchanged, &good).is_some());
+        assert_eq!(check(&unchanged, &[Reply::Progress, Reply::Continue]), None);
+    }
+
+    #[tokio::test]
+    async fn writes_wait_for_the_next_read_like_postfix() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let mut s = PostfixStream::new(ours);
+        s.write_all(b"macro").await.unwrap();
+        s.write_all(b"event").await.unwrap();
+        s.flush().await.unwrap();
+        // Nothing has left yet: a flush per command is not what Postfix does.
+        let mut buf = [0u8; 16];
+        let early = tokio::time::timeout(Duration::from_millis(50), theirs.read(&mut buf)).await;
+        assert!(early.is_err(), "data left before a read");
+        // Waiting for the answer sends both in one go.
+        theirs.write_all(b"c").await.unwrap();
+        let mut answer = [0u8; 1];
+        s.read_exact(&mut answer).await.unwrap();
+        let n = theirs.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"macroevent");
+    }
+}
