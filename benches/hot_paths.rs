@@ -3,7 +3,7 @@
 //! 1 MB message, with the shipped default policy.
 //!
 //! `cargo bench --bench hot_paths` (all) or `cargo bench --bench hot_paths -- decide` (names
-//! containing "decide").
+//! containing "decide"). Under `cargo test` each path runs once, untimed.
 //!
 //! A small std-only harness (`harness = false`) rather than criterion: it keeps the dev
 //! dependency set unchanged and builds in seconds on a shared machine. Each benchmark is warmed
@@ -25,6 +25,13 @@ use markgate::policy::{self, Envelope, Policy};
 
 fn bench(filter: &[String], name: &str, mut f: impl FnMut()) {
     if !filter.is_empty() && !filter.iter().any(|w| name.contains(w.as_str())) {
+        return;
+    }
+    // `cargo test --all-targets` runs this binary without `--bench`: run each path once as a
+    // smoke check and time nothing (a debug build's timings mean nothing anyway).
+    if !std::env::args().any(|a| a == "--bench") {
+        f();
+        println!("{name}: ran once (smoke; `cargo bench --bench hot_paths` measures)");
         return;
     }
     // Warm up and size a batch to ~50 ms.
