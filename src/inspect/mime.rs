@@ -377,6 +377,17 @@ pub fn analyze(raw: &[u8], marker: Option<&str>) -> MimeShape {
             code: "no-body",
             detail: "the header block is not followed by an empty line".into(),
         });
+    } else if let Some(root) = message.parts.first()
+        && mime_header_counts(&root.headers) != raw_mime_header_counts(&raw[..shape.body_offset])
+    {
+        // mail-parser reads header names more loosely (leading whitespace or CR skipped) than
+        // a milter delivers them; then its MIME view and the header edits would disagree.
+        shape.structure_reliable = false;
+        shape.diagnostics.push(Diagnostic {
+            part: Some(0),
+            code: "mime-header-mismatch",
+            detail: "the parser found MIME headers that are not well-formed header lines".into(),
+        });
     } else if let Some(root) = shape.parts.first()
         && root.body_range.start != shape.body_offset
     {
@@ -475,6 +486,43 @@ pub fn analyze(raw: &[u8], marker: Option<&str>) -> MimeShape {
         shape.disclaimer_present = Some(any_marker);
     }
     shape
+}
+
+/// How many Content-Type and Content-Transfer-Encoding headers mail-parser saw.
+fn mime_header_counts(headers: &[mail_parser::Header<'_>]) -> (usize, usize) {
+    let ct = headers
+        .iter()
+        .filter(|h| h.name == mail_parser::HeaderName::ContentType)
+        .count();
+    let cte = headers
+        .iter()
+        .filter(|h| h.name == mail_parser::HeaderName::ContentTransferEncoding)
+        .count();
+    (ct, cte)
+}
+
+/// The same counts over well-formed header lines (name at column 0, then a colon).
+fn raw_mime_header_counts(block: &[u8]) -> (usize, usize) {
+    let (mut ct, mut cte) = (0, 0);
+    for line in block.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = &line[..colon];
+        let name = match name.iter().rposition(|&b| b != b' ' && b != b'\t') {
+            Some(e) => &name[..=e],
+            None => continue,
+        };
+        if !name.iter().all(|&b| (33..=126).contains(&b)) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"content-type") {
+            ct += 1;
+        } else if name.eq_ignore_ascii_case(b"content-transfer-encoding") {
+            cte += 1;
+        }
+    }
+    (ct, cte)
 }
 
 /// Offset just after the first empty line (a line of nothing but CRs counts), or the end.

@@ -357,16 +357,14 @@ fn top_part_headers(ops: &mut Vec<HeaderOp>, list: &HeaderList<'_>, top: &discla
         return;
     }
     if top.charset_utf8 {
-        match list.first("Content-Type") {
+        // mail-parser (and so inspect) reads the last Content-Type when there are several:
+        // derive the new value from that one and leave exactly one.
+        match list.values("Content-Type").last() {
             Some(v) => {
                 let mut spaced = b" ".to_vec();
                 spaced.extend_from_slice(v);
                 let new = disclaimer::set_charset_param(&spaced, "utf-8");
-                ops.push(HeaderOp::Change {
-                    index: 1,
-                    name: "Content-Type".into(),
-                    value: new[1..].to_vec(),
-                });
+                set_one(ops, list, "Content-Type", Some(&new[1..]));
             }
             None => ops.push(HeaderOp::Add {
                 name: "Content-Type".into(),
@@ -379,7 +377,7 @@ fn top_part_headers(ops: &mut Vec<HeaderOp>, list: &HeaderList<'_>, top: &discla
             ops,
             list,
             "Content-Transfer-Encoding",
-            Some("quoted-printable"),
+            Some(b"quoted-printable"),
         );
     }
     if list.first("MIME-Version").is_none() {
@@ -393,8 +391,13 @@ fn top_part_headers(ops: &mut Vec<HeaderOp>, list: &HeaderList<'_>, top: &discla
 /// The top-level MIME headers of a wrapped message.
 fn set_top_mime(ops: &mut Vec<HeaderOp>, list: &HeaderList<'_>, ct: &str, cte: Option<&str>) {
     let ct_folded = ct.replacen("; ", ";\n ", 1);
-    set_one(ops, list, "Content-Type", Some(&ct_folded));
-    set_one(ops, list, "Content-Transfer-Encoding", cte);
+    set_one(ops, list, "Content-Type", Some(ct_folded.as_bytes()));
+    set_one(
+        ops,
+        list,
+        "Content-Transfer-Encoding",
+        cte.map(str::as_bytes),
+    );
     if list.first("MIME-Version").is_none() {
         ops.push(HeaderOp::Add {
             name: "MIME-Version".into(),
@@ -404,7 +407,7 @@ fn set_top_mime(ops: &mut Vec<HeaderOp>, list: &HeaderList<'_>, ct: &str, cte: O
 }
 
 /// Make `name` occur once with `value` (or not at all for `None`), as raw value text.
-fn set_one(ops: &mut Vec<HeaderOp>, list: &HeaderList<'_>, name: &str, value: Option<&str>) {
+fn set_one(ops: &mut Vec<HeaderOp>, list: &HeaderList<'_>, name: &str, value: Option<&[u8]>) {
     let n = list.values(name).len();
     for index in (2..=n).rev() {
         ops.push(HeaderOp::Delete {
@@ -415,13 +418,13 @@ fn set_one(ops: &mut Vec<HeaderOp>, list: &HeaderList<'_>, name: &str, value: Op
     match (n, value) {
         (0, Some(v)) => ops.push(HeaderOp::Add {
             name: name.into(),
-            value: v.as_bytes().to_vec(),
+            value: v.to_vec(),
         }),
         (0, None) => {}
         (_, Some(v)) => ops.push(HeaderOp::Change {
             index: 1,
             name: name.into(),
-            value: v.as_bytes().to_vec(),
+            value: v.to_vec(),
         }),
         (_, None) => ops.push(HeaderOp::Delete {
             index: 1,
