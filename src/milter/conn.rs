@@ -110,10 +110,15 @@ where
     H: Handler,
 {
     async fn run(&mut self) -> Result<(), CloseReason> {
+        // When the first bytes of the packet now being read arrived. The read timeout bounds a
+        // whole packet, not each read: a peer trickling one byte a second would otherwise hold
+        // the connection (and its buffers) forever.
+        let mut packet_started: Option<Instant> = None;
         loop {
             match self.decoder.decode(&mut self.inbuf) {
                 Err(e) => return Err(format!("bad packet: {e}")),
                 Ok(Decoded::Frame(frame)) => {
+                    packet_started = None;
                     let cmd =
                         Command::parse(&frame).map_err(|e| format!("bad command packet: {e}"))?;
                     trace!(peer = %self.peer, command = cmd.name(), "received");
@@ -134,9 +139,19 @@ where
                 self.inbuf.reserve(8192);
             }
             let read_timeout = self.config.read_timeout;
+            let wait = if self.inbuf.is_empty() {
+                read_timeout
+            } else {
+                let started = *packet_started.get_or_insert_with(Instant::now);
+                read_timeout.saturating_sub(started.elapsed())
+            };
             let mut shutdown = self.shutdown.clone();
             let n = tokio::select! {
-                r = timeout(read_timeout, self.stream.read_buf(&mut self.inbuf)) => match r {
+                r = timeout(wait, self.stream.read_buf(&mut self.inbuf)) => match r {
+                    Err(_) if !self.inbuf.is_empty() => return Err(format!(
+                        "a packet from the MTA took longer than {read_timeout:?} to arrive \
+                         (read timeout)"
+                    )),
                     Err(_) => return Err(format!(
                         "no packet from the MTA for {read_timeout:?} (read timeout)"
                     )),

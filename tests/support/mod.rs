@@ -5,6 +5,7 @@
 //! crate-wide `dead_code` allowance below (the alternative, one copy per test file, is worse).
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod markgate;
 pub mod peers;
 pub mod ports;

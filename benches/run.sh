@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# benches/run.sh: markgate against reference milters, in one run, as ratios.
+#
+#   benches/run.sh                   everything: milter load table, memory, callgrind, Postfix
+#   benches/run.sh --quick           fewer messages (a smoke run of the benchmark itself)
+#   benches/run.sh --only load|memory|callgrind|postfix   one part
+#   benches/run.sh --out DIR         keep results (results.jsonl, table.md, logs) in DIR
+#
+# Builds (release) markgate and markgate-load, compiles the reference milters in
+# benches/reference/ with `cc ... -lmilter` (Debian libmilter-dev) and uses Debian's
+# python3-milter for the pymilter one. Every milter is started fresh on a unix socket and on
+# TCP; markgate-load plays Postfix against each with benches/data/small-2k.eml and
+# large-200k.eml at 1, 8 and 64 connections. The table gives msgs/s, p50 and CPU per message,
+# and markgate's ratios against the references measured in this same run. Needs root only for
+# the Postfix part (Postfix's master starts as root). Never run it while judging a change by a
+# single number on a busy machine: the ratios are what to read (see BENCHMARKS.md).
+set -euo pipefail
+self=$(realpath "$0")
+repo=$(dirname "$(dirname "$self")")
+cd "$repo"
+export PATH="$PATH:/usr/sbin:/sbin"
+
+quick=0
+only=all
+out=""
+while [ $# -gt 0 ]; do
+	case $1 in
+	--quick) quick=1; shift ;;
+	--only) only=$2; shift 2 ;;
+	--out) out=$2; shift 2 ;;
+	-h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	*) echo "benches/run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+	esac
+done
+
+work=$(mktemp -d /tmp/markgate-bench.XXXXXX)
+chmod 755 "$work"
+[ -n "$out" ] || out="$work/out"
+mkdir -p "$out"
+results="$out/results.jsonl"
+: >"$results"
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# 1000 idle connections plus the milter's own descriptors.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+echo "== building (release)" >&2
+cargo build --release --quiet --bin markgate --bin markgate-load
+markgate="$repo/target/release/markgate"
+load="$repo/target/release/markgate-load"
+cc -O2 -Wall -o "$work/ref-nothing" benches/reference/nothing.c -lmilter -lpthread
+cc -O2 -Wall -o "$work/ref-disclaimer" benches/reference/disclaimer.c -lmilter -lpthread
+python=/usr/bin/python3
+$python -c 'import Milter' 2>/dev/null || {
+	echo "benches/run.sh: python3-milter missing (apt-get install -y python3-milter)" >&2
+	exit 1
+}
+
+# markgate as shipped (default policy), audit with sync = "batch" once the build has [audit];
+# a unix socket other users may reach (Postfix's daemons run as `postfix`).
+write_config() { # $1 = listen spec, $2 = file
+	{
+		echo "listen = \"$1\""
+		echo "[socket]"
+		echo "mode = \"0666\""
+		echo "[limits]"
+		echo "max_connections = 2000"
+		if grep -q '^\[audit\]' config/markgate.toml; then
+			echo "[audit]"
+			echo "path = \"$work/audit/audit.jsonl\""
+			echo "sync = \"batch\""
+		fi
+	} >"$2"
+}
+mkdir -p "$work/audit"
+
+# What each milter must do to every message (checked by markgate-load, so a fast wrong answer
+# is an error, not a win). markgate's own expectation is overridable while the policy evolves.
+ref_expect=(--expect-header X-Reference-Label --expect-replbody --expect-body-contains "monitored or recorded")
+if [ -n "${MARKGATE_EXPECT:-}" ]; then
+	read -r -a mg_expect <<<"$MARKGATE_EXPECT"
+elif grep -q 'policy::' src/filter.rs 2>/dev/null; then
+	# The shipped UK GPMS policy on PROTECT mail going out: label header + disclaimer.
+	mg_expect=(--expect-header X-Protective-Marking --expect-replbody --expect-body-contains "recording and/or monitoring")
+else
+	mg_expect=() # pass-through build: every message passes unchanged
+fi
+
+sock() { echo "$work/$1.sock"; }
+free_port() { $python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start NAME TRANSPORT: start milter NAME listening on TRANSPORT (unix|tcp); sets $spec $pid.
+start() {
+	local name=$1 transport=$2 listen
+	if [ "$transport" = unix ]; then
+		spec="unix:$(sock "$name")"
+		rm -f "$(sock "$name")"
+		listen_lib=$spec
+	else
+		local port
+		port=$(free_port)
+		spec="inet:127.0.0.1:$port"
+		listen_lib="inet:$port@127.0.0.1"
+	fi
+	case $name in
+	markgate)
+		write_config "$spec" "$work/markgate.toml"
+		"$markgate" run --config "$work/markgate.toml" 2>>"$out/markgate.log" &
+		;;
+	libmilter-nothing) (umask 0; exec "$work/ref-nothing" "$listen_lib") 2>>"$out/ref.log" & ;;
+	libmilter-disclaimer) (umask 0; exec "$work/ref-disclaimer" "$listen_lib") 2>>"$out/ref.log" & ;;
+	pymilter-disclaimer) (umask 0; exec $python benches/reference/disclaimer.py "$listen_lib") 2>>"$out/ref.log" & ;;
+	esac
+	pid=$!
+	pids+=("$pid")
+	for _ in $(seq 100); do
+		if [ "$transport" = unix ]; then [ -S "$(sock "$name")" ] && break
+		else (exec 3<>"/dev/tcp/127.0.0.1/${spec##*:}") 2>/dev/null && break; fi
+		sleep 0.05
+	done
+	# Let the listener settle (the TCP probe above was a connection the milter had to close).
+	sleep 0.2
+}
+stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
+
+expect_for() { if [ "$1" = markgate ]; then echo mg; elif [ "$1" = libmilter-nothing ]; then echo none; else echo ref; fi; }
+
+run_load() { # name transport msgfile conns count
+	local name=$1 transport=$2 msg=$3 conns=$4 count=$5 e
+	e=$(expect_for "$name")
+	local args=(--connect "$spec" --eml "benches/data/$msg" --connections "$conns" --messages "$count"
+		--warmup $((conns * 2)) --pid "$pid" --json --label "$name|$transport|$msg|$conns")
+	case $e in
+	mg) args+=("${mg_expect[@]}") ;;
+	ref) args+=("${ref_expect[@]}") ;;
+	esac
+	if ! "$load" "${args[@]}" >>"$results"; then
+		echo "   $name $transport $msg ${conns}c: wrong answers or errors (see $results)" >&2
+	fi
+}
+
+milters=(libmilter-nothing libmilter-disclaimer pymilter-disclaimer markgate)
+
+if [ "$only" = all ] || [ "$only" = load ]; then
+	for transport in unix tcp; do
+		for name in "${milters[@]}"; do
+			echo "== load: $name over $transport" >&2
+			start "$name" "$transport"
+			for msg in small-2k.eml large-200k.eml; do
+				for conns in 1 8 64; do
+					if [ "$msg" = small-2k.eml ]; then n=4000; else n=600; fi
+					[ "$quick" = 1 ] && n=$((n / 10))
+					# libmilter and pymilter over TCP stall ~40 ms per reply (Nagle with delayed
+					# ACK); fewer messages give the same rate in bearable time.
+					if [ "$transport" = tcp ] && [ "$name" != markgate ]; then n=$((n / 10)); fi
+					[ "$name" = pymilter-disclaimer ] && n=$((n / 4))
+					[ "$n" -lt "$((conns * 4))" ] && n=$((conns * 4))
+					run_load "$name" "$transport" "$msg" "$conns" "$n"
+				done
+			done
+			stop
+		done
+	done
+fi
+
+if [ "$only" = all ] || [ "$only" = memory ]; then
+	echo "== memory: 1000 idle connections, one 50 MiB message" >&2
+	$python - "$work/big-50m.eml" <<'EOF'
+import base64, os, sys
+with open(sys.argv[1], "w") as f:
+    f.write("From: Alice Smith <alice.smith@example-council.gcsx.gov.uk>\nTo: bob.jones@partner.gcsx.gov.uk\n"
+            "Subject: PROTECT: the archive\nMessage-ID: <bench-50m@example-council.gcsx.gov.uk>\nMIME-Version: 1.0\n"
+            "Content-Type: multipart/mixed; boundary=\"b50\"\n\n--b50\nContent-Type: text/plain\n\n"
+            "The archive is attached.\n\n--b50\nContent-Type: application/octet-stream\n"
+            "Content-Transfer-Encoding: base64\n\n")
+    chunk = base64.encodebytes(os.urandom(57 * 1024 * 16)).decode()
+    while f.tell() < 50 * 1024 * 1024:
+        f.write(chunk)
+    f.write("\n--b50--\n")
+EOF
+	for name in markgate libmilter-disclaimer; do
+		start "$name" unix
+		"$load" --connect "$spec" --idle 1000 --hold 2 --pid "$pid" --label "$name|idle1000" >>"$results" ||
+			echo "   $name: not every idle connection was served" >&2
+		e=$(expect_for "$name")
+		args=(--connect "$spec" --eml "$work/big-50m.eml" --messages 1 --pid "$pid" --json --label "$name|unix|50MiB|1" --timeout 300)
+		if [ "$e" = ref ]; then args+=(--expect-replbody); else args+=("${mg_expect[@]}"); fi
+		"$load" "${args[@]}" >>"$results" || echo "   $name: 50 MiB message failed" >&2
+		stop
+	done
+	rm -f "$work/big-50m.eml"
+fi
+
+if [ "$only" = all ] || [ "$only" = callgrind ]; then
+	if command -v valgrind >/dev/null; then
+		echo "== callgrind: instructions per message (markgate, small-2k, unix, 1 connection)" >&2
+		irs=()
+		for n in 50 250; do
+			rm -f "$(sock markgate)"
+			write_config "unix:$(sock markgate)" "$work/markgate.toml"
+			valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.$n" \
+				"$markgate" run --config "$work/markgate.toml" 2>>"$out/callgrind.log" &
+			pid=$!
+			pids+=("$pid")
+			for _ in $(seq 400); do [ -S "$(sock markgate)" ] && break; sleep 0.05; done
+			"$load" --connect "unix:$(sock markgate)" --eml benches/data/small-2k.eml --messages "$n" \
+				--timeout 600 "${mg_expect[@]}" >/dev/null || echo "   callgrind run: wrong answers" >&2
+			kill -TERM "$pid"
+			wait "$pid" || true
+			irs+=("$(sed -n 's/^summary: *\([0-9]*\).*/\1/p; s/^totals: *\([0-9]*\).*/\1/p' "$work/callgrind.$n" | head -1)")
+		done
+		echo "{\"label\":\"markgate|callgrind\",\"ir_50\":${irs[0]},\"ir_250\":${irs[1]},\"ir_per_msg\":$(((irs[1] - irs[0]) / 200))}" >>"$results"
+		cp "$work/callgrind.250" "$out/" 2>/dev/null || true
+	else
+		echo "   valgrind not installed: no instruction count" >&2
+	fi
+fi
+
+if [ "$only" = all ] || [ "$only" = postfix ]; then
+	if [ "$(id -u)" = 0 ] && command -v postfix >/dev/null && command -v smtp-source >/dev/null; then
+		echo "== Postfix end to end: smtp-source -> Postfix -> smtp-sink" >&2
+		m=2000
+		[ "$quick" = 1 ] && m=200
+		for name in none libmilter-disclaimer markgate; do
+			if [ "$name" = none ]; then milter=""; else start "$name" unix; milter=$spec; fi
+			benches/postfix-e2e.sh --milter "$milter" --messages "$m" --sessions 8 \
+				--eml benches/data/small-2k.eml --label "postfix|$name" >>"$results" ||
+				echo "   Postfix run with $name failed" >&2
+			[ "$name" = none ] || stop
+		done
+	else
+		echo "   Postfix part skipped: needs root, postfix and smtp-source" >&2
+	fi
+fi
+
+$python benches/table.py "$results" | tee "$out/table.md"
+echo "results: $out" >&2

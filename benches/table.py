@@ -1,0 +1,108 @@
+#!/usr/bin/python3
+"""Turn benches/run.sh's results.jsonl into the Markdown tables of BENCHMARKS.md: markgate's
+msgs/s, latency, CPU and memory, and its ratios against the reference milters measured in the
+same run (ratios, because the machine's absolute speed is not the point)."""
+import json
+import sys
+
+
+def load(path):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                rows.append(json.loads(line))
+    return rows
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def main():
+    rows = load(sys.argv[1])
+    load_rows = {}
+    for r in rows:
+        parts = r["label"].split("|")
+        if len(parts) == 4 and "msgs_per_sec" in r and parts[2].endswith(".eml"):
+            load_rows[tuple(parts)] = r
+    if load_rows:
+        print("### Milter load (markgate-load playing Postfix)\n")
+        print("| transport | message | conns | markgate msg/s | vs libmilter disclaimer "
+              "| vs libmilter nothing | vs pymilter | markgate p50 ms | ref p50 ms "
+              "| markgate CPU µs/msg | ref CPU µs/msg | markgate peak RSS MiB | errors |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for transport in ("unix", "tcp"):
+            for msg in ("small-2k.eml", "large-200k.eml"):
+                for conns in ("1", "8", "64"):
+                    g = lambda name: load_rows.get((name, transport, msg, conns), {})
+                    mg, dis, nothing, py = (g("markgate"), g("libmilter-disclaimer"),
+                                            g("libmilter-nothing"), g("pymilter-disclaimer"))
+                    if not mg:
+                        continue
+                    bad = sum(x.get("mismatches", 0) + x.get("errors", 0)
+                              for x in (mg, dis, nothing, py))
+                    cpu = lambda x: "-" if x.get("cpu_us_per_msg") is None else f"{x['cpu_us_per_msg']:.0f}"
+                    print(f"| {transport} | {msg.split('.')[0]} | {conns} "
+                          f"| {mg['msgs_per_sec']:.0f} "
+                          f"| {ratio(mg['msgs_per_sec'], dis.get('msgs_per_sec'))} "
+                          f"| {ratio(mg['msgs_per_sec'], nothing.get('msgs_per_sec'))} "
+                          f"| {ratio(mg['msgs_per_sec'], py.get('msgs_per_sec'))} "
+                          f"| {mg['p50_us'] / 1000:.2f} | {dis.get('p50_us', 0) / 1000:.2f} "
+                          f"| {cpu(mg)} | {cpu(dis)} "
+                          f"| {(mg.get('hwm_kib') or 0) / 1024:.1f} | {bad} |")
+        print()
+        tcp = load_rows.get(("markgate", "tcp", "small-2k.eml", "1"))
+        unix = load_rows.get(("markgate", "unix", "small-2k.eml", "1"))
+        if tcp and unix:
+            print(f"markgate p50 at 1 connection, small message: TCP {tcp['p50_us'] / 1000:.3f} ms "
+                  f"/ unix {unix['p50_us'] / 1000:.3f} ms = {tcp['p50_us'] / unix['p50_us']:.2f}x "
+                  "(target <= 1.5x)\n")
+    big = [r for r in rows if "|50MiB|" in r["label"]]
+    if big:
+        print("### One 50 MiB message (unix socket)\n")
+        print("| milter | seconds | milter CPU s | peak RSS MiB | peak RSS growth MiB | errors |")
+        print("|---|---|---|---|---|---|")
+        for r in big:
+            cpu = (r.get("cpu_us_per_msg") or 0) / 1e6
+            print(f"| {r['label'].split('|')[0]} | {r['seconds']:.2f} | {cpu:.2f} "
+                  f"| {(r.get('hwm_kib') or 0) / 1024:.1f} | {(r.get('hwm_growth_kib') or 0) / 1024:.1f} "
+                  f"| {r['mismatches'] + r['errors']} |")
+        print()
+    idle = [r for r in rows if r["label"].endswith("|idle1000")]
+    if idle:
+        print("### 1000 idle connections (unix socket)\n")
+        print("| milter | served after hold | RSS before MiB | RSS with 1000 idle MiB |")
+        print("|---|---|---|---|")
+        for r in idle:
+            print(f"| {r['label'].split('|')[0]} | {r['alive_after_hold']}/{r['idle_connections']} "
+                  f"| {(r.get('rss_kib_before') or 0) / 1024:.1f} | {(r.get('rss_kib_idle') or 0) / 1024:.1f} |")
+        print()
+    cg = [r for r in rows if r["label"] == "markgate|callgrind"]
+    for r in cg:
+        print(f"callgrind: markgate executes {r['ir_per_msg']:,} instructions per message "
+              f"(small-2k, unix, 1 connection; ({r['ir_250']:,} - {r['ir_50']:,}) / 200)\n")
+    shown = {"|".join(k) for k in load_rows} | {r["label"] for r in big + idle + cg}
+    other = [r for r in rows if r["label"] not in shown]
+    if other:
+        print("### Postfix end to end (smtp-source, 8 sessions, small-2k.eml)\n")
+        print("| run | result |")
+        print("|---|---|")
+        for r in other:
+            rest = {k: v for k, v in r.items() if k != "label"}
+            print(f"| {r['label']} | {json.dumps(rest)} |")
+        print()
+        pf = {r["label"]: r for r in rows if r["label"].startswith("postfix|")}
+        none = pf.get("postfix|none")
+        for name in ("markgate", "libmilter-disclaimer"):
+            m = pf.get(f"postfix|{name}")
+            if none and m:
+                print(f"Postfix end to end with {name}: accepted "
+                      f"{ratio(m['accept_msgs_per_sec'], none['accept_msgs_per_sec'])}, delivered "
+                      f"{ratio(m['deliver_msgs_per_sec'], none['deliver_msgs_per_sec'])} "
+                      "of Postfix with no milter (target >= 0.9x for markgate)\n")
+
+
+if __name__ == "__main__":
+    main()
