@@ -306,7 +306,7 @@ fn check_reports_every_problem_with_its_place_and_exits_1() {
 }
 
 fn corpus(name: &str) -> String {
-    format!("/work/shared/corpus/{name}")
+    format!("{}/tests/corpus/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 fn write_msg(dir: &std::path::Path, name: &str, body: &str) -> String {

@@ -149,9 +149,8 @@ fn exchange_auto_forward_of_restricted_mail_to_the_internet_is_refused() {
     let p = builtin();
     let raw = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/corpus/autoforward-exchange-restricted.eml"
+        "/tests/corpus/autoforward-exchange-restricted.eml"
     ))
-    .or_else(|_| std::fs::read("/work/shared/corpus/autoforward-exchange-restricted.eml"))
     .expect("corpus file");
     let e = run(
         &p,
