@@ -186,6 +186,34 @@ fn sigkill_mid_stream_loses_nothing_and_lets_nothing_through_unhandled() {
             "message {n} was delivered {c} time(s) though Postfix did not accept it"
         );
     }
+    // Issue 5: every message Postfix accepted has its audit record, made durable before markgate
+    // answered, even though markgate was killed with SIGKILL in the middle of the stream; and the
+    // chain still verifies (a record cut off by the kill is flagged and resumed, never silent).
+    if enforcing {
+        let audit = daemon.dir().join("audit.jsonl");
+        let loaded = markgate::audit::load_records(&[&audit]).expect("read the audit trail");
+        let audited: std::collections::HashSet<String> = loaded
+            .records
+            .iter()
+            .filter_map(|r| match &r.event {
+                markgate::audit::AuditEvent::MessageDecision(m) => m.message_id.clone(),
+                _ => None,
+            })
+            .collect();
+        for n in &accepted_ids {
+            let id = format!("<fault-{n}@example-council.gcsx.gov.uk>");
+            assert!(
+                audited.contains(&id),
+                "message {n} was accepted by Postfix but has no audit record"
+            );
+        }
+        let verify = markgate::audit::verify_files(&[&audit]);
+        assert_eq!(
+            verify.exit_code(),
+            0,
+            "audit chain after SIGKILL:\n{verify}"
+        );
+    }
     // Every accepted message went through a markgate session: Postfix logs no milter skip.
     let log = pf.maillog();
     assert!(
