@@ -18,6 +18,8 @@ const TARGETS: &[(&str, Body)] = &[
     ("label_uk_gsc", markgate::fuzzing::policy::label_uk_gsc),
     ("label_au_epms", markgate::fuzzing::policy::label_au_epms),
     ("markings", markgate::fuzzing::policy::markings_and_decide),
+    ("inspect", markgate::fuzzing::rewrite::fuzz_inspect),
+    ("rewrite", markgate::fuzzing::rewrite::fuzz_rewrite_roundtrip),
 ];
 
 fn inputs(dir: &Path) -> Vec<std::path::PathBuf> {
