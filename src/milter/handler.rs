@@ -38,7 +38,9 @@ impl Macros {
     /// Set or replace one macro.
     pub fn set(&mut self, name: &[u8], value: &[u8]) {
         if let Some(slot) = self.pairs.iter_mut().find(|(n, _)| n == name) {
-            slot.1 = value.to_vec();
+            // Postfix resends most macros before every stage: reuse the value's buffer.
+            slot.1.clear();
+            slot.1.extend_from_slice(value);
         } else {
             self.pairs.push((name.to_vec(), value.to_vec()));
         }
