@@ -48,16 +48,19 @@ impl Macros {
 
     /// The value of a macro, accepting both `name` and `{name}` spellings for long names.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        let braced;
-        let alt: &str = if name.starts_with('{') || name.len() == 1 {
-            name
-        } else {
-            braced = format!("{{{name}}}");
-            &braced
+        let name = name.as_bytes();
+        // The `{name}` spelling is compared in place rather than formatted per lookup.
+        let try_braced = !(name.first() == Some(&b'{') || name.len() == 1);
+        let is_braced = |n: &[u8]| {
+            try_braced
+                && n.len() == name.len() + 2
+                && n.first() == Some(&b'{')
+                && n.last() == Some(&b'}')
+                && &n[1..n.len() - 1] == name
         };
         self.pairs
             .iter()
-            .find(|(n, _)| n == name.as_bytes() || n == alt.as_bytes())
+            .find(|(n, _)| n.as_slice() == name || is_braced(n))
             .map(|(_, v)| v.as_slice())
     }
 
