@@ -15,29 +15,42 @@ pub fn evidence<'a, I>(policy: &Policy, headers: I) -> ForwardEvidence
 where
     I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
 {
-    let headers: Vec<(String, String)> = headers
-        .into_iter()
-        .map(|(n, v)| (String::from_utf8_lossy(n).trim().to_owned(), unfold(v)))
+    // Names are trimmed and lowercased once per header, not once per signal and header;
+    // a value is unfolded only when some signal's name matches its header.
+    let headers: Vec<(&[u8], &[u8])> = headers.into_iter().collect();
+    let names: Vec<String> = headers
+        .iter()
+        .map(|(n, _)| String::from_utf8_lossy(n).trim().to_owned())
         .collect();
+    let lnames: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+    let mut values: Vec<Option<String>> = vec![None; headers.len()];
     let mut out = ForwardEvidence {
         threshold: policy.forward.threshold,
         ..ForwardEvidence::default()
     };
     for signal in &policy.forward.signals {
-        let hit = headers.iter().find(|(name, value)| {
-            let lname = name.to_ascii_lowercase();
+        let mut hit = None;
+        for (i, lname) in lnames.iter().enumerate() {
             let name_ok = if signal.prefix {
                 lname.starts_with(&signal.header)
             } else {
-                lname == signal.header
+                *lname == signal.header
             };
-            name_ok && signal.matches.as_ref().is_none_or(|re| re.is_match(value))
-        });
-        if let Some((name, value)) = hit {
+            if !name_ok {
+                continue;
+            }
+            let value = values[i].get_or_insert_with(|| unfold(headers[i].1));
+            if signal.matches.as_ref().is_none_or(|re| re.is_match(value)) {
+                hit = Some(i);
+                break;
+            }
+        }
+        if let Some(i) = hit {
+            let value = values[i].as_deref().unwrap_or_default();
             out.score = out.score.saturating_add(signal.weight);
             out.hits.push(ForwardHit {
                 signal: signal.id.clone(),
-                header: name.clone(),
+                header: names[i].clone(),
                 value: value.chars().take(MAX_VALUE).collect(),
                 weight: signal.weight,
             });

@@ -896,7 +896,40 @@ pub fn normalize_text(text: &str, html: bool) -> String {
     for line in text.split('\n') {
         let line = line.trim_start_matches(|c: char| c == '>' || c.is_whitespace());
         pending_space |= !out.is_empty();
-        for c in line.chars() {
+        // Mail text is mostly ASCII: copy runs of ASCII non-space bytes in one go and lowercase
+        // them in place; only other characters take the per-char Unicode path. The result is
+        // exactly the per-char folding described above (ASCII whitespace is what
+        // `char::is_whitespace` says it is: TAB, LF, VT, FF, CR and SPACE).
+        let bytes = line.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if b.is_ascii() {
+                if matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ') {
+                    pending_space = !out.is_empty();
+                    i += 1;
+                    continue;
+                }
+                let run = bytes[i..]
+                    .iter()
+                    .position(|&b| {
+                        !b.is_ascii() || matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ')
+                    })
+                    .map_or(bytes.len(), |p| i + p);
+                if pending_space {
+                    out.push(' ');
+                    pending_space = false;
+                }
+                let at = out.len();
+                out.push_str(&line[i..run]);
+                out[at..].make_ascii_lowercase();
+                i = run;
+                continue;
+            }
+            let Some(c) = line[i..].chars().next() else {
+                break;
+            };
+            i += c.len_utf8();
             if c.is_whitespace() {
                 pending_space = !out.is_empty();
             } else if matches!(
@@ -1209,6 +1242,84 @@ mod tests {
             for p in &s.parts {
                 let _ = decode_part_text(junk, p);
             }
+        }
+    }
+
+    /// The per-char folding `normalize_text` had before its ASCII fast path: the fast path
+    /// must give exactly the same string.
+    fn normalize_reference(text: &str) -> String {
+        let mut out = String::new();
+        let mut pending_space = false;
+        for line in text.split('\n') {
+            let line = line.trim_start_matches(|c: char| c == '>' || c.is_whitespace());
+            pending_space |= !out.is_empty();
+            for c in line.chars() {
+                if c.is_whitespace() {
+                    pending_space = !out.is_empty();
+                } else if matches!(
+                    c,
+                    '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{FEFF}' | '\u{AD}'
+                ) {
+                    continue;
+                } else {
+                    if pending_space {
+                        out.push(' ');
+                        pending_space = false;
+                    }
+                    out.extend(c.to_lowercase());
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn normalize_fast_path_matches_the_per_char_folding() {
+        let pieces = [
+            "a",
+            "Z",
+            " ",
+            "\t",
+            "\n",
+            "\r\n",
+            "\u{b}",
+            "\u{c}",
+            ">",
+            "> >",
+            "\u{a0}",
+            "\u{85}",
+            "\u{2003}",
+            "\u{200b}",
+            "\u{feff}",
+            "\u{ad}",
+            "É",
+            "İ",
+            "ß",
+            "Σ",
+            "THIS EMAIL",
+            "Monitored",
+            "\u{3000}",
+            "x\u{200d}y",
+            "\n> ",
+            "  \n\n",
+        ];
+        // Every sequence of up to three pieces, plus longer mixed strings.
+        let mut inputs = vec![String::new()];
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    inputs.push(format!("{a}{b}{c}"));
+                }
+            }
+        }
+        inputs.push(pieces.concat());
+        inputs.push(pieces.iter().rev().copied().collect::<String>());
+        for input in &inputs {
+            assert_eq!(
+                normalize_text(input, false),
+                normalize_reference(input),
+                "input {input:?}"
+            );
         }
     }
 }

@@ -313,13 +313,15 @@ where
         }
         let handler = Arc::clone(&self.handler);
         let facts = self.session.facts().clone();
-        let mut task = tokio::spawn(async move {
+        // Boxed: the handler's future is several KiB, and tokio moves a task's future (and
+        // its stage) by value several times per spawn; a box moves as one pointer.
+        let mut task = tokio::spawn(Box::pin(async move {
             let outcome = handler
                 .end_of_message(&facts, sink)
                 .await
                 .map_err(|e| format!("handler failed: {e}"))?;
             outcome_to_replies(outcome).await
-        });
+        }));
         let eom_timeout = self.config.eom_timeout;
         let deadline = Instant::now() + eom_timeout;
         let every = self.config.progress_interval;

@@ -38,7 +38,9 @@ impl Macros {
     /// Set or replace one macro.
     pub fn set(&mut self, name: &[u8], value: &[u8]) {
         if let Some(slot) = self.pairs.iter_mut().find(|(n, _)| n == name) {
-            slot.1 = value.to_vec();
+            // Postfix resends most macros before every stage: reuse the value's buffer.
+            slot.1.clear();
+            slot.1.extend_from_slice(value);
         } else {
             self.pairs.push((name.to_vec(), value.to_vec()));
         }
@@ -46,16 +48,19 @@ impl Macros {
 
     /// The value of a macro, accepting both `name` and `{name}` spellings for long names.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        let braced;
-        let alt: &str = if name.starts_with('{') || name.len() == 1 {
-            name
-        } else {
-            braced = format!("{{{name}}}");
-            &braced
+        let name = name.as_bytes();
+        // The `{name}` spelling is compared in place rather than formatted per lookup.
+        let try_braced = !(name.first() == Some(&b'{') || name.len() == 1);
+        let is_braced = |n: &[u8]| {
+            try_braced
+                && n.len() == name.len() + 2
+                && n.first() == Some(&b'{')
+                && n.last() == Some(&b'}')
+                && &n[1..n.len() - 1] == name
         };
         self.pairs
             .iter()
-            .find(|(n, _)| n == name.as_bytes() || n == alt.as_bytes())
+            .find(|(n, _)| n.as_slice() == name || is_braced(n))
             .map(|(_, v)| v.as_slice())
     }
 

@@ -122,6 +122,27 @@ mod tests {
     }
 
     #[test]
+    fn lookup_accepts_both_spellings_and_nothing_else() {
+        let mut m = Macros::default();
+        m.set(b"{daemon_name}", b"out");
+        m.set(b"i", b"Q1");
+        m.set(b"{}", b"empty");
+        m.set(b"{daemon_name}", b"in"); // a resent macro replaces the value
+        assert_eq!(m.get("daemon_name"), Some(&b"in"[..]));
+        assert_eq!(m.get("{daemon_name}"), Some(&b"in"[..]));
+        assert_eq!(m.get("i"), Some(&b"Q1"[..]));
+        assert_eq!(m.get("{i}"), None, "a braced name is looked up as given");
+        assert_eq!(
+            m.get(""),
+            Some(&b"empty"[..]),
+            "as `{{}}`, like the formatted spelling"
+        );
+        assert_eq!(m.get("daemon_nam"), None);
+        assert_eq!(m.get("{daemon_name"), None);
+        assert_eq!(m.iter().count(), 3);
+    }
+
+    #[test]
     fn new_mail_macros_drop_the_old_message() {
         let mut t = MacroTable::default();
         t.set(b'R', vec![p("{rcpt_addr}", "x")]);
