@@ -19,7 +19,10 @@ const TARGETS: &[(&str, Body)] = &[
     ("label_au_epms", markgate::fuzzing::policy::label_au_epms),
     ("markings", markgate::fuzzing::policy::markings_and_decide),
     ("inspect", markgate::fuzzing::rewrite::fuzz_inspect),
-    ("rewrite", markgate::fuzzing::rewrite::fuzz_rewrite_roundtrip),
+    (
+        "rewrite",
+        markgate::fuzzing::rewrite::fuzz_rewrite_roundtrip,
+    ),
 ];
 
 fn inputs(dir: &Path) -> Vec<std::path::PathBuf> {
