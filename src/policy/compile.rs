@@ -67,6 +67,27 @@ impl<'a> Compiler<'a> {
             .push(self.src.problem(span, key, found, expected));
     }
 
+    /// A keyword from a closed list (`grammar`, `kind`, `action`, `when`, …): the value it names,
+    /// or an error at its span listing every allowed name.
+    fn keyword<T>(
+        &mut self,
+        s: &Spanned<String>,
+        key: &str,
+        names: &[&str],
+        from_name: impl Fn(&str) -> Option<T>,
+    ) -> Option<T> {
+        let found = from_name(s.get_ref());
+        if found.is_none() {
+            self.err(
+                s.span(),
+                key,
+                format!("`{}`", s.get_ref()),
+                format!("one of {}", quote_list(names)),
+            );
+        }
+        found
+    }
+
     fn warn(&mut self, span: Range<usize>, key: &str, found: String, expected: String) {
         self.problems
             .push(self.src.warning(span, key, found, expected));
@@ -202,18 +223,8 @@ impl<'a> Compiler<'a> {
         t.finish(&["name", "grammar", "level", "qualifier"], &mut p);
         self.problems = p;
 
-        let grammar = grammar.and_then(|g| match Grammar::from_name(g.get_ref()) {
-            Some(gr) => Some(gr),
-            None => {
-                self.err(
-                    g.span(),
-                    "scheme.grammar",
-                    format!("`{}`", g.get_ref()),
-                    format!("one of {}", quote_list(Grammar::NAMES)),
-                );
-                None
-            }
-        });
+        let grammar = grammar
+            .and_then(|g| self.keyword(&g, "scheme.grammar", Grammar::NAMES, Grammar::from_name));
 
         let mut vocab = Vocabulary::default();
         // Every spelling (canonical or alias) of every level and qualifier must be unique:
@@ -265,17 +276,13 @@ impl<'a> Compiler<'a> {
             let lv = qt.strings("levels", &mut p);
             qt.finish(&["name", "kind", "aliases", "levels"], &mut p);
             self.problems = p;
-            let kind = kind.and_then(|k| match QualifierKind::from_name(k.get_ref()) {
-                Some(k) => Some(k),
-                None => {
-                    self.err(
-                        k.span(),
-                        &format!("{path}.kind"),
-                        format!("`{}`", k.get_ref()),
-                        format!("one of {}", quote_list(QualifierKind::NAMES)),
-                    );
-                    None
-                }
+            let kind = kind.and_then(|k| {
+                self.keyword(
+                    &k,
+                    &format!("{path}.kind"),
+                    QualifierKind::NAMES,
+                    QualifierKind::from_name,
+                )
             });
             let levels = lv.map(|v| {
                 if v.is_empty() {
@@ -415,19 +422,16 @@ impl<'a> Compiler<'a> {
             .collect();
         let mut subject_forms = Vec::new();
         for s in subject.unwrap_or_default() {
-            match SubjectForm::from_name(s.get_ref()) {
-                Some(f) => {
-                    if let Some(g) = grammar {
-                        self.form_fits_grammar(f, g, &s, "read.subject");
-                    }
-                    subject_forms.push(f);
+            if let Some(f) = self.keyword(
+                &s,
+                "read.subject",
+                SubjectForm::NAMES,
+                SubjectForm::from_name,
+            ) {
+                if let Some(g) = grammar {
+                    self.form_fits_grammar(f, g, &s, "read.subject");
                 }
-                None => self.err(
-                    s.span(),
-                    "read.subject",
-                    format!("`{}`", s.get_ref()),
-                    format!("one of {}", quote_list(SubjectForm::NAMES)),
-                ),
+                subject_forms.push(f);
             }
         }
         if headers.is_empty() && subject_forms.is_empty() {
@@ -624,15 +628,9 @@ impl<'a> Compiler<'a> {
     ) -> Directions {
         match s {
             None => default,
-            Some(d) => Directions::from_name(d.get_ref()).unwrap_or_else(|| {
-                self.err(
-                    d.span(),
-                    key,
-                    format!("`{}`", d.get_ref()),
-                    format!("one of {}", quote_list(Directions::NAMES)),
-                );
-                default
-            }),
+            Some(d) => self
+                .keyword(&d, key, Directions::NAMES, Directions::from_name)
+                .unwrap_or(default),
         }
     }
 
@@ -1037,20 +1035,14 @@ impl<'a> Compiler<'a> {
             let action = rt.required_string("action", "what to do", &mut p);
             let _description = rt.string("description", &mut p);
             self.problems = p;
-            let action_v = action
-                .as_ref()
-                .and_then(|a| match Action::from_name(a.get_ref()) {
-                    Some(x) => Some(x),
-                    None => {
-                        self.err(
-                            a.span(),
-                            &format!("{path}.action"),
-                            format!("`{}`", a.get_ref()),
-                            format!("one of {}", quote_list(Action::NAMES)),
-                        );
-                        None
-                    }
-                });
+            let action_v = action.as_ref().and_then(|a| {
+                self.keyword(
+                    a,
+                    &format!("{path}.action"),
+                    Action::NAMES,
+                    Action::from_name,
+                )
+            });
             let mut p = std::mem::take(&mut self.problems);
             let reply = self.reply(&mut rt, action_v, &path, &mut p);
             let rspan = rt.span();
@@ -1094,20 +1086,14 @@ impl<'a> Compiler<'a> {
                     );
                 }
             }
-            let when_v = when
-                .as_ref()
-                .and_then(|w| match Situation::from_name(w.get_ref()) {
-                    Some(s) => Some(s),
-                    None => {
-                        self.err(
-                            w.span(),
-                            &format!("{path}.when"),
-                            format!("`{}`", w.get_ref()),
-                            format!("one of {}", quote_list(Situation::NAMES)),
-                        );
-                        None
-                    }
-                });
+            let when_v = when.as_ref().and_then(|w| {
+                self.keyword(
+                    w,
+                    &format!("{path}.when"),
+                    Situation::NAMES,
+                    Situation::from_name,
+                )
+            });
             let direction_v =
                 self.directions(direction, &format!("{path}.direction"), Directions::Both);
             let min_v = min_level
