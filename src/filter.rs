@@ -14,8 +14,8 @@
 //!
 //! `markgate policy test` calls the same [`evaluate`] on a file, so what it shows is what the
 //! daemon does. Any error on the way (spill file unreadable, a rewrite request the policy made
-//! invalid, a panic in a pure module) answers 4xx: mail is retried, never lost or passed
-//! unlabelled.
+//! invalid, a panic in a pure module) answers 4xx, with an `internal_error` audit record and
+//! an `error` log line saying why: mail is retried, never lost or passed unlabelled.
 //!
 //! Must not: encode protocol frames, parse policy files, or choose file paths; it receives all
 //! of that ready-made. Read more: `ARCHITECTURE.md` ("Errors and what the MTA hears"),
@@ -29,6 +29,7 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use crate::alert::{AlertHandle, Incident, IncidentKind};
+use crate::audit::event::InternalError;
 use crate::audit::record::{
     Cause, Direction as AuditDirection, Edit, Finding, ForwardEvidence as AuditForward,
     MarkingFound, MessageRecord, Mode as AuditMode, RecipientOutcome as AuditRecipient,
@@ -974,7 +975,15 @@ pub struct Filter {
     alerts: AlertHandle,
     notices: Notices,
     metrics: Option<crate::metrics::Metrics>,
+    /// Unit tests only: runs on the thread that decides a message, just before the pipeline,
+    /// so a test can make the pipeline panic there. Not compiled into any other build.
+    #[cfg(test)]
+    fault: Option<Fault>,
 }
+
+/// See [`Filter::fault`].
+#[cfg(test)]
+type Fault = Arc<dyn Fn(&Transaction) + Send + Sync>;
 
 impl std::fmt::Debug for Filter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1003,6 +1012,8 @@ impl Filter {
             alerts,
             notices,
             metrics: None,
+            #[cfg(test)]
+            fault: None,
         }
     }
 
@@ -1049,6 +1060,35 @@ impl Filter {
             AlertHandle::disabled(),
             Notices::disabled(),
         )
+    }
+
+    /// The 451 for a message the pipeline could not decide, after an `internal_error` audit
+    /// record saying why (best effort: the message is refused either way, so a failing audit
+    /// sink only adds a log line).
+    async fn internal_error(&self, why: String, queue_id: Option<String>) -> Outcome {
+        let reply = tempfail_reply("internal error");
+        if let Some(audit) = &self.audit {
+            let event = AuditEvent::InternalError(InternalError {
+                component: "filter".into(),
+                error: why,
+                queue_id,
+                smtp_reply: Some(smtp_reply_text(&reply)),
+            });
+            if let Err(e) = audit.record(event).await {
+                error!(error = %e, "internal_error audit record not written");
+            }
+        }
+        Outcome {
+            verdict: Verdict::Tempfail(Some(reply)),
+            modifications: Vec::new(),
+        }
+    }
+
+    /// Unit tests only: run `fault` before the pipeline of every message (see [`Fault`]).
+    #[cfg(test)]
+    fn with_fault(mut self, fault: impl Fn(&Transaction) + Send + Sync + 'static) -> Self {
+        self.fault = Some(Arc::new(fault));
+        self
     }
 
     /// Replace the notice sender (tests send notices to their own SMTP sink).
@@ -1177,26 +1217,43 @@ impl Handler for Filter {
         // may take milliseconds to parse, so it still goes to the blocking pool, off the
         // connection tasks' threads. Either way a panic in the pipeline is caught and becomes
         // a 4xx, as the failure rule says.
+        #[cfg(test)]
+        let fault = self.fault.clone();
+        let decide = move |tx: &Transaction, conn: &ConnectionFacts, live: &Live<Policy>| {
+            #[cfg(test)]
+            if let Some(fault) = &fault {
+                fault(tx);
+            }
+            decide_message(tx, conn, live)
+        };
+        let queue_id = tx.queue_id().map(lossy);
         let worked = if !tx.is_spilled() && tx.body_len() <= INLINE_BODY_LIMIT {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                decide_message(&tx, conn, &live)
-            }))
-            .map_err(|_| "the pipeline panicked".to_string())
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decide(&tx, conn, &live)))
+                .map_err(|payload| ("inline", panic_text(payload.as_ref())))
         } else {
             let conn = conn.clone();
-            tokio::task::spawn_blocking(move || decide_message(&tx, &conn, &live))
+            tokio::task::spawn_blocking(move || decide(&tx, &conn, &live))
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| {
+                    let text = if e.is_panic() {
+                        panic_text(e.into_panic().as_ref())
+                    } else {
+                        e.to_string()
+                    };
+                    ("blocking pool", text)
+                })
         };
         let (result, meta) = match worked {
             Ok(r) => r,
-            Err(e) => {
-                error!(error = %e, "the decision pipeline failed; answering 4xx");
+            Err((place, detail)) => {
+                // The panic message goes to the log only: it can quote message text (a slice
+                // panic shows the string), and the audit trail never carries message content.
+                error!(queue_id = queue_id.as_deref().unwrap_or(""), place, detail = %detail, "the decision pipeline panicked; answering 4xx");
                 self.count(started, None, "tempfail");
-                return Ok(Outcome {
-                    verdict: Verdict::Tempfail(Some(tempfail_reply("internal error"))),
-                    modifications: Vec::new(),
-                });
+                let why = format!(
+                    "the decision pipeline panicked ({place}); the panic message is in the daemon log"
+                );
+                return Ok(self.internal_error(why, queue_id).await);
             }
         };
         let (eval, out, record) = match result {
@@ -1204,10 +1261,7 @@ impl Handler for Filter {
             Err(e) => {
                 error!(queue_id = meta.queue_id.as_deref().unwrap_or(""), error = %e, "cannot decide the message; answering 4xx");
                 self.count(started, None, "tempfail");
-                return Ok(Outcome {
-                    verdict: Verdict::Tempfail(Some(tempfail_reply("internal error"))),
-                    modifications: Vec::new(),
-                });
+                return Ok(self.internal_error(e.to_string(), meta.queue_id).await);
             }
         };
 
@@ -1273,6 +1327,29 @@ pub fn answer_text(eval: &Evaluation) -> String {
             format!("{} (rule {rule})", reply_text(reply))
         }
     }
+}
+
+/// `451 4.3.0 text` for the audit record of an SMTP reply.
+fn smtp_reply_text(r: &SmtpReply) -> String {
+    let mut out = r.code.to_string();
+    if let Some(e) = &r.enhanced {
+        out.push(' ');
+        out.push_str(e);
+    }
+    for line in &r.lines {
+        out.push(' ');
+        out.push_str(line);
+    }
+    out
+}
+
+/// The message a panic carried (`panic!` with a literal or a formatted string).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 fn verdict_name(v: &PolicyVerdict) -> &'static str {

@@ -463,3 +463,297 @@ fn the_policy_snapshot_is_taken_at_mail_and_kept() {
     assert!(Arc::ptr_eq(&before, &m.live));
     assert_eq!(f.begin_message(&c).unwrap().live.generation, 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// A panic inside the pipeline, on each of the paths end_of_message can take: inline (small
+// in-memory body), the blocking pool (large in-memory body) and the blocking pool reading a
+// spilled body. Driven over a real milter connection so "the connection keeps working" is
+// proven by the next message on the same connection.
+// ---------------------------------------------------------------------------------------------
+
+mod pipeline_panic {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::milter::command::{Command, ConnectAddress};
+    use crate::milter::conn::{ConnConfig, serve_connection};
+    use crate::milter::flags::{Actions, Offer, Protocol, Wants};
+    use crate::milter::mta::MtaClient;
+    use crate::milter::reply::Reply;
+
+    /// The text of the injected panic: it must reach the log and never the audit trail.
+    const PANIC_TEXT: &str = "injected pipeline panic for a test";
+
+    /// Log lines written while a test runs (the connection and its handler run on the test's
+    /// current-thread runtime, so a thread-local subscriber sees them).
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn b(s: &[u8]) -> Bytes {
+        Bytes::copy_from_slice(s)
+    }
+
+    /// One message as Postfix sends it (leading space in header values, the queue id in the
+    /// end-of-message macros, ABORT afterwards); returns the end-of-message answer.
+    async fn message<S>(
+        mta: &mut MtaClient<S>,
+        queue_id: &str,
+        subject: &str,
+        body: &[u8],
+    ) -> Vec<Reply>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut cmds = vec![
+            Command::Mail {
+                sender: b(format!("<{COUNCIL}>").as_bytes()),
+                args: vec![],
+            },
+            Command::Rcpt {
+                recipient: b(format!("<{PARTNER}>").as_bytes()),
+                args: vec![],
+            },
+            Command::Header {
+                name: b(b"From"),
+                value: b(format!(" {COUNCIL}").as_bytes()),
+            },
+            Command::Header {
+                name: b(b"Subject"),
+                value: b(format!(" {subject}").as_bytes()),
+            },
+            Command::EndOfHeaders,
+        ];
+        cmds.extend(body.chunks(65_535).map(|c| Command::Body(b(c))));
+        cmds.push(Command::Macro {
+            stage: b'E',
+            pairs: vec![(b(b"i"), b(queue_id.as_bytes()))],
+        });
+        for cmd in &cmds {
+            assert!(mta.step(cmd).await.unwrap().is_empty(), "{cmd:?}");
+        }
+        let answer = mta
+            .command(&Command::EndOfMessage(Bytes::new()))
+            .await
+            .unwrap();
+        mta.send(&Command::Abort).await.unwrap();
+        answer
+    }
+
+    /// Two messages on one connection, the first with a subject that makes the pipeline
+    /// panic, the second ordinary; `body` is the body of both. Returns the two answers, the
+    /// audit records and the log.
+    async fn panic_then_ordinary(
+        body: &[u8],
+        spill_threshold: usize,
+    ) -> (Vec<Reply>, Vec<Reply>, Vec<serde_json::Value>, String) {
+        let logs = Logs::default();
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let audit = crate::audit::start(&crate::audit::AuditConfig {
+            path: path.clone(),
+            syslog: crate::audit::SyslogConfig {
+                enabled: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        let mut config = Config::default();
+        config.limits.spill_threshold = spill_threshold;
+        config.limits.spill_directory = Some(dir.path().to_path_buf());
+        let filter = Filter::fixed(builtin(), config, Some(audit.clone())).with_fault(|tx| {
+            if tx
+                .first_header("Subject")
+                .is_some_and(|h| h.value.windows(5).any(|w| w == b"PANIC"))
+            {
+                panic!("{PANIC_TEXT}");
+            }
+        });
+
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let conn_config = Arc::new(ConnConfig {
+            max_frame_size: 1 << 20,
+            read_timeout: Duration::from_secs(30),
+            eom_timeout: Duration::from_secs(30),
+            progress_interval: Duration::ZERO,
+            wants: Wants::default(),
+        });
+        let server = tokio::spawn(serve_connection(
+            theirs,
+            "duplex".into(),
+            Arc::new(filter),
+            conn_config,
+            stop_rx,
+        ));
+        let mut mta = MtaClient::new(ours);
+        mta.negotiate(Offer {
+            version: 6,
+            actions: Actions::ALL,
+            protocol: Protocol::ALL,
+        })
+        .await
+        .unwrap();
+        mta.step(&Command::Connect {
+            hostname: b(b"localhost"),
+            address: ConnectAddress::Inet {
+                port: 40000,
+                address: b(b"127.0.0.1"),
+            },
+        })
+        .await
+        .unwrap();
+        mta.step(&Command::Helo {
+            name: b(b"localhost"),
+        })
+        .await
+        .unwrap();
+
+        let first = message(&mut mta, "PANIC1", "PANIC please", body).await;
+        let second = message(&mut mta, "CALM2", "RESTRICTED: figures", body).await;
+        mta.send(&Command::Quit).await.unwrap();
+        assert!(mta.recv().await.unwrap().is_none(), "closed after QUIT");
+        server.await.unwrap();
+        audit.shutdown().await.unwrap();
+
+        assert!(crate::audit::verify_files(std::slice::from_ref(&path)).ok());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains(PANIC_TEXT),
+            "the panic message stays out of the audit trail: {text}"
+        );
+        let records = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let log = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        (first, second, records, log)
+    }
+
+    fn assert_tempfailed_by_the_filter(answer: &[Reply]) {
+        let [Reply::ReplyCode(text)] = answer else {
+            panic!("one 451 reply expected: {answer:?}")
+        };
+        let text = String::from_utf8_lossy(text);
+        assert!(
+            text.starts_with("451 4.3.0 markgate could not process this message (internal error)"),
+            "{text}"
+        );
+    }
+
+    fn assert_decided_normally(answer: &[Reply]) {
+        assert_eq!(answer.last(), Some(&Reply::Continue), "{answer:?}");
+        assert!(
+            answer
+                .iter()
+                .any(|r| matches!(r, Reply::AddHeader { name, value }
+                if &name[..] == b"X-Protective-Marking" && &value[..] == b" RESTRICTED")),
+            "{answer:?}"
+        );
+        assert!(
+            answer.iter().any(|r| matches!(r, Reply::ReplaceBody(_))),
+            "{answer:?}"
+        );
+    }
+
+    /// The internal_error record for the panicked message, then the ordinary decision.
+    fn assert_audited(records: &[serde_json::Value], place: &str) {
+        let events: Vec<&str> = records
+            .iter()
+            .map(|r| r["event"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            events,
+            ["internal_error", "message_decision"],
+            "{records:?}"
+        );
+        let e = &records[0]["data"];
+        assert_eq!(e["component"], "filter");
+        assert_eq!(e["queue_id"], "PANIC1");
+        assert_eq!(
+            e["error"],
+            format!(
+                "the decision pipeline panicked ({place}); the panic message is in the daemon log"
+            )
+        );
+        assert!(
+            e["smtp_reply"]
+                .as_str()
+                .unwrap()
+                .starts_with("451 4.3.0 markgate could not process"),
+            "{e}"
+        );
+        assert_eq!(records[0]["severity"], "error");
+        assert_eq!(records[1]["data"]["queue_id"], "CALM2");
+        assert_eq!(records[1]["data"]["verdict"], "accept");
+    }
+
+    fn assert_logged(log: &str, place: &str) {
+        let line = log
+            .lines()
+            .find(|l| l.contains("the decision pipeline panicked; answering 4xx"))
+            .unwrap_or_else(|| panic!("no error line in the log:\n{log}"));
+        assert!(line.contains("ERROR"), "{line}");
+        assert!(line.contains("queue_id=\"PANIC1\""), "{line}");
+        assert!(line.contains(&format!("place=\"{place}\"")), "{line}");
+        assert!(line.contains(PANIC_TEXT), "{line}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn inline_panic_is_451_audited_and_the_connection_goes_on() {
+        let body = b"Figures attached.\r\n".to_vec();
+        assert!(body.len() as u64 <= INLINE_BODY_LIMIT);
+        let (first, second, records, log) = panic_then_ordinary(&body, 1 << 20).await;
+        assert_tempfailed_by_the_filter(&first);
+        assert_decided_normally(&second);
+        assert_audited(&records, "inline");
+        assert_logged(&log, "inline");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn blocking_pool_panic_is_451_audited_and_the_connection_goes_on() {
+        // Above the inline limit, below the spill threshold: decided in memory on the pool.
+        let body = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n"
+            .repeat(5 * 1024)
+            .into_bytes();
+        assert!(body.len() as u64 > INLINE_BODY_LIMIT);
+        let (first, second, records, log) = panic_then_ordinary(&body, 1 << 20).await;
+        assert_tempfailed_by_the_filter(&first);
+        assert_decided_normally(&second);
+        assert_audited(&records, "blocking pool");
+        assert_logged(&log, "blocking pool");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn spilled_body_panic_is_451_audited_and_the_connection_goes_on() {
+        // A spilled body always goes to the pool, whatever its size.
+        let body = "spilled line of text for the pool path, long enough to matter\r\n"
+            .repeat(2 * 1024)
+            .into_bytes();
+        assert!(body.len() as u64 <= INLINE_BODY_LIMIT);
+        let (first, second, records, log) = panic_then_ordinary(&body, 4096).await;
+        assert_tempfailed_by_the_filter(&first);
+        assert_decided_normally(&second);
+        assert_audited(&records, "blocking pool");
+        assert_logged(&log, "blocking pool");
+    }
+}
