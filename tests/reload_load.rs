@@ -1,20 +1,31 @@
-//! Reload under load, against a real Postfix: a few hundred messages flow while SIGHUP arrives
-//! again and again, half of the time with a broken policy file.
+//! Reload under load, against a real Postfix: a few hundred messages flow through the
+//! production [`Filter`] while SIGHUP arrives again and again, half of the time with a broken
+//! policy file.
 //!
-//! markgate's milter server runs in this process with a handler that does exactly what the
-//! reload contract asks of the filter: take one snapshot of the live config+policy at the start
-//! of each message (MAIL), decide at end-of-message with `policy::decide` on that snapshot, and
-//! answer accept or the policy's reject. The reloads are real: the policy file is replaced
-//! (atomically, as an editor would) and this process gets a real SIGHUP, handled by
-//! `reload::handle_signals`.
+//! Wired as `markgate run` wires it: a [`Reloader`] over real config and policy files, the
+//! audit writer on a file in a temporary directory (with the reload audit observer and SIGUSR1
+//! reopen), the metrics registry, and `Filter::new` reading its policy from the reload cell.
+//! The only thing between the milter server and the filter is [`Slow`], which waits 3 ms
+//! before handing each message to the filter (to widen the window in which a reload lands
+//! while a message is in flight) and notes which policy was in force at MAIL. The reloads are
+//! real: the policy file is replaced (atomically, as an editor would) and this process gets a
+//! real SIGHUP, handled by `reload::handle_signals`.
 //!
 //! Two good policies alternate: A (the shipped uk-gpms: `*.gcsx.gov.uk` may receive
-//! RESTRICTED) and B (the same with that ceiling lowered to UNCLASSIFIED), with a broken file in
-//! between every change. Checked afterwards, for every message: it was either delivered or
-//! rejected (never tempfailed, never lost, never duplicated); the outcome is what the policy in
-//! force when the message started says (recomputed here from the policy with the recorded
-//! digest); the broken policy was never in force; and the Prometheus endpoint, scraped over
-//! HTTP, agrees with the counts.
+//! RESTRICTED) and B (the same with that ceiling lowered to UNCLASSIFIED and a disclaimer text
+//! of its own), with a broken file in between every change. Checked afterwards, for every
+//! message:
+//! - it was either delivered or rejected: never tempfailed, never lost, never duplicated;
+//! - it has exactly one audit record, whose policy digest is A's or B's (the broken policy was
+//!   never in force) and is the policy that was in force when the message started;
+//! - that record is exactly the one the recorded policy gives when the pipeline runs again
+//!   here on the same message (verdict, reply, labels, edits, rule ids);
+//! - a delivered message's body and label header are exactly what that same policy writes, so
+//!   no message mixes one policy's verdict with the other's edits.
+//!
+//! And: the audit chain verifies, with one `policy_loaded` per good reload and one
+//! `reload_failed` per broken one; the Prometheus endpoint, scraped over HTTP, agrees with the
+//! counts.
 
 mod support;
 
@@ -25,21 +36,19 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use markgate::alert::AlertHandle;
+use markgate::audit::{AuditConfig, AuditEvent, MessageRecord, Record, SyslogConfig};
 use markgate::config::Config;
-use markgate::inspect;
+use markgate::filter::{self, Filter, LiveCell, MessageMeta, Notices, RawSource};
 use markgate::metrics::Metrics;
-use markgate::milter::handler::{
-    ConnectionFacts, Handler, HandlerError, Macros, MessageSink, Modification, Outcome, SmtpReply,
-    Verdict,
-};
-use markgate::milter::{ListenSpec, Server, ServerConfig};
+use markgate::milter::handler::{ConnectionFacts, Handler, HandlerError, Macros, MessageSink};
+use markgate::milter::{ListenSpec, Outcome, Server, ServerConfig};
 use markgate::notify::Notifier;
-use markgate::policy::{self, Envelope, Facts, Policy};
-use markgate::reload::{Live, PolicyFiles, ReloadObserver, Reloader, Reopen, Swap};
-use markgate::transaction::Transaction;
+use markgate::policy::{self, Envelope, Policy};
+use markgate::reload::{AuditObserver, PolicyFiles, ReloadObserver, Reloader};
 
 use support::peers;
-use support::postfix::{Postfix, PostfixConfig, TOOLS};
+use support::postfix::{Postfix, PostfixConfig, TOOLS, crlf_to_lf, parse_headers};
 use support::smtp::Smtp;
 
 /// Messages sent in total, and by how many SMTP clients at once.
@@ -58,155 +67,85 @@ const CASES: [(&str, &str); 3] = [
     ("lunch on friday", "someone@example.com"),
 ];
 
-/// One message as the client saw it: Message-ID, case, final SMTP code, reply text.
-type Sent = (String, usize, u16, String);
+/// The disclaimer text of policy A (the shipped one) and what B puts in front of it.
+const DISCLAIMER_A: &str = "Communications sent to or from this organisation may be subject \
+    to recording and/or monitoring in accordance with relevant legislation.";
+const B_MARK: &str = "Policy B notice. ";
 
-/// What the handler saw and did for one message.
-#[derive(Debug, Clone)]
-struct Seen {
-    message_id: String,
-    digest: String,
-    generation_at_start: u64,
-    generation_at_end: u64,
-    verdict: &'static str,
-    facts: Facts,
-    envelope: Envelope,
+/// One message as the client saw it: Message-ID, the message as sent, final SMTP code, reply
+/// text.
+type Sent = (String, String, u16, String);
+
+/// The production filter, 3 ms late: counts the messages during which a reload landed, and
+/// notes which policy was in force when each message started (at MAIL).
+struct Slow {
+    filter: Filter,
+    current: LiveCell,
+    across_reload: AtomicUsize,
+    /// Message-ID -> digest of the policy in force at MAIL (`None` when a reload landed just
+    /// as the filter took its snapshot, so which one it got is not known here).
+    started_under: Mutex<HashMap<String, Option<String>>>,
 }
 
-struct Probe {
-    current: Arc<Swap<Live<Policy>>>,
-    seen: Mutex<Vec<Seen>>,
-    metrics: Metrics,
+/// A message in flight: the policy generation and digest in force when it started, and its
+/// Message-ID once the header has passed.
+struct Tracked {
+    inner: filter::Message,
+    generation: u64,
+    digest: Option<String>,
+    message_id: Option<String>,
 }
 
-/// One message in flight: the transaction and the snapshot taken at MAIL.
-struct Message {
-    tx: Transaction,
-    live: Arc<Live<Policy>>,
-}
-
-impl MessageSink for Message {
+impl MessageSink for Tracked {
     fn mail_from(&mut self, sender: &[u8], args: &[Vec<u8>]) -> std::io::Result<()> {
-        self.tx.mail_from(sender, args)
+        self.inner.mail_from(sender, args)
     }
     fn rcpt_to(&mut self, recipient: &[u8], args: &[Vec<u8>]) -> std::io::Result<()> {
-        self.tx.rcpt_to(recipient, args)
+        self.inner.rcpt_to(recipient, args)
     }
     fn header(&mut self, name: &[u8], value: &[u8]) -> std::io::Result<()> {
-        self.tx.header(name, value)
+        if name.eq_ignore_ascii_case(b"Message-ID") {
+            self.message_id = Some(String::from_utf8_lossy(value).trim().to_string());
+        }
+        self.inner.header(name, value)
     }
     fn body_chunk(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        self.tx.body_chunk(chunk)
+        self.inner.body_chunk(chunk)
     }
     fn macros(&mut self, macros: &Macros) -> std::io::Result<()> {
-        MessageSink::macros(&mut self.tx, macros)
+        self.inner.macros(macros)
     }
 }
 
-fn facts_of(policy: &Policy, tx: &Transaction) -> Facts {
-    let headers: Vec<(&[u8], &[u8])> = tx
-        .headers()
-        .iter()
-        .map(|h| (h.name.as_slice(), h.value.as_slice()))
-        .collect();
-    let m = inspect::markings::find(policy, headers.iter().copied());
-    Facts {
-        subject: m.subject,
-        markings: m.markings,
-        forward: inspect::forward::evidence(policy, headers.iter().copied()),
-        disclaimer_present: false,
-        signed_or_encrypted: false,
-    }
-}
+impl Handler for Slow {
+    type Sink = Tracked;
 
-fn envelope_of(tx: &Transaction) -> Envelope {
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    Envelope {
-        sender: tx.sender().map(|s| text(s.bare())).unwrap_or_default(),
-        recipients: tx.recipients().iter().map(|r| text(r.bare())).collect(),
-        client_ip: tx.connection().addr,
-        auth_user: tx.macros().get("auth_authen").map(text),
-        daemon_name: tx.macros().get("daemon_name").map(text),
-    }
-}
-
-fn verdict_name(v: &policy::decide::Verdict) -> &'static str {
-    match v {
-        policy::decide::Verdict::Accept => "accept",
-        policy::decide::Verdict::Reject { .. } => "reject",
-        policy::decide::Verdict::Tempfail { .. } => "tempfail",
-        policy::decide::Verdict::Quarantine { .. } => "quarantine",
-    }
-}
-
-impl Handler for Probe {
-    type Sink = Message;
-
-    fn begin_message(&self, conn: &ConnectionFacts) -> Result<Message, HandlerError> {
-        let live = self.current.snapshot();
-        let tx = Transaction::new(conn, live.config.spill_policy());
-        Ok(Message { tx, live })
+    fn begin_message(&self, conn: &ConnectionFacts) -> Result<Tracked, HandlerError> {
+        let before = self.current.snapshot();
+        let inner = self.filter.begin_message(conn)?;
+        let after = self.current.snapshot();
+        Ok(Tracked {
+            inner,
+            generation: before.generation,
+            digest: (before.generation == after.generation).then(|| before.policy_digest.clone()),
+            message_id: None,
+        })
     }
 
     async fn end_of_message(
         &self,
-        _conn: &ConnectionFacts,
-        message: Message,
+        conn: &ConnectionFacts,
+        message: Tracked,
     ) -> Result<Outcome, HandlerError> {
-        {
-            let started = Instant::now();
-            // Widen the window in which a reload can land while this message is in flight.
-            tokio::time::sleep(Duration::from_millis(3)).await;
-            let Message { tx, live } = message;
-            let facts = facts_of(&live.policy, &tx);
-            let envelope = envelope_of(&tx);
-            let decision = policy::decide(&live.policy, &facts, &envelope);
-            let verdict = verdict_name(&decision.verdict);
-            let message_id = tx
-                .first_header("Message-ID")
-                .map(|h| String::from_utf8_lossy(&h.value).trim().to_string())
-                .unwrap_or_default();
-            let level = decision.effective.level_name.clone();
-            let rules: Vec<&str> = decision.rule_ids.iter().map(String::as_str).collect();
-            self.metrics.message_decided(
-                &format!("{:?}", decision.direction).to_lowercase(),
-                &level,
-                verdict,
-                &rules,
-                started.elapsed(),
-            );
-            self.seen.lock().map_err(|_| "poisoned")?.push(Seen {
-                message_id,
-                digest: live.policy_digest.clone(),
-                generation_at_start: live.generation,
-                generation_at_end: self.current.snapshot().generation,
-                verdict,
-                facts,
-                envelope,
-            });
-            let reply = |r: &policy::Reply| SmtpReply {
-                code: r.code,
-                enhanced: Some(r.enhanced.clone()),
-                lines: vec![r.text.clone()],
-            };
-            Ok(match &decision.verdict {
-                policy::decide::Verdict::Accept => Outcome::pass(),
-                policy::decide::Verdict::Reject { reply: r, .. } => Outcome {
-                    verdict: Verdict::Reject(Some(reply(r))),
-                    modifications: Vec::new(),
-                },
-                policy::decide::Verdict::Tempfail { reply: r, .. } => Outcome {
-                    verdict: Verdict::Tempfail(Some(reply(r))),
-                    modifications: Vec::new(),
-                },
-                policy::decide::Verdict::Quarantine { reason, .. } => Outcome {
-                    verdict: Verdict::Continue,
-                    modifications: vec![Modification::Quarantine {
-                        reason: reason.clone().into_bytes(),
-                    }],
-                },
-            })
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let out = self.filter.end_of_message(conn, message.inner).await;
+        if self.current.snapshot().generation != message.generation {
+            self.across_reload.fetch_add(1, Ordering::SeqCst);
         }
+        if let (Some(id), Ok(mut started)) = (message.message_id, self.started_under.lock()) {
+            started.insert(id, message.digest);
+        }
+        out
     }
 }
 
@@ -217,16 +156,19 @@ struct Reloads {
     changed: Condvar,
 }
 
-struct Observer(Arc<Reloads>);
+/// Counts reloads for the test and writes their audit records as the daemon does.
+struct Observer(Arc<Reloads>, AuditObserver);
 
 impl ReloadObserver for Observer {
-    fn applied(&self, _: &str, _: &str, _: u64) {
+    fn applied(&self, path: &str, digest: &str, generation: u64) {
+        self.1.applied(path, digest, generation);
         if let Ok(mut s) = self.0.state.lock() {
             s.0 += 1;
         }
         self.0.changed.notify_all();
     }
-    fn failed(&self, _: &str, _: &str, _: &str) {
+    fn failed(&self, path: &str, error: &str, kept_digest: &str) {
+        self.1.failed(path, error, kept_digest);
         if let Ok(mut s) = self.0.state.lock() {
             s.1 += 1;
         }
@@ -247,14 +189,6 @@ impl Reloads {
             assert!(!left.is_zero(), "reload {n} did not happen");
             s = self.changed.wait_timeout(s, left).expect("lock").0;
         }
-    }
-}
-
-struct NoAudit;
-
-impl Reopen for NoAudit {
-    async fn reopen(&self) -> Result<(), String> {
-        Ok(())
     }
 }
 
@@ -301,46 +235,70 @@ fn reload_under_load_never_tempfails_never_loses_and_follows_the_policy_in_force
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let policy_a = policy::BUILTIN_POLICY.to_string();
-    let policy_b = policy_a.replacen(
-        "\"*.gcsx.gov.uk\" = \"RESTRICTED\"",
-        "\"*.gcsx.gov.uk\" = \"UNCLASSIFIED\"",
-        1,
+    assert!(
+        policy_a.contains(&format!("text = \"{DISCLAIMER_A}\"")),
+        "the shipped disclaimer changed; adjust DISCLAIMER_A"
     );
-    assert_ne!(
-        policy_a, policy_b,
+    let policy_b = policy_a
+        .replacen(
+            "\"*.gcsx.gov.uk\" = \"RESTRICTED\"",
+            "\"*.gcsx.gov.uk\" = \"UNCLASSIFIED\"",
+            1,
+        )
+        .replacen(
+            &format!("text = \"{DISCLAIMER_A}\""),
+            &format!("text = \"{B_MARK}{DISCLAIMER_A}\""),
+            1,
+        );
+    assert_eq!(
+        policy_b.matches(B_MARK).count(),
+        1,
+        "the shipped policy changed shape; adjust policy B"
+    );
+    assert!(
+        !policy_b.contains("\"*.gcsx.gov.uk\" = \"RESTRICTED\""),
         "the shipped policy changed shape; adjust policy B"
     );
     let broken = format!("{policy_a}\n[[rule]]\nid = \"unfinished\nwhen = \n");
     let policy_path: PathBuf = dir.path().join("policy.toml");
     let config_path = dir.path().join("markgate.toml");
+    let audit_path = dir.path().join("audit.jsonl");
     replace(&policy_path, &policy_a);
     std::fs::write(
         &config_path,
-        format!("policy = {:?}\n", policy_path.display().to_string()),
+        format!(
+            "policy = {:?}\n\n[audit]\npath = {:?}\n",
+            policy_path.display().to_string(),
+            audit_path.display().to_string()
+        ),
     )
     .expect("write config");
+    let config = Config::load(&config_path).expect("config");
+    assert_eq!(config.audit.path, audit_path);
 
-    // The digests the two good policies have, to name them in the checks.
-    let digest_of = |text: &str| {
-        use sha2::{Digest, Sha256};
-        Sha256::digest(text.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
-    let compiled: HashMap<String, Policy> = [
-        (
-            digest_of(&policy_a),
-            Policy::from_str("A", &policy_a).expect("A"),
-        ),
-        (
-            digest_of(&policy_b),
-            Policy::from_str("B", &policy_b).expect("B"),
-        ),
-    ]
-    .into_iter()
-    .collect();
+    // The two good policies, by the digest the filter records.
+    let compiled: HashMap<String, (&str, Policy)> = [("A", &policy_a), ("B", &policy_b)]
+        .into_iter()
+        .map(|(name, text)| {
+            let p = Policy::from_str(name, text).expect("a good policy");
+            (p.digest.clone(), (name, p))
+        })
+        .collect();
+    assert_eq!(compiled.len(), 2);
 
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let audit = markgate::audit::start(&AuditConfig {
+        syslog: SyslogConfig {
+            enabled: false,
+            ..SyslogConfig::default()
+        },
+        ..config.audit.clone()
+    })
+    .expect("audit writer");
     let reloads = Arc::new(Reloads::default());
     let metrics = Metrics::new();
     let reloader = Arc::new(
@@ -348,23 +306,30 @@ fn reload_under_load_never_tempfails_never_loses_and_follows_the_policy_in_force
             Some(config_path.clone()),
             Box::new(|_: &mut Config| {}),
             PolicyFiles,
-            Box::new(Observer(Arc::clone(&reloads))),
+            Box::new(Observer(
+                Arc::clone(&reloads),
+                AuditObserver::new(audit.clone(), rt.handle().clone()),
+            )),
             Some(metrics.clone()),
             Arc::new(Notifier::disabled()),
         )
         .expect("initial load"),
     );
-    let probe = Arc::new(Probe {
+    let first = reloader.current().snapshot();
+    assert_eq!(compiled[&first.policy_digest].0, "A");
+    let handler = Arc::new(Slow {
+        filter: Filter::new(
+            reloader.current(),
+            Some(audit.clone()),
+            AlertHandle::disabled(),
+            Notices::disabled(),
+        )
+        .with_metrics(metrics.clone()),
         current: reloader.current(),
-        seen: Mutex::new(Vec::new()),
-        metrics: metrics.clone(),
+        across_reload: AtomicUsize::new(0),
+        started_under: Mutex::new(HashMap::new()),
     });
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (milter_addr, metrics_addr) = rt.block_on(async {
         let spec = ListenSpec::parse("inet:127.0.0.1:0").expect("spec");
@@ -373,7 +338,7 @@ fn reload_under_load_never_tempfails_never_loses_and_follows_the_policy_in_force
             .expect("bind milter");
         let milter_addr = server.local_addr().expect("tcp address");
         let mut rx = stop_rx.clone();
-        tokio::spawn(server.run(Arc::clone(&probe), async move {
+        tokio::spawn(server.run(Arc::clone(&handler), async move {
             let _ = rx.wait_for(|s| *s).await;
         }));
         let listener = markgate::metrics::bind("127.0.0.1:0".parse().expect("addr"))
@@ -386,8 +351,9 @@ fn reload_under_load_never_tempfails_never_loses_and_follows_the_policy_in_force
         }));
         let mut rx = stop_rx.clone();
         let r = Arc::clone(&reloader);
+        let reopen = audit.clone();
         tokio::spawn(async move {
-            let out = markgate::reload::handle_signals(r, NoAudit, async move {
+            let out = markgate::reload::handle_signals(r, reopen, async move {
                 let _ = rx.wait_for(|s| *s).await;
             })
             .await;
@@ -403,14 +369,12 @@ fn reload_under_load_never_tempfails_never_loses_and_follows_the_policy_in_force
 
     let pf = Postfix::start(PostfixConfig::with_milter(format!("inet:{milter_addr}")));
 
-    // Reloader thread: A -> broken -> B -> broken -> A ..., one SIGHUP each, waiting for each
+    // Reloader thread: B -> broken -> A -> broken -> B ..., one SIGHUP each, waiting for each
     // reload to be done before the next change so every broken file is really tried.
     let sending = Arc::new(AtomicBool::new(true));
-    let reloads_done = Arc::new(AtomicUsize::new(0));
     let reload_thread = {
         let reloads = Arc::clone(&reloads);
         let sending = Arc::clone(&sending);
-        let done = Arc::clone(&reloads_done);
         let (policy_a, policy_b, broken, policy_path) = (
             policy_a.clone(),
             policy_b.clone(),
@@ -431,7 +395,6 @@ fn reload_under_load_never_tempfails_never_loses_and_follows_the_policy_in_force
                 let before = reloads.total();
                 sighup_self();
                 reloads.wait_total(before + 1);
-                done.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(40));
             }
         })
@@ -456,8 +419,7 @@ fn reload_under_load_never_tempfails_never_loses_and_follows_the_policy_in_force
                     if n >= MESSAGES {
                         break;
                     }
-                    let case = n % CASES.len();
-                    let (subject, rcpt) = CASES[case];
+                    let (subject, rcpt) = CASES[n % CASES.len()];
                     let id = format!("<reload-{n}@markgate.test>");
                     let msg = format!(
                         "From: {SENDER}\r\nTo: {rcpt}\r\nSubject: {subject}\r\n\
@@ -471,7 +433,7 @@ fn reload_under_load_never_tempfails_never_loses_and_follows_the_policy_in_force
                     let final_reply = done.unwrap_or(go);
                     results.lock().expect("lock").push((
                         id,
-                        case,
+                        msg,
                         final_reply.code,
                         final_reply.text(),
                     ));
@@ -519,60 +481,23 @@ fn reload_under_load_never_tempfails_never_loses_and_follows_the_policy_in_force
 
     // Every accepted message arrives exactly once.
     let delivered = pf.wait_delivered(accepted.len(), Duration::from_secs(120));
-    let mut delivered_ids: Vec<String> = delivered
-        .iter()
-        .filter_map(|d| d.header("Message-ID"))
-        .map(|s| s.trim().to_string())
-        .collect();
-    delivered_ids.sort();
-    let unique: HashSet<String> = delivered_ids.iter().cloned().collect();
-    assert_eq!(
-        unique.len(),
-        delivered_ids.len(),
-        "a message was delivered twice"
-    );
-    assert_eq!(unique, accepted, "delivered set differs from accepted set");
-
-    // Every message was decided once, on a good policy, as that policy says.
-    let seen = probe.seen.lock().expect("lock").clone();
-    assert_eq!(seen.len(), MESSAGES, "decisions recorded");
-    let by_id: HashMap<&str, &Seen> = seen.iter().map(|s| (s.message_id.as_str(), s)).collect();
-    let mut across_reload = 0;
-    let mut under = HashMap::<&str, usize>::new();
-    for (id, _case, code, text) in &results {
-        let s = by_id
-            .get(id.as_str())
-            .unwrap_or_else(|| panic!("{id} never decided"));
-        let policy = compiled
-            .get(&s.digest)
-            .unwrap_or_else(|| panic!("{id} decided on an unknown (broken?) policy {}", s.digest));
-        let expected = verdict_name(&policy::decide(policy, &s.facts, &s.envelope).verdict);
-        assert_eq!(
-            s.verdict, expected,
-            "{id}: decision differs from its policy"
+    let mut delivered_by_id = HashMap::new();
+    for d in &delivered {
+        let id = d
+            .header("Message-ID")
+            .expect("Message-ID")
+            .trim()
+            .to_string();
+        assert!(
+            delivered_by_id.insert(id.clone(), d).is_none(),
+            "{id} was delivered twice"
         );
-        match expected {
-            "accept" => assert_eq!(*code, 250, "{id}: {text}"),
-            "reject" => assert_eq!(*code, 550, "{id}: {text}"),
-            other => panic!("{id}: unexpected verdict {other}"),
-        }
-        if s.generation_at_end != s.generation_at_start {
-            across_reload += 1;
-        }
-        *under
-            .entry(if s.digest == digest_of(&policy_a) {
-                "A"
-            } else {
-                "B"
-            })
-            .or_default() += 1;
     }
-    // Both policies really were in force at some point during the run.
-    assert!(under.get("A").copied().unwrap_or(0) > 0, "{under:?}");
-    assert!(under.get("B").copied().unwrap_or(0) > 0, "{under:?}");
-
-    let (ok, failed) = *reloads.state.lock().expect("lock");
-    assert!(ok >= 2 && failed >= 2, "ok {ok}, failed {failed}");
+    let delivered_ids: HashSet<String> = delivered_by_id.keys().cloned().collect();
+    assert_eq!(
+        delivered_ids, accepted,
+        "delivered set differs from accepted set"
+    );
 
     // The metrics endpoint, over HTTP, agrees with what was sent.
     let text = scrape(metrics_addr);
@@ -589,6 +514,7 @@ fn reload_under_load_never_tempfails_never_loses_and_follows_the_policy_in_force
         sample(&text, "markgate_message_duration_seconds_count") as usize,
         MESSAGES
     );
+    let (ok, failed) = *reloads.state.lock().expect("lock");
     assert_eq!(
         sample(&text, r#"markgate_reloads_total{result="ok"}"#) as usize,
         ok
@@ -598,22 +524,151 @@ fn reload_under_load_never_tempfails_never_loses_and_follows_the_policy_in_force
         failed
     );
 
+    // The audit trail: stop everything that writes to it, then read it back.
+    let _ = stop_tx.send(true);
+    drop(pf);
+    rt.block_on(async {
+        // The reload records are handed to the writer from their own tasks; let them land.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        audit.shutdown().await.expect("audit writer stops cleanly");
+    });
+    let verified = markgate::audit::verify_files(std::slice::from_ref(&audit_path));
+    assert!(
+        verified.ok(),
+        "the audit chain does not verify: {verified:?}"
+    );
+    let records: Vec<Record> = std::fs::read_to_string(&audit_path)
+        .expect("audit file")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let mut decisions: HashMap<String, &MessageRecord> = HashMap::new();
+    let (mut loaded, mut refused) = (0, 0);
+    for r in &records {
+        match &r.event {
+            AuditEvent::MessageDecision(m) => {
+                let id = m.message_id.clone().expect("the record names the message");
+                assert!(
+                    decisions.insert(id.clone(), m).is_none(),
+                    "{id} has two audit records"
+                );
+            }
+            AuditEvent::PolicyLoaded(p) => {
+                assert_eq!(p.trigger, "reload");
+                assert!(compiled.contains_key(&p.digest), "loaded {}", p.digest);
+                loaded += 1;
+            }
+            AuditEvent::ReloadFailed(f) => {
+                assert!(compiled.contains_key(&f.kept_digest), "kept {f:?}");
+                assert!(
+                    f.error.contains(&policy_path.display().to_string()),
+                    "{f:?}"
+                );
+                refused += 1;
+            }
+            other => panic!("unexpected audit record {other:?}"),
+        }
+    }
+    assert_eq!(decisions.len(), MESSAGES, "one audit record per message");
+
+    // Every message was decided on a good policy, entirely as that policy says.
+    let mut under = HashMap::<&str, usize>::new();
+    for (id, sent, code, text) in &results {
+        let rec = decisions
+            .get(id)
+            .unwrap_or_else(|| panic!("{id} has no audit record"));
+        let (name, policy) = compiled.get(&rec.policy_digest).unwrap_or_else(|| {
+            panic!(
+                "{id} decided on an unknown (broken?) policy {}",
+                rec.policy_digest
+            )
+        });
+        *under.entry(name).or_default() += 1;
+        // Decided on the policy in force when the message started, not a later one.
+        match handler.started_under.lock().expect("lock").get(id) {
+            Some(Some(at_mail)) => assert_eq!(
+                &rec.policy_digest, at_mail,
+                "{id}: decided on another policy than the one in force at MAIL"
+            ),
+            Some(None) => {}
+            None => panic!("{id} never reached end-of-message"),
+        }
+        let envelope = Envelope {
+            sender: rec.sender.clone(),
+            recipients: rec.recipients.iter().map(|r| r.address.clone()).collect(),
+            client_ip: rec.client_addr.as_deref().map(|a| a.parse().expect("ip")),
+            auth_user: rec.auth_user.clone(),
+            daemon_name: None,
+        };
+        assert_eq!(envelope.sender, SENDER);
+        let eval = filter::evaluate(policy, envelope, &RawSource::new(sent.as_bytes()))
+            .expect("the pipeline decides the message again");
+        let meta = MessageMeta {
+            queue_id: rec.queue_id.clone(),
+            message_id: rec.message_id.clone(),
+            client_name: rec.client_name.clone(),
+            helo: rec.helo.clone(),
+            size: rec.size,
+        };
+        let expected = filter::audit_record(policy, &eval, &meta);
+        assert_eq!(
+            **rec, expected,
+            "{id}: the audit record is not what policy {name} decides"
+        );
+        match filter::answer_text(&eval).split(' ').next() {
+            Some("accept") => assert_eq!(*code, 250, "{id}: {text}"),
+            Some("550") => assert_eq!(*code, 550, "{id}: {text}"),
+            other => panic!("{id}: unexpected answer {other:?}"),
+        }
+        if let Some(d) = delivered_by_id.get(id) {
+            // The delivered message carries this policy's edits and no other's.
+            let out = eval.output().expect("an accepted message has an output");
+            let out = crlf_to_lf(&out);
+            let body_at = out
+                .windows(2)
+                .position(|w| w == b"\n\n")
+                .expect("header/body separator")
+                + 2;
+            assert_eq!(
+                String::from_utf8_lossy(d.body()),
+                String::from_utf8_lossy(&out[body_at..]),
+                "{id}: delivered body differs from policy {name}'s"
+            );
+            let body = String::from_utf8_lossy(d.body());
+            assert_eq!(body.contains(B_MARK), *name == "B", "{id}: {body}");
+            assert_eq!(
+                d.header_values("X-Protective-Marking"),
+                parse_headers(&out[..body_at])
+                    .into_iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("X-Protective-Marking"))
+                    .map(|(_, v)| v)
+                    .collect::<Vec<_>>(),
+                "{id}: label header differs from policy {name}'s"
+            );
+        }
+    }
+    // Both policies really were in force at some point during the run.
+    assert!(under.get("A").copied().unwrap_or(0) > 0, "{under:?}");
+    assert!(under.get("B").copied().unwrap_or(0) > 0, "{under:?}");
+
+    let (ok, failed) = *reloads.state.lock().expect("lock");
+    assert!(ok >= 2 && failed >= 2, "ok {ok}, failed {failed}");
+    assert_eq!((loaded, refused), (ok, failed), "reload audit records");
+
     println!(
-        "reload under load: {MESSAGES} messages over {CLIENTS} connections in {:.2} s; \
-         {} delivered, {} rejected, 0 tempfailed, 0 lost; {} reloads ok, {} failed \
-         (broken policy); {} messages had a reload land while they were in flight; \
-         decided under A: {}, under B: {}",
+        "reload under load (production filter): {MESSAGES} messages over {CLIENTS} \
+         connections in {:.2} s; {} delivered, {} rejected, 0 tempfailed, 0 lost; {} reloads \
+         ok, {} failed (broken policy); {} messages had a reload land while they were in \
+         flight; decided under A: {}, under B: {}",
         send_time.as_secs_f64(),
         accepted.len(),
         rejected.len(),
         ok,
         failed,
-        across_reload,
+        handler.across_reload.load(Ordering::SeqCst),
         under.get("A").copied().unwrap_or(0),
         under.get("B").copied().unwrap_or(0),
     );
 
-    let _ = stop_tx.send(true);
-    drop(pf);
     rt.shutdown_timeout(Duration::from_secs(5));
 }
