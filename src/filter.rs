@@ -543,17 +543,26 @@ pub fn audit_record(policy: &Policy, eval: &Evaluation, meta: &MessageMeta) -> M
         })
         .collect();
     let marked = d.effective.source != LevelSource::Assumed;
-    let label_required = marked && d.effective.level >= policy.write.from_level;
-    let labels = shadow.map_or(&d.labels, |s| &s.labels);
+    // Required: the policy writes labels on mail of this direction and level. Present: every
+    // label it writes is already there as it would write it. Judged on the labels an enforced,
+    // delivered message would get, because a refused (or shadow) decision carries none.
+    let w = &policy.write;
+    let label_required = marked
+        && d.effective.level >= w.from_level
+        && (w.header.is_some() || w.subject.is_some())
+        && w.direction.includes(d.direction);
+    let would_write = policy::decide::labels_if_delivered(policy, &eval.facts, &eval.envelope, d);
     let label_present = label_required
-        && labels
-            .header
-            .as_ref()
-            .is_none_or(|h| h.action == policy::decide::HeaderAction::Keep)
-        && labels
-            .subject
-            .as_ref()
-            .is_none_or(|s| s.new_subject.is_none());
+        && (w.header.is_none()
+            || would_write
+                .header
+                .as_ref()
+                .is_some_and(|h| h.action == policy::decide::HeaderAction::Keep))
+        && (w.subject.is_none()
+            || would_write
+                .subject
+                .as_ref()
+                .is_some_and(|s| s.new_subject.is_none()));
     let f = &eval.facts.forward;
     let forward = Some(AuditForward {
         signals: f.hits.iter().map(|h| h.signal.clone()).collect(),

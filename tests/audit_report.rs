@@ -68,7 +68,7 @@ fn sample() -> Vec<Record> {
         ..Default::default()
     });
     shadow.edits = vec![Edit::Disclaimer {
-        parts: vec!["text/plain".into()],
+        parts: vec!["(shadow mode: not added)".into()],
         rule: Some("disclaimer.outbound".into()),
     }];
     // 4: a plain unmarked message, outside the period.
@@ -165,7 +165,12 @@ fn report_counts_a_day() {
     assert!(fwd.figures.contains(&("above-ceiling attempts".into(), 1)));
     let warn = coco("monitoring-warning");
     assert_eq!(warn.strength, "SHOULD");
-    assert!(warn.figures.contains(&("disclaimers added".into(), 1)));
+    // The shadow-mode message only says what would have been added.
+    assert!(warn.figures.contains(&("disclaimers added".into(), 0)));
+    assert!(
+        warn.figures
+            .contains(&("disclaimers not added (shadow mode)".into(), 1))
+    );
     assert!(
         warn.figures
             .contains(&("disclaimer already present".into(), 1))
@@ -174,7 +179,7 @@ fn report_counts_a_day() {
         warn.figures
             .contains(&("disclaimers skipped (reason in each record)".into(), 0))
     );
-    assert_eq!(warn.status, "met");
+    assert_eq!(warn.status, "exceptions");
     let labels = coco("labels");
     assert!(
         labels
@@ -276,4 +281,229 @@ fn audit_config_defaults_and_errors() {
             .expect_err("facility")
             .contains("audit.syslog.facility")
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The counters over records the production filter wrote for real decisions (uk-gpms, built-in),
+// in enforce and in shadow mode.
+// ---------------------------------------------------------------------------------------------
+
+mod from_the_filter {
+    use std::net::IpAddr;
+
+    use markgate::config::Config;
+    use markgate::filter::Filter;
+    use markgate::milter::handler::{ConnectionFacts, Handler, MessageSink, Verdict as Answer};
+    use markgate::policy::{BUILTIN_POLICY, Policy};
+
+    use super::*;
+
+    const COUNCIL: &str = "alice@example-council.gcsx.gov.uk";
+    const PARTNER: &str = "bob@partner.gcsx.gov.uk";
+    const INTERNET: &str = "carol@gmail.com";
+    const INSIDE: &str = "127.0.0.1";
+    const OUTSIDE: &str = "192.0.2.7";
+
+    /// One message through the filter's handler, as the milter layer would hand it over.
+    async fn send(
+        filter: &Filter,
+        client: &str,
+        from: &str,
+        to: &str,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let conn = ConnectionFacts {
+            addr: Some(client.parse::<IpAddr>().expect("ip")),
+            hostname: b"client.test".to_vec(),
+            ..ConnectionFacts::default()
+        };
+        let mut m = filter.begin_message(&conn).expect("begin");
+        m.mail_from(format!("<{from}>").as_bytes(), &[])
+            .expect("mail");
+        m.rcpt_to(format!("<{to}>").as_bytes(), &[]).expect("rcpt");
+        m.header(b"From", from.as_bytes()).expect("header");
+        m.header(b"To", to.as_bytes()).expect("header");
+        for (n, v) in headers {
+            m.header(n.as_bytes(), v.as_bytes()).expect("header");
+        }
+        m.body_chunk(b"See the figures.\r\n").expect("body");
+        filter
+            .end_of_message(&conn, m)
+            .await
+            .expect("answered")
+            .verdict
+    }
+
+    fn figure(r: &audit::Report, control: &str, name: &str) -> u64 {
+        let c = r
+            .coco
+            .iter()
+            .find(|c| c.id == control)
+            .unwrap_or_else(|| panic!("no control {control}"));
+        c.figures
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no figure {name:?} in {c:?}"))
+            .1
+    }
+
+    fn status(r: &audit::Report, control: &str) -> String {
+        r.coco
+            .iter()
+            .find(|c| c.id == control)
+            .expect("control")
+            .status
+            .clone()
+    }
+
+    #[tokio::test]
+    async fn refused_inbound_and_shadow_messages_are_counted_for_what_they_are() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let writer = audit::start(&audit_support::config(&path, SyncMode::Batch)).expect("start");
+        let enforce = Filter::fixed(
+            Policy::builtin().expect("built-in"),
+            Config::default(),
+            Some(writer.clone()),
+        );
+        let shadow_text = BUILTIN_POLICY.replacen("mode = \"enforce\"", "mode = \"shadow\"", 1);
+        assert_ne!(shadow_text, BUILTIN_POLICY);
+        let shadow = Filter::fixed(
+            Policy::from_str("shadow.toml", &shadow_text).expect("shadow policy"),
+            Config::default(),
+            Some(writer.clone()),
+        );
+        let restricted = [("Subject", "RESTRICTED: figures")];
+        let labelled = [
+            ("Subject", "RESTRICTED: figures"),
+            ("X-Protective-Marking", "RESTRICTED"),
+        ];
+
+        // Enforce mode, outbound: refused above the ceiling; already labelled; labelled by
+        // markgate; unmarked. Inbound: a PROTECT mail from outside (labels and the warning
+        // are for outbound mail only).
+        let refused = send(&enforce, INSIDE, COUNCIL, INTERNET, &restricted).await;
+        assert!(
+            matches!(&refused, Answer::Reject(Some(r)) if r.code == 550),
+            "{refused:?}"
+        );
+        for (to, headers) in [
+            (PARTNER, &labelled[..]),
+            (PARTNER, &restricted[..]),
+            (INTERNET, &[("Subject", "lunch")][..]),
+        ] {
+            let v = send(&enforce, INSIDE, COUNCIL, to, headers).await;
+            assert_eq!(v, Answer::Continue, "{headers:?}");
+        }
+        let inbound = send(
+            &enforce,
+            OUTSIDE,
+            "dave@example.org",
+            COUNCIL,
+            &[("Subject", "PROTECT: minutes")],
+        )
+        .await;
+        assert_eq!(inbound, Answer::Continue);
+        // Shadow mode, outbound: would be refused; would get the warning.
+        for headers in [&restricted[..], &[("Subject", "lunch")][..]] {
+            let v = send(&shadow, INSIDE, COUNCIL, INTERNET, headers).await;
+            assert_eq!(v, Answer::Continue, "shadow mode changes no verdict");
+        }
+        writer.shutdown().await.expect("shutdown");
+
+        let loaded = load_records(&[&path]).expect("load");
+        assert_eq!(loaded.skipped_lines, 0);
+        assert_eq!(loaded.records.len(), 7);
+        let records: Vec<&MessageRecord> = loaded
+            .records
+            .iter()
+            .map(|r| match &r.event {
+                AuditEvent::MessageDecision(m) => &**m,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // The records themselves: the refused one needed labels and did not have them both;
+        // the inbound one needs none under a policy that labels outbound mail only.
+        assert_eq!(records[0].verdict, Verdict::Reject);
+        assert!(records[0].label_required && !records[0].label_present);
+        assert!(records[1].label_required && records[1].label_present);
+        assert!(records[2].label_required && !records[2].label_present);
+        assert!(!records[3].label_required, "unmarked");
+        assert_eq!(records[4].direction, Direction::Inbound);
+        assert!(!records[4].label_required, "{:?}", records[4]);
+        assert_eq!(
+            (records[5].mode, records[5].verdict),
+            (Mode::Shadow, Verdict::Reject)
+        );
+        assert!(records[5].label_required && !records[5].label_present);
+
+        let r = report(&loaded.records, None, None);
+        assert_eq!(r.messages, 7);
+        assert_eq!(r.by_verdict.get("reject"), Some(&2), "one real, one shadow");
+        assert_eq!(r.by_mode.get("shadow"), Some(&2));
+        // Above the ceiling: blocked in enforce mode, let through in shadow mode.
+        let attempts: Vec<(&str, bool)> = r
+            .above_ceiling
+            .iter()
+            .map(|a| (a.destination_domain.as_str(), a.blocked))
+            .collect();
+        assert_eq!(attempts, vec![("gmail.com", true), ("gmail.com", false)]);
+        assert_eq!(r.top_blocked_senders, vec![(COUNCIL.to_string(), 1)]);
+
+        assert_eq!(figure(&r, "labels", "messages requiring labels"), 4);
+        assert_eq!(
+            figure(&r, "labels", "already labelled"),
+            1,
+            "the refused message is not 'already labelled'"
+        );
+        assert_eq!(figure(&r, "labels", "labels applied"), 1);
+        assert_eq!(figure(&r, "labels", "refused, so never delivered"), 1);
+        assert_eq!(
+            figure(&r, "labels", "passed without labels"),
+            1,
+            "the shadow-mode one"
+        );
+        assert_eq!(figure(&r, "monitoring-warning", "outbound messages"), 6);
+        assert_eq!(
+            figure(
+                &r,
+                "monitoring-warning",
+                "outbound messages refused (no warning needed)"
+            ),
+            1
+        );
+        assert_eq!(figure(&r, "monitoring-warning", "disclaimers added"), 3);
+        assert_eq!(
+            figure(
+                &r,
+                "monitoring-warning",
+                "disclaimers skipped (reason in each record)"
+            ),
+            0,
+            "neither the inbound nor a refused message skips the warning"
+        );
+        assert_eq!(
+            figure(
+                &r,
+                "monitoring-warning",
+                "disclaimers not added (shadow mode)"
+            ),
+            2
+        );
+
+        // Enforce mode alone: every control met, none with a refused or inbound exception.
+        let enforced: Vec<Record> = loaded
+            .records
+            .iter()
+            .filter(
+                |r| matches!(&r.event, AuditEvent::MessageDecision(m) if m.mode == Mode::Enforce),
+            )
+            .cloned()
+            .collect();
+        let r = report(&enforced, None, None);
+        assert_eq!(r.messages, 5);
+        assert_eq!(status(&r, "labels"), "met", "{:?}", r.coco);
+        assert_eq!(status(&r, "monitoring-warning"), "met", "{:?}", r.coco);
+        assert_eq!(figure(&r, "labels", "passed without labels"), 0);
+    }
 }

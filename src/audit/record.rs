@@ -338,9 +338,11 @@ pub struct MessageRecord {
     pub markings: Vec<MarkingFound>,
     /// The effective level the policy settled on, if the message is marked.
     pub effective_level: Option<String>,
-    /// Whether the policy requires labels for this level (PROTECT or higher).
+    /// Whether the policy writes labels on mail of this direction and level (PROTECT or
+    /// higher, outbound, in the shipped UK policy).
     pub label_required: bool,
-    /// Whether the required labels were already present before any edit.
+    /// Whether every label the policy writes was already on the message, as the policy writes
+    /// it, before any edit (judged the same way for a refused or shadow-mode message).
     pub label_present: bool,
     /// Forward evidence, when the inspector looked.
     pub forward: Option<ForwardEvidence>,

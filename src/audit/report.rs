@@ -7,6 +7,11 @@
 //! control markgate covers to the period's figures. [`Report::render_text`] is for people,
 //! `serde_json` of [`Report`] for tools. This module reads records; it does not check the
 //! chain (that is [`super::verify`]) and decides nothing.
+//!
+//! Counting rules: a shadow-mode record's verdict is what *would* have happened, so it counts
+//! in `by_verdict` but never as blocked, refused or as an added disclaimer; a refused message
+//! (reject, tempfail, discard) counts as refused in the warning and label controls, never as
+//! labelled or missing a warning; only outbound mail counts towards the warning control.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -184,10 +189,13 @@ struct Tally {
     disclaimer_added: u64,
     disclaimer_present: u64,
     disclaimer_skipped: u64,
+    disclaimer_shadow: u64,
     outbound: u64,
+    outbound_refused: u64,
     label_required: u64,
     label_present: u64,
     label_applied: u64,
+    label_refused: u64,
     label_missing: u64,
 }
 
@@ -269,10 +277,15 @@ fn message(
         *r.by_rule.entry(rule.to_string()).or_default() += 1;
     }
 
-    let whole_blocked = matches!(
+    // The record's verdict is what happened to the message, or in shadow mode what would
+    // have happened: then nothing was refused or blocked, and every recipient got the mail.
+    let would_refuse = matches!(
         m.verdict,
-        Verdict::Reject | Verdict::Discard | Verdict::Quarantine
+        Verdict::Reject | Verdict::Tempfail | Verdict::Discard
     );
+    let enforced = m.mode == Mode::Enforce;
+    let refused = enforced && would_refuse;
+    let whole_blocked = enforced && (refused || m.verdict == Verdict::Quarantine);
     let mut any_blocked = whole_blocked;
     let mut forward_seen = false;
     for rcpt in &m.recipients {
@@ -341,28 +354,42 @@ fn message(
         }
     }
 
+    // Only outbound mail needs the warning: an inbound record's "skipped, the disclaimer is
+    // for outbound mail" is not an exception. A refused message is never delivered, so it
+    // needs neither the warning nor labels: it is counted as refused, not by its (empty)
+    // edits or its label flags. A shadow-mode message went out unchanged, so a would-be
+    // refusal (recorded as "disclaimer skipped: refused") left without the warning.
     if m.direction == super::record::Direction::Outbound {
         t.outbound += 1;
-    }
-    for e in &m.edits {
-        match e {
-            Edit::Disclaimer { .. } => t.disclaimer_added += 1,
-            Edit::DisclaimerPresent { .. } => t.disclaimer_present += 1,
-            Edit::DisclaimerSkipped { .. } => t.disclaimer_skipped += 1,
-            _ => {}
+        if refused {
+            t.outbound_refused += 1;
+        } else if would_refuse {
+            t.disclaimer_shadow += 1;
+        } else {
+            for e in &m.edits {
+                match e {
+                    Edit::Disclaimer { .. } if !enforced => t.disclaimer_shadow += 1,
+                    Edit::Disclaimer { .. } => t.disclaimer_added += 1,
+                    Edit::DisclaimerPresent { .. } => t.disclaimer_present += 1,
+                    Edit::DisclaimerSkipped { .. } => t.disclaimer_skipped += 1,
+                    _ => {}
+                }
+            }
         }
     }
     if m.label_required {
         t.label_required += 1;
-        let applied = m.mode == Mode::Enforce
+        let applied = enforced
             && m.edits
                 .iter()
                 .any(|e| matches!(e, Edit::LabelHeader { .. } | Edit::Subject { .. }));
-        if m.label_present {
+        if refused {
+            t.label_refused += 1;
+        } else if m.label_present {
             t.label_present += 1;
         } else if applied {
             t.label_applied += 1;
-        } else if !whole_blocked {
+        } else {
             t.label_missing += 1;
         }
     }
@@ -447,14 +474,22 @@ fn coco(r: &Report, t: &Tally) -> Vec<CocoControl> {
             requirement: "Outgoing mail carries a warning that it may be monitored".into(),
             figures: vec![
                 ("outbound messages".into(), t.outbound),
+                (
+                    "outbound messages refused (no warning needed)".into(),
+                    t.outbound_refused,
+                ),
                 ("disclaimers added".into(), t.disclaimer_added),
                 ("disclaimer already present".into(), t.disclaimer_present),
                 (
                     "disclaimers skipped (reason in each record)".into(),
                     t.disclaimer_skipped,
                 ),
+                (
+                    "disclaimers not added (shadow mode)".into(),
+                    t.disclaimer_shadow,
+                ),
             ],
-            status: status(t.outbound, t.disclaimer_skipped),
+            status: status(t.outbound, t.disclaimer_skipped + t.disclaimer_shadow),
         },
         CocoControl {
             id: "labels".into(),
@@ -464,6 +499,7 @@ fn coco(r: &Report, t: &Tally) -> Vec<CocoControl> {
                 ("messages requiring labels".into(), t.label_required),
                 ("already labelled".into(), t.label_present),
                 ("labels applied".into(), t.label_applied),
+                ("refused, so never delivered".into(), t.label_refused),
                 ("passed without labels".into(), t.label_missing),
             ],
             status: status(t.label_required, t.label_missing),

@@ -595,6 +595,24 @@ pub fn decide(policy: &Policy, facts: &Facts, envelope: &Envelope) -> Decision {
     decision
 }
 
+/// The labels `decide` would write for this message if it were delivered and enforced. A
+/// refused message's decision (and a shadow-mode one) carries no labels; the audit record
+/// uses this to say whether the labels the policy requires were already on the message.
+pub fn labels_if_delivered(
+    policy: &Policy,
+    facts: &Facts,
+    envelope: &Envelope,
+    d: &Decision,
+) -> Labels {
+    let labelled: Vec<&FoundMarking> = facts
+        .markings
+        .iter()
+        .filter(|m| m.label.is_some())
+        .collect();
+    let chosen = choose_label(policy, &labelled);
+    labels_to_write(policy, facts, envelope, d.direction, &d.effective, chosen)
+}
+
 fn add_disclaimer(d: &Disclaimer, signed: Option<SignedAction>) -> DisclaimerDecision {
     DisclaimerDecision::Add {
         rule: d.id.clone(),
