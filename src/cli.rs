@@ -334,12 +334,7 @@ fn run(
     }));
     // The audit writer first: policy loads and reload failures are audited too.
     let audit = crate::audit::start(&config.audit)
-        .with_context(|| {
-            format!(
-                "cannot open the audit trail {}",
-                config.audit.path.display()
-            )
-        })
+        .map_err(|e| anyhow::anyhow!(audit_open_failure(&config.audit.path, &e)))
         .map_err(logged_runtime)?;
     info!(audit = %audit.path().display(), sync = ?config.audit.sync, fail_open = config.audit.fail_open, "audit trail open");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -375,6 +370,28 @@ fn run(
         audit,
         metrics,
     ))
+}
+
+/// Why `markgate run` cannot start without its audit trail, and how to fix it: the built-in
+/// default (/var/log/markgate) is only writable by root or the packaged `markgate` user, so a
+/// first run as anyone else ends here.
+fn audit_open_failure(path: &Path, error: &crate::audit::AuditError) -> String {
+    let cause = match error {
+        crate::audit::AuditError::Open { error, .. } => error.clone(),
+        other => other.to_string(),
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    format!(
+        "cannot open the audit trail {}: {cause}. markgate does not start without an audit \
+         trail it can write: run it as a user who may write {}, or give it another file with \
+         `markgate run --audit-log PATH` (e.g. --audit-log ./audit.jsonl) or `[audit] path = \
+         \"PATH\"` in the config file",
+        path.display(),
+        dir.display()
+    )
 }
 
 async fn serve(

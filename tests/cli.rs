@@ -512,3 +512,194 @@ fn policy_test_takes_several_recipients_comma_separated_or_repeated() {
         assert_eq!(r[1]["address"], "carol@nhs.net");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The README's first run: `cargo run --release -- run`, nothing else. Its default audit trail,
+// /var/log/markgate/audit.jsonl, is writable by root only.
+// ---------------------------------------------------------------------------------------------
+
+/// The built-in audit file (`audit::DEFAULT_AUDIT_PATH`).
+const DEFAULT_AUDIT: &str = "/var/log/markgate/audit.jsonl";
+
+fn is_root() -> bool {
+    let out = Command::new("id").arg("-u").output().expect("run id -u");
+    text(&out.stdout).trim() == "0"
+}
+
+/// A copy of the binary anyone may run (the build tree may be in a private home directory),
+/// in a directory only root may write.
+fn world_runnable_binary() -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::OnceLock;
+    static COPY: OnceLock<(tempfile::TempDir, std::path::PathBuf)> = OnceLock::new();
+    COPY.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod dir");
+        let bin = dir.path().join("markgate");
+        std::fs::copy(env!("CARGO_BIN_EXE_markgate"), &bin).expect("copy the binary");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        (dir, bin)
+    })
+    .1
+    .clone()
+}
+
+/// `markgate ARGS` as an unprivileged user: `nobody` when the tests run as root (as in CI),
+/// else the user running the tests. `cwd` is where it runs (writable by that user).
+fn as_non_root(args: &[&str], cwd: &std::path::Path) -> Command {
+    let mut c = if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(world_runnable_binary());
+        c
+    } else {
+        markgate()
+    };
+    c.args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+/// A temporary directory the unprivileged user of [`as_non_root`] may write.
+fn non_root_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    dir
+}
+
+#[test]
+fn a_non_root_first_run_names_the_audit_path_the_os_error_and_the_fix() {
+    let cwd = non_root_dir();
+    if !is_root()
+        && std::fs::OpenOptions::new()
+            .append(true)
+            .open(DEFAULT_AUDIT)
+            .is_ok()
+    {
+        println!("skipped: this user may write {DEFAULT_AUDIT}, so the first run would work");
+        return;
+    }
+    let o = as_non_root(&["run"], cwd.path())
+        .output()
+        .expect("run markgate");
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert_eq!(text(&o.stdout), "");
+    // /var/log/markgate exists (root's 0750) or not (a fresh machine): either way the kernel
+    // says EACCES, and the message names the file, the error and both ways out.
+    for needle in [
+        "cannot open the audit trail /var/log/markgate/audit.jsonl: ",
+        "Permission denied (os error 13)",
+        "run it as a user who may write /var/log/markgate",
+        "`markgate run --audit-log PATH`",
+        "`[audit] path = \"PATH\"` in the config file",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    assert_eq!(
+        err.lines().filter(|l| l.contains("ERROR")).count(),
+        1,
+        "one error line: {err}"
+    );
+}
+
+#[test]
+fn a_config_file_audit_path_that_cannot_be_opened_names_the_fix_too() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The parent of the audit file is a regular file: no user can open it (ENOTDIR).
+    let not_a_dir = dir.path().join("plain-file");
+    std::fs::write(&not_a_dir, "").expect("write");
+    let audit = not_a_dir.join("audit.jsonl");
+    let conf = dir.path().join("markgate.toml");
+    let port = ports::free_port();
+    std::fs::write(
+        &conf,
+        format!(
+            "listen = \"inet:127.0.0.1:{port}\"\n\n[audit]\npath = {:?}\n",
+            audit.display().to_string()
+        ),
+    )
+    .expect("write config");
+    let o = markgate()
+        .args(["run", "--config", &conf.display().to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run markgate");
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    for needle in [
+        format!("cannot open the audit trail {}: ", audit.display()),
+        "Not a directory (os error 20)".into(),
+        format!("run it as a user who may write {}", not_a_dir.display()),
+        "`markgate run --audit-log PATH`".into(),
+        "`[audit] path = \"PATH\"` in the config file".into(),
+    ] {
+        assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn the_readme_non_root_variant_starts_with_audit_log_in_the_current_directory() {
+    // README: "Not root? Add `--audit-log ./audit.jsonl`". On a free port rather than 8895,
+    // so it can run beside the as-written root test.
+    let cwd = non_root_dir();
+    let port = ports::free_port();
+    let listen = format!("inet:127.0.0.1:{port}");
+    let child = as_non_root(
+        &["run", "--audit-log", "./audit.jsonl", "--listen", &listen],
+        cwd.path(),
+    )
+    .spawn()
+    .expect("start markgate");
+    assert!(ports::wait_listening(port, 20), "markgate did not listen");
+    let (code, _, err) = stop(child, "-TERM");
+    assert_eq!(code, Some(0), "{err}");
+    let audit = cwd.path().join("audit.jsonl");
+    let report = markgate::audit::verify_files(std::slice::from_ref(&audit));
+    assert!(report.ok(), "{report}");
+    let records = std::fs::read_to_string(&audit).expect("audit file");
+    assert!(records.contains("\"daemon_start\""), "{records}");
+    assert!(records.contains("\"daemon_stop\""), "{records}");
+}
+
+#[test]
+fn the_readme_run_command_works_as_written_for_root() {
+    if !is_root() {
+        // CI runs as root, so this runs there; a developer's own account cannot write
+        // /var/log/markgate, which the test above covers.
+        println!("skipped: not root (the README's command as written needs root)");
+        return;
+    }
+    assert!(
+        !ports::is_listening(8895),
+        "something already listens on 127.0.0.1:8895, the built-in default address"
+    );
+    // Exactly `markgate run`: built-in config, policy, address and audit file.
+    let child = markgate()
+        .arg("run")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start markgate");
+    let pid = child.id();
+    assert!(ports::wait_listening(8895, 20), "markgate did not listen");
+    let (code, out, err) = stop(child, "-TERM");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, "");
+    assert!(err.contains("markgate started"), "{err}");
+    assert!(err.contains(&format!("audit={DEFAULT_AUDIT}")), "{err}");
+    // This run's records are in the default audit file.
+    let records = std::fs::read_to_string(DEFAULT_AUDIT).expect("the default audit file");
+    let start = records
+        .lines()
+        .find(|l| l.contains("\"daemon_start\"") && l.contains(&format!("\"pid\":{pid}")))
+        .unwrap_or_else(|| panic!("no daemon_start record for pid {pid} in {DEFAULT_AUDIT}"));
+    assert!(start.contains("inet:127.0.0.1:8895"), "{start}");
+    assert!(records.contains("\"daemon_stop\""), "{records}");
+}
