@@ -95,13 +95,15 @@ impl PolicySource for PolicyFiles {
                 path.display()
             )
         })?;
-        let digest = sha256_hex(&bytes);
         let policy = match std::str::from_utf8(&bytes) {
-            Ok(text) => Policy::from_str(&path.display().to_string(), text),
+            // Fragments (`include`) are read again now, so a reload sees their edits too.
+            Ok(text) => Policy::from_file_text(path, text),
             // Let the policy loader say where the bad bytes are.
             Err(_) => Policy::from_file(path),
         }
         .map_err(|e| e.to_string())?;
+        // The policy file's SHA-256, or with fragments the digest over all of them.
+        let digest = policy.digest.clone();
         Ok((policy, digest))
     }
 }

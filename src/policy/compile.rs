@@ -11,27 +11,38 @@ use regex::Regex;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use super::domains::{DomainMap, Network, check_domain_pattern};
+use super::domains::{DomainMap, Network, check_domain_pattern, normalise_domain};
 use super::error::{LoadErrors, Problem, Severity, SourceText};
+use super::include;
 use super::labels::{self, Grammar, QualifierKind, VocabLevel, VocabQualifier, Vocabulary};
 use super::model::*;
 use super::raw::{self, TableReader, quote_list};
 
-/// Compile policy text. `name` is used in messages (normally the file path).
-pub(crate) fn compile(name: &str, text: &str) -> Result<Policy, LoadErrors> {
-    let src = SourceText::new(name, text);
-    let root = match raw::parse(&src) {
+/// Compile policy text. `name` is used in messages (normally the file path) and is what
+/// `include` paths are relative to; `identity` is the file's identity as `read` reports
+/// identities (for include cycles); `read` reads fragments.
+pub(crate) fn compile(
+    name: &str,
+    text: &str,
+    identity: Option<String>,
+    read: &mut include::Reader<'_>,
+) -> Result<Policy, LoadErrors> {
+    let mut src = SourceText::new(name, text);
+    let root = match raw::parse(&src, 0) {
         Ok(root) => root,
-        Err(p) => return Err(LoadErrors { problems: vec![p] }),
+        Err(p) => return Err(LoadErrors { problems: vec![*p] }),
     };
+    let mut problems = Vec::new();
+    let root = include::resolve(&mut src, root, identity, read, &mut problems);
     let mut c = Compiler {
         src: &src,
-        problems: Vec::new(),
+        problems,
         level_names: Vec::new(),
     };
     let policy = c.policy(&root);
     let mut problems = c.problems;
-    problems.sort_by_key(|p| (p.line, p.column));
+    // The policy file first, then each fragment in load order; by position within a file.
+    problems.sort_by_key(|p| (src.rank(&p.file), p.line, p.column));
     if problems.iter().any(|p| p.severity == Severity::Error) {
         return Err(LoadErrors { problems });
     }
@@ -50,6 +61,7 @@ struct Compiler<'a> {
 }
 
 const TOP_KEYS: &[&str] = &[
+    "include",
     "policy",
     "scheme",
     "read",
@@ -60,6 +72,20 @@ const TOP_KEYS: &[&str] = &[
     "disclaimer",
     "inbound",
 ];
+
+/// SHA-256 (hex) of the policy text; with fragments, of the policy text and each fragment's
+/// text in load order, each preceded by a NUL (which TOML text cannot contain), so a change
+/// in any file changes the digest.
+fn digest(src: &SourceText) -> String {
+    let mut h = Sha256::new();
+    for (i, f) in src.files().iter().enumerate() {
+        if i > 0 {
+            h.update([0u8]);
+        }
+        h.update(f.text.as_bytes());
+    }
+    hex(&h.finalize())
+}
 
 impl<'a> Compiler<'a> {
     fn err(&mut self, span: Range<usize>, key: &str, found: String, expected: String) {
@@ -95,6 +121,12 @@ impl<'a> Compiler<'a> {
 
     fn line_of(&self, span: &Range<usize>) -> usize {
         self.src.line_col(span.start).0
+    }
+
+    /// How a message at `here` names an earlier `there`: `line N` in the same file, else
+    /// `file:line:col` (the other is in a fragment, or the fragment's message names the policy).
+    fn place_from(&self, there: usize, here: &Range<usize>) -> String {
+        self.src.place_from(there, here.start)
     }
 
     fn policy(&mut self, root: &'a raw::Node) -> Option<Policy> {
@@ -135,8 +167,12 @@ impl<'a> Compiler<'a> {
         Some(Policy {
             name: name?,
             description: description.unwrap_or_default(),
-            source: self.src.name.clone(),
-            digest: hex(&Sha256::digest(self.src.text.as_bytes())),
+            source: self.src.main().name.clone(),
+            fragments: self.src.files()[1..]
+                .iter()
+                .map(|f| f.name.clone())
+                .collect(),
+            digest: digest(self.src),
             mode,
             shadow_header,
             read: read?,
@@ -364,14 +400,13 @@ impl<'a> Compiler<'a> {
             return false;
         }
         let key = text.to_ascii_uppercase();
-        let line = self.line_of(&s.span());
-        if let Some((other, other_line)) = seen.get(&key) {
-            let found =
-                format!("`{text}` for {what}, already used by {other} on line {other_line}");
+        if let Some((other, other_at)) = seen.get(&key) {
+            let place = self.place_from(*other_at, &s.span());
+            let found = format!("`{text}` for {what}, already used by {other} on {place}");
             self.err(s.span(), path, found, "each level, alias and qualifier spelled differently (case is ignored when reading)".into());
             false
         } else {
-            seen.insert(key, (what.to_owned(), line));
+            seen.insert(key, (what.to_owned(), s.span().start));
             true
         }
     }
@@ -664,6 +699,8 @@ impl<'a> Compiler<'a> {
         self.problems = p;
 
         let mut own_map = DomainMap::default();
+        // Where each domain was first listed (lower case), to name both places of a duplicate.
+        let mut own_first: HashMap<String, usize> = HashMap::new();
         for d in &own {
             if let Err(why) = check_domain_pattern(d.get_ref()) {
                 self.err(
@@ -673,12 +710,18 @@ impl<'a> Compiler<'a> {
                     "a domain such as `example.gov.uk` or `*.example.gov.uk`".into(),
                 );
             } else if !own_map.insert(d.get_ref(), ()) {
+                let first = own_first
+                    .get(&normalise_domain(d.get_ref()))
+                    .map(|at| format!(" (first on {})", self.place_from(*at, &d.span())))
+                    .unwrap_or_default();
                 self.err(
                     d.span(),
                     "domains.own",
-                    format!("`{}` twice", d.get_ref()),
+                    format!("`{}` twice{first}", d.get_ref()),
                     "each domain once".into(),
                 );
+            } else {
+                own_first.insert(normalise_domain(d.get_ref()), d.span().start);
             }
         }
         let mut nets = Vec::new();
@@ -731,6 +774,7 @@ impl<'a> Compiler<'a> {
         let default_ceiling =
             default_ceiling.and_then(|l| self.level_ref(&l, "domains.default_ceiling"));
         let mut ceiling_map = DomainMap::default();
+        let mut ceiling_first: HashMap<String, usize> = HashMap::new();
         if let Some(mut ct) = ceilings {
             for (key, node) in ct.take_all() {
                 let path = format!("domains.ceilings.\"{}\"", key.name);
@@ -762,18 +806,24 @@ impl<'a> Compiler<'a> {
                         None
                     }
                 };
-                if let Some(level) = level
-                    && !ceiling_map.insert(&key.name, (level, key.name.clone()))
-                {
-                    self.err(
-                        kspan,
-                        &path,
-                        format!(
-                            "`{}` listed twice (names are compared without case)",
-                            key.name
-                        ),
-                        "each domain once".into(),
-                    );
+                if let Some(level) = level {
+                    if ceiling_map.insert(&key.name, (level, key.name.clone())) {
+                        ceiling_first.insert(normalise_domain(&key.name), kspan.start);
+                    } else {
+                        let first = ceiling_first
+                            .get(&normalise_domain(&key.name))
+                            .map(|at| format!(", first on {}", self.place_from(*at, &kspan)))
+                            .unwrap_or_default();
+                        self.err(
+                            kspan,
+                            &path,
+                            format!(
+                                "`{}` listed twice (names are compared without case{first})",
+                                key.name
+                            ),
+                            "each domain once".into(),
+                        );
+                    }
                 }
             }
             let mut p = std::mem::take(&mut self.problems);
@@ -829,16 +879,16 @@ impl<'a> Compiler<'a> {
             let weight = st.required_int("weight", &mut p);
             st.finish(&["id", "header", "matches", "weight"], &mut p);
             self.problems = p;
-            if let Some(id) = &id {
-                let line = self.line_of(&id.span());
-                if let Some(prev) = ids.insert(id.get_ref().clone(), line) {
-                    self.err(
-                        id.span(),
-                        &format!("{path}.id"),
-                        format!("`{}` already used on line {prev}", id.get_ref()),
-                        "a unique signal id".into(),
-                    );
-                }
+            if let Some(id) = &id
+                && let Some(prev) = ids.insert(id.get_ref().clone(), id.span().start)
+            {
+                let place = self.place_from(prev, &id.span());
+                self.err(
+                    id.span(),
+                    &format!("{path}.id"),
+                    format!("`{}` already used on {place}", id.get_ref()),
+                    "a unique signal id".into(),
+                );
             }
             let header = header.and_then(|h| {
                 let (name, prefix) = match h.get_ref().strip_suffix('*') {
@@ -1076,12 +1126,12 @@ impl<'a> Compiler<'a> {
                         "letters, digits, `-`, `_` and `.` only".into(),
                     );
                 }
-                let line = self.line_of(&id.span());
-                if let Some(prev) = ids.insert(id.get_ref().clone(), line) {
+                if let Some(prev) = ids.insert(id.get_ref().clone(), id.span().start) {
+                    let place = self.place_from(prev, &id.span());
                     self.err(
                         id.span(),
                         &format!("{path}.id"),
-                        format!("`{}` already used on line {prev}", id.get_ref()),
+                        format!("`{}` already used on {place}", id.get_ref()),
                         "a unique rule id".into(),
                     );
                 }
@@ -1147,7 +1197,7 @@ impl<'a> Compiler<'a> {
             let span = spans[i].clone();
             let key = format!("rule `{}`", r.id);
             // Shadowed by an earlier rule for the same situation that covers every case.
-            if let Some(earlier) = rules[..i].iter().find(|e| {
+            if let Some(j) = rules[..i].iter().position(|e| {
                 e.when == r.when
                     && e.direction.covers(r.direction)
                     && match (e.min_level, r.min_level) {
@@ -1156,7 +1206,8 @@ impl<'a> Compiler<'a> {
                         (Some(a), Some(b)) => a <= b,
                     }
             }) {
-                self.err(span, &key, format!("a rule that can never fire: rule `{}` (line {}) handles every case it would", earlier.id, earlier.line), "a rule reachable for some mail (narrow the earlier rule, or remove this one)".into());
+                let (earlier, place) = (&rules[j], self.place_from(spans[j].start, &span));
+                self.err(span, &key, format!("a rule that can never fire: rule `{}` ({place}) handles every case it would", earlier.id), "a rule reachable for some mail (narrow the earlier rule, or remove this one)".into());
                 continue;
             }
             if r.when == Situation::ForgedLabel && r.direction == Directions::Outbound {

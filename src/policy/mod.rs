@@ -8,8 +8,9 @@
 //! [`decide()`] is a pure function of the policy, the message [`Facts`] (from `inspect`) and the
 //! [`Envelope`]. [`render`] formats decisions for `markgate policy test`.
 //!
-//! Must not: do I/O (except [`Policy::from_file`] and [`check_file`], the one clearly separated
-//! place that reads a file), log, or touch the message. The language is documented key by key
+//! Must not: do I/O (except [`Policy::from_file`], [`Policy::from_file_text`] and
+//! [`check_file`], the one clearly separated place that reads the policy file and the fragments
+//! it includes), log, or touch the message. The language is documented key by key
 //! in `docs/markgate-policy.5.md`; the shipped policies are in `policies/`.
 
 mod compile;
@@ -17,6 +18,7 @@ pub mod decide;
 pub mod domains;
 pub mod error;
 pub mod facts;
+mod include;
 pub mod labels;
 pub mod model;
 mod raw;
@@ -39,16 +41,37 @@ pub const BUILTIN_NAME: &str = "<built-in uk-gpms>";
 
 impl Policy {
     /// Load a policy from text. `name` (usually the file path) is used in error messages.
+    /// Text given this way has no directory to resolve fragments against, so an `include` in
+    /// it is reported as an error; use [`Policy::from_file`].
     pub fn from_str(name: &str, text: &str) -> Result<Policy, LoadErrors> {
-        compile::compile(name, text)
+        compile::compile(name, text, None, &mut |_: &Path| {
+            Err(
+                "this policy was given as text, not as a file, so it cannot include fragments"
+                    .to_owned(),
+            )
+        })
     }
 
-    /// Read and load a policy file.
+    /// Load the policy file `path` whose text has already been read (the reload reads the
+    /// bytes once), reading the fragments it includes from the disk now.
+    pub fn from_file_text(path: &Path, text: &str) -> Result<Policy, LoadErrors> {
+        let identity = std::fs::canonicalize(path)
+            .ok()
+            .map(|p| p.display().to_string());
+        compile::compile(
+            &path.display().to_string(),
+            text,
+            identity,
+            &mut read_fragment,
+        )
+    }
+
+    /// Read and load a policy file (and the fragments it includes).
     pub fn from_file(path: &Path) -> Result<Policy, LoadErrors> {
         let name = path.display().to_string();
         match std::fs::read(path) {
             Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => Policy::from_str(&name, &text),
+                Ok(text) => Policy::from_file_text(path, &text),
                 Err(e) => {
                     let src = error::SourceText::new(&name, &String::from_utf8_lossy(e.as_bytes()));
                     let at = e.utf8_error().valid_up_to();
@@ -71,6 +94,7 @@ impl Policy {
                     key: String::new(),
                     found: format!("a file that cannot be read ({e})"),
                     expected: "a readable policy file".into(),
+                    included_from: Vec::new(),
                 }],
             }),
         }
@@ -80,6 +104,20 @@ impl Policy {
     pub fn builtin() -> Result<Policy, LoadErrors> {
         Policy::from_str(BUILTIN_NAME, BUILTIN_POLICY)
     }
+}
+
+/// Read one fragment for `include`: its canonical path (so a cycle through a symlink or a
+/// `..` is still one file) and its text.
+fn read_fragment(path: &Path) -> Result<(String, String), String> {
+    let identity = std::fs::canonicalize(path).map_err(|e| e.to_string())?;
+    let bytes = std::fs::read(&identity).map_err(|e| e.to_string())?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        format!(
+            "not UTF-8 text: the byte at offset {} is not",
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    Ok((identity.display().to_string(), text))
 }
 
 /// The result of checking a policy for `markgate check`: every problem, formatted for people.

@@ -19,7 +19,10 @@ pub struct Policy {
     pub description: String,
     /// The file it came from (`<built-in>` for the default).
     pub source: String,
-    /// SHA-256 of the policy text, hex: audit records cite it.
+    /// The fragments it includes (`include`), as resolved paths, in load order.
+    pub fragments: Vec<String>,
+    /// SHA-256 of the policy text (and of its fragments' texts, if any), hex: audit records
+    /// cite it.
     pub digest: String,
     pub mode: Mode,
     /// Header added in shadow mode saying what would have happened.

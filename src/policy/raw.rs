@@ -295,21 +295,42 @@ impl<'de> Visitor<'de> for KeyVisitor {
     }
 }
 
-/// Parse TOML text into a spanned tree; the only error is a TOML syntax error, reported with
-/// its position.
-pub(crate) fn parse(src: &SourceText) -> Result<Node, Problem> {
-    match toml::from_str::<Node>(&src.text) {
-        Ok(node) => Ok(node),
+/// Parse file `file` of `src` into a spanned tree whose spans are shared offsets (see
+/// [`SourceText`]); the only error is a TOML syntax error, reported with its position.
+pub(crate) fn parse(src: &SourceText, file: usize) -> Result<Node, Box<Problem>> {
+    let base = src.base(file);
+    match toml::from_str::<Node>(&src.file(file).text) {
+        Ok(mut node) => {
+            if base > 0 {
+                shift(&mut node, base);
+            }
+            Ok(node)
+        }
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
             let message = e.message().trim().to_owned();
-            Err(src.problem(
-                span,
+            Err(Box::new(src.problem(
+                span.start + base..span.end + base,
                 "",
                 format!("invalid TOML ({message})"),
                 "valid TOML syntax".to_owned(),
-            ))
+            )))
         }
+    }
+}
+
+/// Move every span of a tree parsed from one file to that file's place in the shared offsets.
+fn shift(node: &mut Node, base: usize) {
+    node.span = node.span.start + base..node.span.end + base;
+    match &mut node.value {
+        Value::Array(items) => items.iter_mut().for_each(|n| shift(n, base)),
+        Value::Table(entries) => {
+            for (key, n) in entries {
+                key.span = key.span.start + base..key.span.end + base;
+                shift(n, base);
+            }
+        }
+        _ => {}
     }
 }
 
