@@ -69,13 +69,15 @@ pub trait PolicySource: Send + Sync + 'static {
     type Policy: Send + Sync + 'static;
 
     /// Read and compile the policy `config` names (its built-in default when it names none),
-    /// and identify it for logs and audit (the lower-case hex SHA-256 of the bytes compiled).
+    /// and identify it for logs and audit (the lower-case hex SHA-256 of the bytes compiled;
+    /// with `include`, of the policy and its fragments).
     /// The error is for people: file:line:column, what was found, what was expected.
     fn load(&self, config: &Config) -> Result<(Self::Policy, String), String>;
 }
 
-/// The production [`PolicySource`]: `policy::Policy` from the file the config names, or the
-/// built-in default. The bytes are read once, so the digest is of exactly what was compiled.
+/// The production [`PolicySource`]: `policy::Policy` from the file the config names (and the
+/// fragments it includes, read again on every reload), or the built-in default. Each file is
+/// read once, so the digest is of exactly what was compiled.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PolicyFiles;
 

@@ -261,7 +261,8 @@ pub struct DaemonStop {
 pub struct PolicyLoaded {
     /// The policy file.
     pub path: String,
-    /// Lower-case hex SHA-256 of the policy file's bytes (see [`super::record::policy_digest`]).
+    /// Lower-case hex SHA-256 of the policy file's bytes (see [`super::record::policy_digest`]);
+    /// with `include`, of the policy and its fragments (markgate-policy(5)).
     pub digest: String,
     /// `start` or `reload`.
     pub trigger: String,

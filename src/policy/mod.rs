@@ -125,6 +125,9 @@ fn read_fragment(path: &Path) -> Result<(String, String), String> {
 pub struct CheckReport {
     /// The file checked.
     pub file: String,
+    /// The fragments it includes, in load order (when it loads).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fragments: Vec<String>,
     /// Every error and warning, in file order.
     pub problems: Vec<Problem>,
 }
@@ -149,8 +152,13 @@ impl CheckReport {
             .count();
         let warnings = self.problems.len() - errors;
         if errors == 0 {
+            let fragments = if self.fragments.is_empty() {
+                String::new()
+            } else {
+                format!("; fragments read: {}", self.fragments.join(", "))
+            };
             out.push_str(&format!(
-                "{}: policy OK ({warnings} warning(s))\n",
+                "{}: policy OK ({warnings} warning(s)){fragments}\n",
                 self.file
             ));
         } else {
@@ -175,9 +183,13 @@ pub fn check_str(name: &str, text: &str) -> CheckReport {
 }
 
 fn report(file: String, result: Result<Policy, LoadErrors>) -> CheckReport {
-    let problems = match result {
-        Ok(p) => p.warnings,
-        Err(e) => e.problems,
+    let (problems, fragments) = match result {
+        Ok(p) => (p.warnings, p.fragments),
+        Err(e) => (e.problems, Vec::new()),
     };
-    CheckReport { file, problems }
+    CheckReport {
+        file,
+        fragments,
+        problems,
+    }
 }
