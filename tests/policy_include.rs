@@ -715,3 +715,112 @@ fn a_reload_rereads_the_fragments_and_a_bad_fragment_keeps_the_old_policy() {
     assert_eq!(now.generation, first.generation + 1);
     assert!(now.policy.domains.ceilings.get("nhs.uk").is_some());
 }
+
+/// The daemon itself: SIGHUP re-reads a fragment; a broken one is refused (audited, naming the
+/// fragment's line and column) and the policy in force stays; a fixed one is loaded.
+#[test]
+fn sighup_rereads_fragments_in_the_running_daemon() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let t = Tree::new(MAIN, LEVELS, PARTNERS);
+    let audit = t.path("audit.jsonl");
+    let sock = t.path("m.sock");
+    std::fs::write(
+        t.path("markgate.toml"),
+        format!(
+            "listen = \"unix:{}\"\npolicy = {:?}\n\n[audit]\npath = {:?}\n",
+            sock.display(),
+            t.path("policy.toml").display().to_string(),
+            audit.display().to_string()
+        ),
+    )
+    .expect("write config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_markgate"))
+        .args(["run", "--config"])
+        .arg(t.path("markgate.toml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start markgate");
+    let pid = child.id().to_string();
+    let records = |kind: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|r| r["event"] == kind)
+            .collect()
+    };
+    let wait_for = |kind: &str, n: usize| -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = records(kind);
+            if found.len() >= n {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {n} `{kind}` record(s) in time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let hup = || {
+        let ok = Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    };
+    let started = wait_for("policy_loaded", 1);
+    let first_digest = started[0]["data"]["digest"]
+        .as_str()
+        .expect("digest")
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() {
+        assert!(Instant::now() < deadline, "socket not created");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    t.write(
+        "shared/partners.toml",
+        &format!("{PARTNERS}\"nhs.uk\" = \"RESTRICTD\"\n"),
+    );
+    hup();
+    let failed = wait_for("reload_failed", 1);
+    let error = failed[0]["data"]["error"].as_str().expect("error");
+    assert!(
+        error.contains(&format!(
+            "{}:5:12: error: domains.ceilings.\"nhs.uk\": found unknown level `RESTRICTD`",
+            t.shown("shared/partners.toml")
+        )),
+        "{error}"
+    );
+    assert_eq!(failed[0]["data"]["kept_digest"], first_digest.as_str());
+
+    t.write(
+        "shared/partners.toml",
+        &format!("{PARTNERS}\"nhs.uk\" = \"PROTECT\"\n"),
+    );
+    hup();
+    let loaded = wait_for("policy_loaded", 2);
+    let new_digest = loaded[1]["data"]["digest"].as_str().expect("digest");
+    assert_eq!(loaded[1]["data"]["trigger"], "reload");
+    assert_ne!(new_digest, first_digest);
+    let expected = Policy::from_file(&t.path("policy.toml"))
+        .expect("loads")
+        .digest;
+    assert_eq!(new_digest, expected, "the digest covers the fragments");
+
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
+    assert!(markgate::audit::verify_files(std::slice::from_ref(&audit)).ok());
+}
