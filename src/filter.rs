@@ -1238,29 +1238,32 @@ impl Handler for Filter {
         let queue_id = tx.queue_id().map(lossy);
         let worked = if !tx.is_spilled() && tx.body_len() <= INLINE_BODY_LIMIT {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decide(&tx, conn, &live)))
-                .map_err(|payload| ("inline", panic_text(payload.as_ref())))
+                .map_err(|payload| ("inline", "panicked", panic_text(payload.as_ref())))
         } else {
             let conn = conn.clone();
             tokio::task::spawn_blocking(move || decide(&tx, &conn, &live))
                 .await
                 .map_err(|e| {
-                    let text = if e.is_panic() {
-                        panic_text(e.into_panic().as_ref())
+                    if e.is_panic() {
+                        (
+                            "blocking pool",
+                            "panicked",
+                            panic_text(e.into_panic().as_ref()),
+                        )
                     } else {
-                        e.to_string()
-                    };
-                    ("blocking pool", text)
+                        ("blocking pool", "was cancelled", e.to_string())
+                    }
                 })
         };
         let (result, meta) = match worked {
             Ok(r) => r,
-            Err((place, detail)) => {
+            Err((place, what, detail)) => {
                 // The panic message goes to the log only: it can quote message text (a slice
                 // panic shows the string), and the audit trail never carries message content.
-                error!(queue_id = queue_id.as_deref().unwrap_or(""), place, detail = %detail, "the decision pipeline panicked; answering 4xx");
+                error!(queue_id = queue_id.as_deref().unwrap_or(""), place, detail = %detail, "the decision pipeline {what}; answering 4xx");
                 self.count(started, None, "tempfail");
                 let why = format!(
-                    "the decision pipeline panicked ({place}); the panic message is in the daemon log"
+                    "the decision pipeline {what} ({place}); the details are in the daemon log"
                 );
                 return Ok(self.internal_error(why, queue_id).await);
             }

@@ -691,9 +691,7 @@ mod pipeline_panic {
         assert_eq!(e["queue_id"], "PANIC1");
         assert_eq!(
             e["error"],
-            format!(
-                "the decision pipeline panicked ({place}); the panic message is in the daemon log"
-            )
+            format!("the decision pipeline panicked ({place}); the details are in the daemon log")
         );
         assert!(
             e["smtp_reply"]
