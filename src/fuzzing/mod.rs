@@ -11,3 +11,25 @@
 pub mod milter;
 pub mod policy;
 pub mod rewrite;
+
+/// Let a panic raised inside mail-parser unwind to markgate's own `catch_unwind` instead of
+/// aborting the fuzzer. cargo-fuzz builds every crate with debug assertions, and mail-parser
+/// has `debug_assert!(false, …)` on recovery paths that malformed MIME reaches (release builds,
+/// and our dev profile, compile them out). libfuzzer-sys installs a hook that aborts on every
+/// panic before it unwinds; this wraps that hook for panics located in mail-parser's source,
+/// so what the fuzzer then checks is markgate's handling of a parser failure. A panic in
+/// markgate's own code, or one that escapes markgate's containment, still aborts.
+pub fn contain_parser_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let next = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_parser = info
+                .location()
+                .is_some_and(|l| l.file().contains("mail-parser-"));
+            if !in_parser {
+                next(info);
+            }
+        }));
+    });
+}

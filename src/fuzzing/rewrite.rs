@@ -42,6 +42,7 @@ pub fn default_request() -> RewriteRequest {
 
 /// Fuzz target body: inspection of arbitrary bytes must not panic.
 pub fn fuzz_inspect(data: &[u8]) {
+    super::contain_parser_panics();
     let shape = mime::analyze(data, Some(GPMS_DISCLAIMER));
     let _ = rewrite::headers_from_raw(data, shape.body_offset);
     for p in &shape.parts {
@@ -51,6 +52,7 @@ pub fn fuzz_inspect(data: &[u8]) {
 
 /// Fuzz target body: the rewrite round trip must hold its properties; a violation panics.
 pub fn fuzz_rewrite_roundtrip(data: &[u8]) {
+    super::contain_parser_panics();
     for request in [default_request(), prepend_request()] {
         if let Err(e) = check_roundtrip(data, &|_| request.clone()) {
             panic!("rewrite round trip: {e}");

@@ -291,13 +291,33 @@ pub fn analyze(raw: &[u8], marker: Option<&str>) -> MimeShape {
         diagnostics: Vec::new(),
     };
     // Only the MIME headers are parsed; everything else raw (fewer parsers, fewer surprises).
-    let Some(message) = MessageParser::new().with_mime_headers().parse(raw) else {
-        shape.diagnostics.push(Diagnostic {
-            part: None,
-            code: "no-header-block",
-            detail: "no header could be parsed".into(),
-        });
-        return shape;
+    // A panic inside the parser (mail-parser has `debug_assert!(false)` on recovery paths that
+    // malformed MIME reaches, and any dependency can have a bug) must not turn into a 451 that
+    // the MTA retries for days: the message is then one whose structure we cannot read, so the
+    // labels still go on and the body is left alone, as for any other unreadable structure.
+    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        MessageParser::new().with_mime_headers().parse(raw)
+    }));
+    let message = match parsed {
+        Ok(Some(message)) => message,
+        Ok(None) => {
+            shape.diagnostics.push(Diagnostic {
+                part: None,
+                code: "no-header-block",
+                detail: "no header could be parsed".into(),
+            });
+            return shape;
+        }
+        Err(_) => {
+            shape.structure_reliable = false;
+            shape.diagnostics.push(Diagnostic {
+                part: None,
+                code: "parser-failed",
+                detail: "the MIME parser failed on this message; its structure is not trusted"
+                    .into(),
+            });
+            return shape;
+        }
     };
     shape.parsed = true;
     let len = raw.len();
