@@ -210,6 +210,34 @@ impl Transaction {
         BodyReader { source, pos: 0 }
     }
 
+    /// The length of [`Transaction::raw_message`]'s header part: the header block and the
+    /// blank line after it.
+    pub fn head_len(&self) -> u64 {
+        self.headers
+            .iter()
+            .map(|h| {
+                let mut n = h.name.len() + 2 + h.value.len() + 2;
+                // `write_raw` adds a CR before each folding LF that lacks one.
+                let mut prev = 0u8;
+                for &b in &h.value {
+                    if b == b'\n' && prev != b'\r' {
+                        n += 1;
+                    }
+                    prev = b;
+                }
+                n as u64
+            })
+            .sum::<u64>()
+            + 2
+    }
+
+    /// Read body bytes at `offset` (positional: readers and other calls are unaffected).
+    pub fn read_body_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut r = self.body_reader();
+        r.pos = offset.min(self.body_len());
+        r.read(buf)
+    }
+
     /// The header block as it appears in a message: each header as `Name: value` + CRLF, in the
     /// original order, without the empty line that ends it. The space after the colon is always
     /// a single space (the milter protocol does not tell us what the client sent there).
