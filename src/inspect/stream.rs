@@ -201,8 +201,21 @@ impl TextScan {
     }
 
     fn scan_text(&mut self, text: &str) {
-        let mut piece = String::new();
-        for c in text.chars() {
+        let mut piece = String::with_capacity(text.len() + 1);
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            // Mail text is mostly ASCII: take a byte as a char without decoding UTF-8.
+            let c = if bytes[i].is_ascii() {
+                i += 1;
+                char::from(bytes[i - 1])
+            } else {
+                let Some(c) = text[i..].chars().next() else {
+                    break;
+                };
+                i += c.len_utf8();
+                c
+            };
             self.pgp_char(c);
             if c == '\n' {
                 self.at_line_start = true;
@@ -225,7 +238,11 @@ impl TextScan {
                     piece.push(' ');
                     self.pending_space = false;
                 }
-                piece.extend(c.to_lowercase());
+                if c.is_ascii() {
+                    piece.push(c.to_ascii_lowercase());
+                } else {
+                    piece.extend(c.to_lowercase());
+                }
                 self.out_nonempty = true;
             }
         }
@@ -259,6 +276,9 @@ impl TextScan {
     fn pgp_char(&mut self, c: char) {
         if c == '\n' {
             self.pgp_line_end();
+            return;
+        }
+        if self.pgp_dead {
             return;
         }
         if self.pgp_line.len() < PGP_LINE_KEEP {
