@@ -1318,7 +1318,8 @@ fn decide_message(
         .iter()
         .map(|r| (lossy(r.bare()), r.address.clone()))
         .collect();
-    let result = evaluate(&live.policy, envelope, tx).and_then(|eval| {
+    let limits = live.config.large_limits();
+    let result = evaluate_with(&live.policy, envelope, tx, &limits).and_then(|eval| {
         let out = outcome(&eval, tx, &recipients_as_sent, &spill)?;
         let record = audit_record(&live.policy, &eval, &meta);
         Ok((eval, out, record))
