@@ -12,6 +12,11 @@
 //! header edits, then one body replacement, then recipient removals and quarantine, then the
 //! verdict.
 //!
+//! A spilled message is judged from a reduced copy and its new body copied back from the spill
+//! file (`crate::large`, which states when it falls back to reading the message whole, and when
+//! a message is refused instead): the answer is the one the whole message would get, in
+//! bounded memory.
+//!
 //! `markgate policy test` calls the same [`evaluate`] on a file, so what it shows is what the
 //! daemon does. Any error on the way (spill file unreadable, a rewrite request the policy made
 //! invalid, a panic in a pure module) answers 4xx: mail is retried, never lost or passed
@@ -75,8 +80,10 @@ pub trait MessageSource {
     /// The whole message (headers, blank line, body). Called at most once, and only when the
     /// decision needs the body (and then only when it cannot be reduced; see `crate::large`).
     fn whole(&self) -> io::Result<Cow<'_, [u8]>>;
-    /// The whole message's length in bytes.
-    fn whole_len(&self) -> u64;
+    /// The whole message's length in bytes (the default reads it whole: override it).
+    fn whole_len(&self) -> u64 {
+        self.whole().map_or(0, |w| w.len() as u64)
+    }
     /// For a message too large to read whole without cost: a reader over what
     /// [`MessageSource::whole`] would return, so the pipeline can judge a reduced copy
     /// (`crate::large`). `None`: read it whole.

@@ -519,6 +519,23 @@ mod tests {
     }
 
     #[test]
+    fn head_len_is_the_length_of_the_raw_messages_header_part() {
+        let mut t = tx(1024);
+        assert_eq!(t.head_len(), 2);
+        t.header(b"Subject", b"one\n\ttwo").unwrap();
+        t.header(b"X-Cr", b"a\r\n b").unwrap();
+        t.header(b"X-Lead", b"\nx").unwrap();
+        t.header(b"X-Empty", b"").unwrap();
+        t.body_chunk(b"body\r\n").unwrap();
+        let raw = read_all(t.raw_message());
+        assert_eq!(t.head_len(), raw.len() as u64 - 6);
+        let mut b = [0u8; 3];
+        assert_eq!(t.read_body_at(2, &mut b).unwrap(), 3);
+        assert_eq!(&b, b"dy\r");
+        assert_eq!(t.read_body_at(99, &mut b).unwrap(), 0);
+    }
+
+    #[test]
     fn empty_message() {
         let t = tx(0);
         assert_eq!(t.body_len(), 0);
