@@ -14,24 +14,17 @@
 
 use std::borrow::Cow;
 use std::io::{self, Read as _};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use markgate::filter::{self, MessageSource, RawSource};
+use markgate::fuzzing::{self, large::Compared};
 use markgate::inspect::markings::header_fields;
 use markgate::inspect::mime;
-use markgate::large::{self, Limits};
+use markgate::large::Limits;
 use markgate::milter::handler::{ConnectionFacts, MessageSink, Modification, NewBody};
 use markgate::policy::{Envelope, Policy};
-use markgate::rewrite::{
-    self, DisclaimerEdit, LabelHeader, Placement, RewriteRequest, SignedAction, SubjectEdit,
-    SubjectPosition,
-};
+use markgate::rewrite::RewriteRequest;
 use markgate::transaction::{SpillPolicy, Transaction};
-
-const DISCLAIMER: &str = "Communications sent to or from this organisation may be subject to recording and/or monitoring in accordance with relevant legislation.";
-const MARKER: &str =
-    "may be subject to recording and/or monitoring in accordance with relevant legislation";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -348,54 +341,9 @@ fn generated(scale: usize, eol: &str) -> Vec<(String, Vec<u8>, bool)> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Level 1: the pure pipeline.
+// Level 1: the pure pipeline (the comparison is `markgate::fuzzing::large::differential`, which
+// the `large` fuzz target runs on arbitrary bytes).
 // ---------------------------------------------------------------------------------------------
-
-fn requests() -> Vec<(&'static str, RewriteRequest)> {
-    let disclaimer = |placement, signed_action, html: Option<&str>, marker: &str| DisclaimerEdit {
-        text: DISCLAIMER.into(),
-        html: html.map(str::to_string),
-        placement,
-        marker: marker.into(),
-        signed_action,
-    };
-    let base = |d| RewriteRequest {
-        label_header: Some(LabelHeader {
-            name: "X-Protective-Marking".into(),
-            value: "PROTECT".into(),
-        }),
-        strip_headers: vec!["X-Markgate-Forged".into()],
-        subject: Some(SubjectEdit::new("PROTECT", SubjectPosition::Prefix)),
-        disclaimer: Some(d),
-        extra_headers: Vec::new(),
-    };
-    vec![
-        (
-            "append, wrap signed",
-            base(disclaimer(Placement::Append, SignedAction::Wrap, None, "")),
-        ),
-        (
-            "prepend, html, skip signed",
-            base(disclaimer(
-                Placement::Prepend,
-                SignedAction::Skip,
-                Some(
-                    "<p>Communications sent to or from this organisation may be subject to recording and/or monitoring in accordance with relevant legislation.</p>",
-                ),
-                MARKER,
-            )),
-        ),
-        (
-            "append, reject signed",
-            base(disclaimer(
-                Placement::Append,
-                SignedAction::Reject,
-                None,
-                MARKER,
-            )),
-        ),
-    ]
-}
 
 #[derive(Default, Debug)]
 struct Tally {
@@ -405,7 +353,7 @@ struct Tally {
     refused: usize,
 }
 
-/// Compare both paths for one message and request. Returns whether the reduced copy was used.
+/// Compare both paths; returns whether the reduced copy was used.
 fn differential(
     name: &str,
     raw: &[u8],
@@ -413,119 +361,32 @@ fn differential(
     limits: &Limits,
     tally: &mut Tally,
 ) -> Result<bool, String> {
-    let marker = req
-        .disclaimer
-        .as_ref()
-        .map(|d| d.effective_marker().to_string());
-    let marker = marker.as_deref();
-    let (shape, plan, output) = match rewrite::rewrite_message(req, raw) {
-        Ok(v) => v,
-        Err(_) => return Ok(false),
-    };
-    let reduced = match large::reduce(raw, marker, limits).map_err(|e| e.to_string())? {
-        Ok(r) => r,
-        Err(_) => {
+    match fuzzing::large::differential(raw, req, limits).map_err(|e| format!("{name}: {e}"))? {
+        Compared::NotPlanned => Ok(false),
+        Compared::NotReducible => {
             tally.not_reducible += 1;
-            return Ok(false);
+            Ok(false)
         }
-    };
-    let Ok(shape2) = mime::analyze_reduced(&reduced.raw, marker, &reduced.parts) else {
-        tally.refused += 1;
-        return Ok(false);
-    };
-    let headers = rewrite::headers_from_raw(&reduced.raw, shape2.body_offset);
-    let plan2 = rewrite::plan(req, &headers, &reduced.raw, &shape2)
-        .map_err(|e| format!("{name}: the reduced copy cannot be planned: {e}"))?;
-    if large::check_plan(&plan2, &shape2, req, &reduced.elisions).is_err() {
-        tally.refused += 1;
-        return Ok(false);
-    }
-    tally.compared += 1;
-    if !reduced.elisions.is_empty() {
-        tally.compared_with_runs += 1;
-    }
-    let same = |what: &str, a: String, b: String| {
-        if a == b {
-            Ok(())
-        } else {
-            Err(format!(
-                "{name}: {what} differs:\nwhole:   {a}\nreduced: {b}"
-            ))
+        Compared::Refused => {
+            tally.refused += 1;
+            Ok(false)
         }
-    };
-    same(
-        "header ops",
-        format!("{:?}", plan.header_ops),
-        format!("{:?}", plan2.header_ops),
-    )?;
-    same(
-        "subject",
-        format!("{:?}", plan.subject),
-        format!("{:?}", plan2.subject),
-    )?;
-    same(
-        "disclaimer",
-        format!("{:?}", plan.disclaimer),
-        format!("{:?}", plan2.disclaimer),
-    )?;
-    same(
-        "must_reject",
-        format!("{:?}", plan.must_reject),
-        format!("{:?}", plan2.must_reject),
-    )?;
-    same(
-        "facts",
-        format!(
-            "{:?} {:?} {:?}",
-            shape.disclaimer_present, shape.security, shape.text_parts
-        ),
-        format!(
-            "{:?} {:?} {:?}",
-            shape2.disclaimer_present, shape2.security, shape2.text_parts
-        ),
-    )?;
-    let expanded = large::expand(&reduced, &rewrite::apply(&plan2, &reduced.raw), raw);
-    if expanded != output {
-        return Err(format!("{name}: the output message differs"));
-    }
-    let body = plan.body.as_ref().map(|b| b.to_vec(raw));
-    let body2 = match &plan2.body {
-        None => None,
-        Some(b) => {
-            let mut out = Vec::new();
-            let copy = |r: Range<u64>, o: &mut dyn io::Write| {
-                o.write_all(&raw[r.start as usize..r.end as usize])
-            };
-            large::write_body(b, &reduced.raw, &reduced.elisions, &copy, &mut out)
-                .map_err(|e| e.to_string())?;
-            Some(out)
+        Compared::Same { runs } => {
+            tally.compared += 1;
+            if runs > 0 {
+                tally.compared_with_runs += 1;
+            }
+            Ok(true)
         }
-    };
-    if body != body2 {
-        return Err(format!("{name}: the streamed body differs"));
     }
-    Ok(true)
+}
+
+fn requests() -> Vec<(&'static str, RewriteRequest)> {
+    fuzzing::large::requests()
 }
 
 fn limit_sets() -> [Limits; 2] {
-    [
-        Limits {
-            head: 0,
-            tail: 0,
-            min_run: 1,
-            max_line: 64 * 1024,
-            max_reduced: 64 << 20,
-            max_in_memory: 64 << 20,
-        },
-        Limits {
-            head: 200,
-            tail: 100,
-            min_run: 64,
-            max_line: 64 * 1024,
-            max_reduced: 64 << 20,
-            max_in_memory: 64 << 20,
-        },
-    ]
+    fuzzing::large::tiny_limits()
 }
 
 #[test]
