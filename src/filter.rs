@@ -1432,6 +1432,8 @@ impl Handler for Filter {
             verdict = verdict_name(&eval.verdict),
             removed = eval.removed().len(),
             edits = out.modifications.len(),
+            // >0: a large message judged from a reduced copy (see `crate::large`).
+            elided_runs = eval.elided.len(),
             rules = %eval.decision.rule_ids.join(","),
             mode = ?eval.decision.mode,
             "message decided"
