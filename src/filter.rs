@@ -12,6 +12,11 @@
 //! header edits, then one body replacement, then recipient removals and quarantine, then the
 //! verdict.
 //!
+//! A spilled message is judged from a reduced copy and its new body copied back from the spill
+//! file (`crate::large`, which states when it falls back to reading the message whole, and when
+//! a message is refused instead): the answer is the one the whole message would get, in
+//! bounded memory.
+//!
 //! `markgate policy test` calls the same [`evaluate`] on a file, so what it shows is what the
 //! daemon does. Any error on the way (spill file unreadable, a rewrite request the policy made
 //! invalid, a panic in a pure module) answers 4xx, with an `internal_error` audit record and
@@ -23,6 +28,7 @@
 
 use std::borrow::Cow;
 use std::io::{self, Read as _, Seek as _, Write as _};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +45,7 @@ use crate::audit::{AuditEvent, AuditHandle};
 use crate::config::Config;
 use crate::inspect;
 use crate::inspect::mime::{self, LineEnding, MimeShape};
+use crate::large;
 use crate::milter::handler::{
     ConnectionFacts, Handler, HandlerError, Macros, MessageSink, Modification, NewBody, Outcome,
     SmtpReply, Verdict,
@@ -72,8 +79,32 @@ pub trait MessageSource {
     /// line that ends it. A source that has the whole message in memory may return all of it.
     fn head(&self) -> Cow<'_, [u8]>;
     /// The whole message (headers, blank line, body). Called at most once, and only when the
-    /// decision needs the body.
+    /// decision needs the body (and then only when it cannot be reduced; see `crate::large`).
     fn whole(&self) -> io::Result<Cow<'_, [u8]>>;
+    /// The whole message's length in bytes (the default reads it whole: override it).
+    fn whole_len(&self) -> u64 {
+        self.whole().map_or(0, |w| w.len() as u64)
+    }
+    /// For a message too large to read whole without cost: a reader over what
+    /// [`MessageSource::whole`] would return, so the pipeline can judge a reduced copy
+    /// (`crate::large`). `None`: read it whole.
+    fn stream(&self) -> Option<Box<dyn io::Read + '_>> {
+        None
+    }
+    /// Write `range` of the whole message to `out` (the elided runs of a reduced message, when
+    /// the new body is written).
+    fn copy_range(&self, range: Range<u64>, out: &mut dyn io::Write) -> io::Result<()> {
+        let whole = self.whole()?;
+        let r = usize::try_from(range.start).unwrap_or(usize::MAX)
+            ..usize::try_from(range.end).unwrap_or(usize::MAX);
+        match whole.get(r) {
+            Some(b) => out.write_all(b),
+            None => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "range outside the message",
+            )),
+        }
+    }
 }
 
 /// A whole message in memory (a `.eml` file, a test vector).
@@ -105,6 +136,9 @@ impl MessageSource for RawSource<'_> {
     fn whole(&self) -> io::Result<Cow<'_, [u8]>> {
         Ok(Cow::Borrowed(self.raw))
     }
+    fn whole_len(&self) -> u64 {
+        self.raw.len() as u64
+    }
 }
 
 impl MessageSource for Transaction {
@@ -124,6 +158,25 @@ impl MessageSource for Transaction {
         self.raw_message().read_to_end(&mut raw)?;
         Ok(Cow::Owned(raw))
     }
+    fn whole_len(&self) -> u64 {
+        self.head_len() + self.body_len()
+    }
+    fn stream(&self) -> Option<Box<dyn io::Read + '_>> {
+        self.is_spilled()
+            .then(|| Box::new(self.raw_message()) as Box<dyn io::Read + '_>)
+    }
+    fn copy_range(&self, range: Range<u64>, out: &mut dyn io::Write) -> io::Result<()> {
+        let head = self.head_len();
+        if range.start < head {
+            // Elided runs are always in the body; the header block is small.
+            let whole = self.head();
+            let end = usize::try_from(range.end.min(head)).unwrap_or(usize::MAX);
+            let start = usize::try_from(range.start).unwrap_or(usize::MAX);
+            out.write_all(whole.get(start..end).unwrap_or_default())?;
+        }
+        let body = range.start.max(head) - head..range.end.max(head) - head;
+        crate::large::copy_range(body, &|at, buf| self.read_body_at(at, buf), out)
+    }
 }
 
 /// Why the pipeline could not decide a message. Always answered with a 4xx.
@@ -133,6 +186,11 @@ pub enum PipelineError {
     Body(#[from] io::Error),
     #[error("the policy's edits cannot be planned: {0}")]
     Request(#[from] rewrite::RequestError),
+    /// The message is over the in-memory limit and cannot be judged from a reduced copy.
+    #[error(
+        "the message is {size} bytes, over the {limit}-byte limit for reading it whole, and cannot be judged in bounded memory: {why}"
+    )]
+    TooLarge { size: u64, limit: u64, why: String },
 }
 
 /// Everything the pipeline worked out about one message.
@@ -156,11 +214,15 @@ pub struct Evaluation {
     /// The MIME shape the plan was made from (parsed once; only the body offset is known when
     /// the body was not read).
     pub shape: MimeShape,
+    /// When `raw` is a reduced copy of a large message (`crate::large`): its stand-ins and
+    /// where their original bytes are. Empty when `raw` is the message itself.
+    pub elided: Vec<large::Elision>,
 }
 
 impl Evaluation {
     /// The message as it leaves markgate (what Postfix would deliver, minus its own Received
-    /// header), or `None` when it is refused. Only meaningful when `raw` is the whole message.
+    /// header), or `None` when it is refused. Only meaningful when `raw` is the whole message
+    /// (`elided` is empty); see `large::expand` otherwise.
     pub fn output(&self) -> Option<Vec<u8>> {
         self.plan.as_ref().map(|p| rewrite::apply(p, &self.raw))
     }
@@ -187,12 +249,99 @@ impl Evaluation {
     }
 }
 
-/// Run inspect → decide → rewrite plan for one message under `policy`.
+/// Run inspect → decide → rewrite plan for one message under `policy`, with the default
+/// bounded-memory limits for large messages.
 pub fn evaluate(
     policy: &Policy,
     envelope: Envelope,
     source: &dyn MessageSource,
 ) -> Result<Evaluation, PipelineError> {
+    evaluate_with(policy, envelope, source, &large::Limits::default())
+}
+
+/// [`evaluate`] with explicit limits for large messages. A source that offers a stream
+/// ([`MessageSource::stream`], a spilled transaction) is judged from a reduced copy when it can
+/// be (`crate::large`); otherwise, or when the plan for the reduced copy would not be the
+/// original's, it is read whole if at most `limits.max_in_memory` bytes, else refused with
+/// [`PipelineError::TooLarge`] (answered 451).
+pub fn evaluate_with(
+    policy: &Policy,
+    envelope: Envelope,
+    source: &dyn MessageSource,
+    limits: &large::Limits,
+) -> Result<Evaluation, PipelineError> {
+    match evaluate_once(policy, envelope.clone(), source, limits, true)? {
+        Ok(eval) => Ok(eval),
+        Err(why) => {
+            read_whole_allowed(source, limits, &why)?;
+            match evaluate_once(policy, envelope, source, limits, false)? {
+                Ok(eval) => Ok(eval),
+                // Unreachable: without reduction there is nothing to refuse.
+                Err(why) => Err(PipelineError::TooLarge {
+                    size: source.whole_len(),
+                    limit: limits.max_in_memory,
+                    why,
+                }),
+            }
+        }
+    }
+}
+
+/// May a message that could not be reduced be read whole? Logs why it is read whole.
+fn read_whole_allowed(
+    source: &dyn MessageSource,
+    limits: &large::Limits,
+    why: &str,
+) -> Result<(), PipelineError> {
+    let size = source.whole_len();
+    if size > limits.max_in_memory {
+        return Err(PipelineError::TooLarge {
+            size,
+            limit: limits.max_in_memory,
+            why: why.to_owned(),
+        });
+    }
+    info!(
+        size,
+        reason = why,
+        "large message read whole: it cannot be judged from a reduced copy"
+    );
+    Ok(())
+}
+
+/// The bytes to judge, their MIME shape and the elided runs (empty: the whole message).
+type BodyView = (Vec<u8>, MimeShape, Vec<large::Elision>);
+
+/// The message to judge: the reduced copy of a large one when it can stand for it, else the
+/// whole message. The inner error says why a reduction was refused.
+fn body_view(
+    source: &dyn MessageSource,
+    marker: Option<&str>,
+    limits: &large::Limits,
+    reduce: bool,
+) -> Result<Result<BodyView, String>, PipelineError> {
+    if reduce && let Some(stream) = source.stream() {
+        let reduced = match large::reduce(stream, marker, limits)? {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e.0)),
+        };
+        return Ok(mime::analyze_reduced(&reduced.raw, marker, &reduced.parts)
+            .map(|shape| (reduced.raw, shape, reduced.elisions)));
+    }
+    let raw = source.whole()?.into_owned();
+    let shape = mime::analyze(&raw, marker);
+    Ok(Ok((raw, shape, Vec::new())))
+}
+
+/// One evaluation; the inner error says why the reduced copy cannot stand for the message
+/// (only when `reduce`).
+fn evaluate_once(
+    policy: &Policy,
+    envelope: Envelope,
+    source: &dyn MessageSource,
+    limits: &large::Limits,
+    reduce: bool,
+) -> Result<Result<Evaluation, String>, PipelineError> {
     let headers = source.headers();
     let mut facts = inspect::markings::header_facts(policy, &headers);
     let mut decision = policy::decide(policy, &facts, &envelope);
@@ -200,19 +349,21 @@ pub fn evaluate(
     // The body is read only when the decision needs it; then its facts may change the
     // decision (disclaimer already present, signed mail), so decide again with them.
     let mut body_inspected = false;
-    let (raw, shape) = if wants_body(&decision) {
-        let raw = source.whole()?.into_owned();
+    let (raw, shape, elided) = if wants_body(&decision) {
         let marker = policy.disclaimer.as_ref().map(|d| d.marker.as_str());
-        let shape = mime::analyze(&raw, marker);
+        let (raw, shape, elided) = match body_view(source, marker, limits, reduce)? {
+            Ok(v) => v,
+            Err(why) => return Ok(Err(why)),
+        };
         facts.disclaimer_present = shape.disclaimer_present == Some(true);
         facts.signed_or_encrypted = shape.is_protected();
         decision = policy::decide(policy, &facts, &envelope);
         body_inspected = true;
-        (raw, shape)
+        (raw, shape, elided)
     } else {
         let raw = source.head().into_owned();
         let shape = head_shape(&raw);
-        (raw, shape)
+        (raw, shape, Vec::new())
     };
 
     let mut verdict = decision.verdict.clone();
@@ -225,6 +376,9 @@ pub fn evaluate(
     } else {
         let request = request_for(policy, &decision);
         let plan = rewrite::plan(&request, &headers, &raw, &shape)?;
+        if let Err(why) = large::check_plan(&plan, &shape, &request, &elided) {
+            return Ok(Err(why));
+        }
         if let Some(kind) = plan.must_reject {
             verdict = signed_rejection(policy, kind);
             (Some(request), None)
@@ -232,7 +386,7 @@ pub fn evaluate(
             (Some(request), Some(plan))
         }
     };
-    Ok(Evaluation {
+    Ok(Ok(Evaluation {
         envelope,
         facts,
         decision,
@@ -242,7 +396,8 @@ pub fn evaluate(
         raw,
         body_inspected,
         shape,
-    })
+        elided,
+    }))
 }
 
 /// Does applying (or, in shadow mode, recording) this decision need the body?
@@ -410,10 +565,12 @@ fn header_modification(op: &HeaderOp) -> Modification {
 
 /// The milter outcome: header edits, then the body replacement, then recipient removals and
 /// quarantine, then the verdict. `recipients_as_sent` maps a bare address back to the form
-/// the MTA gave in RCPT (what DELRCPT must name). Bodies larger than `spill.threshold` are
+/// the MTA gave in RCPT (what DELRCPT must name). Bodies larger than `spill.threshold`, and
+/// every body made from a reduced copy (whose elided runs are copied from `source`), are
 /// written to a temporary file and streamed from there.
 pub fn outcome(
     eval: &Evaluation,
+    source: &dyn MessageSource,
     recipients_as_sent: &[(String, Vec<u8>)],
     spill: &SpillPolicy,
 ) -> io::Result<Outcome> {
@@ -426,7 +583,9 @@ pub fn outcome(
     if let Some(plan) = &eval.plan {
         modifications.extend(plan.header_ops.iter().map(header_modification));
         if let Some(body) = &plan.body {
-            modifications.push(Modification::ReplaceBody(new_body(body, &eval.raw, spill)?));
+            modifications.push(Modification::ReplaceBody(new_body(
+                body, eval, source, spill,
+            )?));
         }
         for removed in eval.removed() {
             let recipient = recipients_as_sent
@@ -447,17 +606,35 @@ pub fn outcome(
     })
 }
 
-fn new_body(body: &rewrite::BodyEdit, raw: &[u8], spill: &SpillPolicy) -> io::Result<NewBody> {
-    if body.len() <= spill.threshold {
+fn new_body(
+    body: &rewrite::BodyEdit,
+    eval: &Evaluation,
+    source: &dyn MessageSource,
+    spill: &SpillPolicy,
+) -> io::Result<NewBody> {
+    let raw = &eval.raw;
+    if eval.elided.is_empty() && body.len() <= spill.threshold {
         return Ok(NewBody::Bytes(body.to_vec(raw).into()));
     }
-    let mut file = match &spill.directory {
+    let file = match &spill.directory {
         Some(dir) => tempfile::tempfile_in(dir)?,
         None => tempfile::tempfile()?,
     };
-    for chunk in body.chunks(raw) {
-        file.write_all(chunk)?;
+    let mut w = io::BufWriter::with_capacity(64 * 1024, file);
+    if eval.elided.is_empty() {
+        for chunk in body.chunks(raw) {
+            w.write_all(chunk)?;
+        }
+    } else {
+        large::write_body(
+            body,
+            raw,
+            &eval.elided,
+            &|range, out| source.copy_range(range, out),
+            &mut w,
+        )?;
     }
+    let mut file = w.into_inner().map_err(io::IntoInnerError::into_error)?;
     file.rewind()?;
     Ok(NewBody::File(file))
 }
@@ -1197,8 +1374,9 @@ fn decide_message(
         .iter()
         .map(|r| (lossy(r.bare()), r.address.clone()))
         .collect();
-    let result = evaluate(&live.policy, envelope, tx).and_then(|eval| {
-        let out = outcome(&eval, &recipients_as_sent, &spill)?;
+    let limits = live.config.large_limits();
+    let result = evaluate_with(&live.policy, envelope, tx, &limits).and_then(|eval| {
+        let out = outcome(&eval, tx, &recipients_as_sent, &spill)?;
         let record = audit_record(&live.policy, &eval, &meta);
         Ok((eval, out, record))
     });
@@ -1320,6 +1498,8 @@ impl Handler for Filter {
             verdict = verdict_name(&eval.verdict),
             removed = eval.removed().len(),
             edits = out.modifications.len(),
+            // >0: a large message judged from a reduced copy (see `crate::large`).
+            elided_runs = eval.elided.len(),
             rules = %eval.decision.rule_ids.join(","),
             mode = ?eval.decision.mode,
             "message decided"

@@ -20,6 +20,8 @@ pub mod filter;
 pub mod fuzzing;
 /// Read-only facts about a message: markings, forward evidence (MIME facts: `inspect::mime`).
 pub mod inspect;
+/// Large messages in bounded memory: judged from a reduced copy, new body streamed.
+pub mod large;
 /// The markgate(8) manual page, generated from the CLI definition.
 pub mod manpage;
 /// Prometheus/OpenMetrics metrics and the loopback `GET /metrics` endpoint.

@@ -355,6 +355,7 @@ fn keep_restart_only(running: &Config, fresh: Config) -> Config {
     kept.policy = fresh.policy;
     kept.limits.spill_threshold = fresh.limits.spill_threshold;
     kept.limits.spill_directory = fresh.limits.spill_directory;
+    kept.limits.max_in_memory_message = fresh.limits.max_in_memory_message;
     kept
 }
 

@@ -210,6 +210,34 @@ impl Transaction {
         BodyReader { source, pos: 0 }
     }
 
+    /// The length of [`Transaction::raw_message`]'s header part: the header block and the
+    /// blank line after it.
+    pub fn head_len(&self) -> u64 {
+        self.headers
+            .iter()
+            .map(|h| {
+                let mut n = h.name.len() + 2 + h.value.len() + 2;
+                // `write_raw` adds a CR before each folding LF that lacks one.
+                let mut prev = 0u8;
+                for &b in &h.value {
+                    if b == b'\n' && prev != b'\r' {
+                        n += 1;
+                    }
+                    prev = b;
+                }
+                n as u64
+            })
+            .sum::<u64>()
+            + 2
+    }
+
+    /// Read body bytes at `offset` (positional: readers and other calls are unaffected).
+    pub fn read_body_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut r = self.body_reader();
+        r.pos = offset.min(self.body_len());
+        r.read(buf)
+    }
+
     /// The header block as it appears in a message: each header as `Name: value` + CRLF, in the
     /// original order, without the empty line that ends it. The space after the colon is always
     /// a single space (the milter protocol does not tell us what the client sent there).
@@ -488,6 +516,23 @@ mod tests {
             read_all(t.raw_message()),
             b"Subject: one\r\n\ttwo\r\nX-Cr: a\r\n b\r\n\r\nline 1\r\nline 2\r\n"
         );
+    }
+
+    #[test]
+    fn head_len_is_the_length_of_the_raw_messages_header_part() {
+        let mut t = tx(1024);
+        assert_eq!(t.head_len(), 2);
+        t.header(b"Subject", b"one\n\ttwo").unwrap();
+        t.header(b"X-Cr", b"a\r\n b").unwrap();
+        t.header(b"X-Lead", b"\nx").unwrap();
+        t.header(b"X-Empty", b"").unwrap();
+        t.body_chunk(b"body\r\n").unwrap();
+        let raw = read_all(t.raw_message());
+        assert_eq!(t.head_len(), raw.len() as u64 - 6);
+        let mut b = [0u8; 3];
+        assert_eq!(t.read_body_at(2, &mut b).unwrap(), 3);
+        assert_eq!(&b, b"dy\r");
+        assert_eq!(t.read_body_at(99, &mut b).unwrap(), 0);
     }
 
     #[test]

@@ -23,6 +23,7 @@ const TARGETS: &[(&str, Body)] = &[
         "rewrite",
         markgate::fuzzing::rewrite::fuzz_rewrite_roundtrip,
     ),
+    ("large", markgate::fuzzing::large::fuzz_large),
 ];
 
 fn inputs(dir: &Path) -> Vec<std::path::PathBuf> {

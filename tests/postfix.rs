@@ -328,6 +328,86 @@ fn spilled_body_is_read_back_and_replaced_from_a_file() {
     );
 }
 
+/// A large PROTECT message through markgate's production filter (built-in policy, 64 KiB
+/// spill threshold): judged from a reduced copy, its new body copied back from the spill file
+/// and streamed to Postfix in REPLBODY chunks. What arrives is exactly what `markgate policy
+/// test`'s path (`filter::evaluate` on the whole message in memory) makes of it.
+#[test]
+fn a_large_labelled_message_gets_the_streamed_body_the_in_memory_path_makes() {
+    if !peers_ok("a_large_labelled_message_gets_the_streamed_body_the_in_memory_path_makes") {
+        return;
+    }
+    use base64::Engine as _;
+    let policy = markgate::policy::Policy::builtin().expect("built-in policy");
+    let mut config = markgate::config::Config::default();
+    config.limits.spill_threshold = 64 * 1024;
+    let filter = markgate::filter::Filter::fixed(policy.clone(), config, None);
+    let milter = Milter::start_tcp(filter);
+    let pf = Postfix::start(PostfixConfig::with_milter(milter.postfix_spec()));
+
+    let from = "alice.smith@example-council.gcsx.gov.uk";
+    let to = "bob.jones@partner.gcsx.gov.uk";
+    let mut msg = format!(
+        "From: {from}\r\nTo: {to}\r\nSubject: PROTECT: the archive\r\n\
+         Date: Sun, 22 Nov 2026 10:00:00 +0000\r\nMessage-ID: <large@example-council.gcsx.gov.uk>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"zz\"\r\n\r\n\
+         --zz\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    )
+    .into_bytes();
+    msg.extend_from_slice(&big_body(20_000));
+    msg.extend_from_slice(
+        b"--zz\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n",
+    );
+    let data: Vec<u8> = (0..2_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
+    for line in b64.as_bytes().chunks(76) {
+        msg.extend_from_slice(line);
+        msg.extend_from_slice(b"\r\n");
+    }
+    msg.extend_from_slice(b"--zz--\r\n");
+
+    let envelope = markgate::policy::Envelope {
+        sender: from.into(),
+        recipients: vec![to.into()],
+        client_ip: Some("127.0.0.1".parse().expect("ip")),
+        auth_user: None,
+        daemon_name: None,
+    };
+    let eval =
+        markgate::filter::evaluate(&policy, envelope, &markgate::filter::RawSource::new(&msg))
+            .expect("evaluate");
+    let expected = eval.output().expect("delivered");
+    let (_, expected_body) = split_message(&expected);
+
+    let r = pf.send_data(from, &[to], &msg);
+    assert_eq!(r.code, 0, "{}", r.dialog);
+    let got = pf.wait_delivered(1, DELIVERY);
+    assert!(
+        got[0]
+            .headers()
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("X-Protective-Marking") && v.contains("PROTECT")),
+        "no label header: {:?}",
+        got[0].headers()
+    );
+    let want = crlf_to_lf(expected_body);
+    assert!(
+        got[0].body() == want.as_slice(),
+        "the delivered body is not the in-memory path's ({} bytes delivered, {} expected)",
+        got[0].body().len(),
+        want.len()
+    );
+    let disclaimer = b"may be subject to recording and/or monitoring";
+    let count = got[0]
+        .body()
+        .windows(disclaimer.len())
+        .filter(|w| w == disclaimer)
+        .count();
+    assert_eq!(count, 1, "the disclaimer is not there exactly once");
+}
+
 /// With markgate stopped, Postfix answers 451 (milter_default_action = tempfail) and queues
 /// nothing; once markgate is back on the same port, the client's retry is delivered, once.
 #[test]

@@ -82,6 +82,9 @@ pub struct Limits {
     pub spill_threshold: usize,
     /// Where spill files are created; `None` means `$TMPDIR` (else `/tmp`).
     pub spill_directory: Option<PathBuf>,
+    /// A spilled message that cannot be judged from a reduced copy (`crate::large`) is read
+    /// into memory when it is at most this size, else answered 451.
+    pub max_in_memory_message: u64,
 }
 
 /// Timeouts.
@@ -156,6 +159,7 @@ impl Default for Config {
                 max_connections: server.max_connections,
                 spill_threshold: DEFAULT_SPILL_THRESHOLD,
                 spill_directory: None,
+                max_in_memory_message: crate::large::DEFAULT_MAX_IN_MEMORY,
             },
             timeouts: Timeouts {
                 read: server.read_timeout,
@@ -205,6 +209,14 @@ impl Config {
             socket_mode: self.socket.mode,
             socket_owner: self.socket.owner.clone(),
             socket_group: self.socket.group.clone(),
+        }
+    }
+
+    /// The bounded-memory limits for large messages (for `filter::evaluate_with`).
+    pub fn large_limits(&self) -> crate::large::Limits {
+        crate::large::Limits {
+            max_in_memory: self.limits.max_in_memory_message,
+            ..crate::large::Limits::default()
         }
     }
 

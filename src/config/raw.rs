@@ -54,6 +54,7 @@ struct RawLimits {
     max_connections: Option<Spanned<i64>>,
     spill_threshold: Option<Spanned<ByteSize>>,
     spill_directory: Option<Spanned<String>>,
+    max_in_memory_message: Option<Spanned<ByteSize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -166,6 +167,9 @@ impl RawConfig {
         }
         if let Some(v) = l.spill_directory {
             c.limits.spill_directory = Some(absolute_path(v, "a directory")?);
+        }
+        if let Some(v) = l.max_in_memory_message {
+            c.limits.max_in_memory_message = v.into_inner().0;
         }
 
         let t = self.timeouts;

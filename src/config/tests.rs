@@ -80,6 +80,7 @@ fn sample_file_shows_every_key_with_its_default() {
         "max_connections",
         "spill_threshold",
         "spill_directory",
+        "max_in_memory_message",
         "read",
         "eom",
         "progress",
@@ -109,6 +110,7 @@ max_frame_size = 262144
 max_connections = 50
 spill_threshold = "64KiB"
 spill_directory = "/var/lib/markgate/spool"
+max_in_memory_message = "100MiB"
 [timeouts]
 read = "10m"
 eom = "2m"
@@ -135,6 +137,8 @@ format = "json"
     assert_eq!(c.limits.max_frame_size, 262144);
     assert_eq!(c.limits.max_connections, 50);
     assert_eq!(c.limits.spill_threshold, 65536);
+    assert_eq!(c.limits.max_in_memory_message, 100 << 20);
+    assert_eq!(c.large_limits().max_in_memory, 100 << 20);
     assert_eq!(
         c.spill_policy(),
         SpillPolicy {

@@ -114,7 +114,7 @@ fn restricted_to_the_internet_is_refused_with_the_policys_550() {
     assert!(e.plan.is_none() && e.output().is_none());
     // A refused message is decided from its headers alone.
     assert!(!e.body_inspected);
-    let out = outcome(&e, &[], &SpillPolicy::default()).unwrap();
+    let out = outcome(&e, &RawSource::new(b""), &[], &SpillPolicy::default()).unwrap();
     let Verdict::Reject(Some(r)) = &out.verdict else {
         panic!("{:?}", out.verdict)
     };
@@ -188,7 +188,8 @@ fn one_recipient_above_its_ceiling_is_removed_and_the_sender_told() {
         (PARTNER.to_owned(), format!("<{PARTNER}>").into_bytes()),
         (INTERNET.to_owned(), format!("<{INTERNET}>").into_bytes()),
     ];
-    let out = outcome(&e, &sent, &SpillPolicy::default()).unwrap();
+    let raw = msg("RESTRICTED: x", "", "x\r\n");
+    let out = outcome(&e, &RawSource::new(&raw), &sent, &SpillPolicy::default()).unwrap();
     assert_eq!(out.verdict, Verdict::Continue);
     // Header edits first, then one body replacement, then the removal.
     let kinds: Vec<&str> = out
@@ -430,6 +431,9 @@ impl MessageSource for BrokenBody {
     }
     fn whole(&self) -> io::Result<Cow<'_, [u8]>> {
         Err(io::Error::other("spill file truncated"))
+    }
+    fn whole_len(&self) -> u64 {
+        self.0.len() as u64
     }
 }
 

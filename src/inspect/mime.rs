@@ -274,6 +274,38 @@ impl MimeShape {
 /// is decoded (transfer encoding, charset, HTML tags and entities, quote prefixes, whitespace)
 /// and searched for it.
 pub fn analyze(raw: &[u8], marker: Option<&str>) -> MimeShape {
+    match analyze_reduced(raw, marker, &[]) {
+        Ok(shape) => shape,
+        // Unreachable: without elided parts there is nothing to disagree about.
+        Err(_) => MimeShape {
+            parsed: false,
+            structure_reliable: false,
+            body_offset: header_block_end(raw),
+            line_ending: LineEnding::detect(raw),
+            parts: Vec::new(),
+            text_parts: Vec::new(),
+            signed_text_parts: Vec::new(),
+            attachments: Vec::new(),
+            rfc822_parts: Vec::new(),
+            security: Vec::new(),
+            marker: None,
+            disclaimer_present: None,
+            diagnostics: Vec::new(),
+        },
+    }
+}
+
+/// [`analyze`] for a reduced message: `raw` is the original with some leaf-body lines replaced
+/// by stand-in lines (see `crate::large`), described by `elided`. The text facts of those parts
+/// come from [`ElidedPart::text`] instead of decoding `raw`. Fails, with the reason, when the
+/// parser's view of `raw` does not put every stand-in inside the body of the leaf part it was
+/// made for, or when a message-text part with stand-ins has no usable streamed facts: then the
+/// reduced message cannot stand for the original.
+pub fn analyze_reduced(
+    raw: &[u8],
+    marker: Option<&str>,
+    elided: &[super::stream::ElidedPart],
+) -> Result<MimeShape, String> {
     let marker_norm = marker.map(normalize_marker).filter(|m| !m.is_empty());
     let mut shape = MimeShape {
         parsed: false,
@@ -306,9 +338,15 @@ pub fn analyze(raw: &[u8], marker: Option<&str>) -> MimeShape {
                 code: "no-header-block",
                 detail: "no header could be parsed".into(),
             });
-            return shape;
+            if !elided.is_empty() {
+                return Err("the reduced message does not parse".into());
+            }
+            return Ok(shape);
         }
         Err(_) => {
+            if !elided.is_empty() {
+                return Err("the MIME parser failed on the reduced message".into());
+            }
             shape.structure_reliable = false;
             shape.diagnostics.push(Diagnostic {
                 part: None,
@@ -316,7 +354,7 @@ pub fn analyze(raw: &[u8], marker: Option<&str>) -> MimeShape {
                 detail: "the MIME parser failed on this message; its structure is not trusted"
                     .into(),
             });
-            return shape;
+            return Ok(shape);
         }
     };
     shape.parsed = true;
@@ -471,8 +509,51 @@ pub fn analyze(raw: &[u8], marker: Option<&str>) -> MimeShape {
         .chain(shape.signed_text_parts.iter())
         .copied()
         .collect();
+    let owner = check_elided(&shape, elided)?;
     for id in text_ids {
         let part = &shape.parts[id];
+        if let Some(&e) = owner.get(&id) {
+            let Some(t) = elided[e].text.as_ref() else {
+                return Err(format!(
+                    "message-text part {id} was elided without text facts"
+                ));
+            };
+            if part.is_html()
+                || t.charset != part.charset
+                || t.transfer_encoding != part.transfer_encoding
+            {
+                return Err(format!(
+                    "message-text part {id}: the parser reads {} {:?} {:?}, the scan read {:?} {:?}",
+                    part.content_type,
+                    part.charset,
+                    part.transfer_encoding,
+                    t.charset,
+                    t.transfer_encoding
+                ));
+            }
+            if !t.transfer_clean {
+                shape.diagnostics.push(Diagnostic {
+                    part: Some(id),
+                    code: "transfer-encoding-damaged",
+                    detail: "the part's transfer encoding has invalid characters".into(),
+                });
+            }
+            if part.role == PartRole::BodyText
+                && let Some(pgp) = t.inline_pgp
+            {
+                shape.security.push(match pgp {
+                    super::stream::InlinePgp::Signed => Security::InlinePgpSigned { part: id },
+                    super::stream::InlinePgp::Encrypted => {
+                        Security::InlinePgpEncrypted { part: id }
+                    }
+                });
+            }
+            if marker_norm.is_some() {
+                any_marker |= t.marker_found;
+                shape.parts[id].marker_present = Some(t.marker_found);
+            }
+            continue;
+        }
         let decoded = decode_part_text(raw, part);
         if !decoded.transfer_clean {
             shape.diagnostics.push(Diagnostic {
@@ -505,7 +586,57 @@ pub fn analyze(raw: &[u8], marker: Option<&str>) -> MimeShape {
     if marker_norm.is_some() {
         shape.disclaimer_present = Some(any_marker);
     }
-    shape
+    Ok(shape)
+}
+
+/// Check that every stand-in of `elided` lies in the body of one leaf part (not a container,
+/// not a forwarded message) whose body starts where the scan said and ends where it said (or
+/// just before that line's preceding line end, which the parser gives to the delimiter), and
+/// that no part holds stand-ins of two scanned parts. Returns which scanned part each such
+/// leaf holds.
+fn check_elided(
+    shape: &MimeShape,
+    elided: &[super::stream::ElidedPart],
+) -> Result<std::collections::HashMap<usize, usize>, String> {
+    let mut owner = std::collections::HashMap::new();
+    if elided.is_empty() {
+        return Ok(owner);
+    }
+    if !shape.parsed {
+        return Err("the reduced message does not parse".into());
+    }
+    for (e, ep) in elided.iter().enumerate() {
+        for s in &ep.stand_ins {
+            let Some(id) = shape.parts.iter().position(|p| {
+                p.role != PartRole::Container
+                    && p.body_range.start <= s.start
+                    && s.end <= p.body_range.end
+            }) else {
+                return Err(format!(
+                    "stand-in at byte {} is not inside a leaf body",
+                    s.start
+                ));
+            };
+            let p = &shape.parts[id];
+            if p.role == PartRole::Rfc822 || p.content_type.starts_with("message/") {
+                return Err(format!("stand-in inside forwarded message part {id}"));
+            }
+            let end_ok = ep
+                .body_end
+                .checked_sub(p.body_range.end)
+                .is_some_and(|d| d <= 2);
+            if p.body_range.start != ep.body_start || !end_ok {
+                return Err(format!(
+                    "part {id}: the parser's body {:?} is not the scanned body {}..{}",
+                    p.body_range, ep.body_start, ep.body_end
+                ));
+            }
+            if *owner.entry(id).or_insert(e) != e {
+                return Err(format!("part {id} holds stand-ins of two scanned parts"));
+            }
+        }
+    }
+    Ok(owner)
 }
 
 /// How many Content-Type and Content-Transfer-Encoding headers mail-parser saw.

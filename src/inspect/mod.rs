@@ -6,6 +6,8 @@
 //! - [`forward`]: auto-forward evidence from the policy's configured header signals.
 //! - [`mime`]: the MIME shape (parts, roles, transfer encodings, charsets), disclaimer already
 //!   present, signed or encrypted parts.
+//! - [`stream`]: the same text facts computed line by line, for a part too large to hold (the
+//!   bounded path of `crate::large`).
 //!
 //! Must not: change the message, decide anything, do I/O or log. The results are the plain data
 //! types of `policy::facts`, so decide() never depends on how they were found.
@@ -13,3 +15,4 @@
 pub mod forward;
 pub mod markings;
 pub mod mime;
+pub mod stream;

@@ -268,26 +268,67 @@ where
 
     async fn end_of_message(&mut self) -> Result<(), CloseReason> {
         let decided = self.decide().await?;
-        let replies = match decided {
-            Ok(answer) => match self.session.answer_eom(answer) {
-                Ok(r) => r,
+        let (replies, mut body) = match decided {
+            Ok(answer) => match self.session.answer_eom(answer.replies) {
+                Ok(r) => (r, answer.body_file),
                 Err(e) => {
                     error!(peer = %self.peer, reason = %e,
                         "handler's answer cannot be sent; answering 451 4.3.0");
-                    self.tempfail()?
+                    (self.tempfail()?, None)
                 }
             },
             Err(reason) => {
                 error!(peer = %self.peer, %reason, "end of message failed; answering 451 4.3.0");
-                self.tempfail()?
+                (self.tempfail()?, None)
             }
         };
         self.doomed = None;
-        for r in &replies {
+        for (i, r) in replies.iter().enumerate() {
+            if body.as_ref().is_some_and(|(at, _)| *at == i)
+                && let Some((_, file)) = body.take()
+            {
+                if let Err(reason) = self.stream_body(file).await? {
+                    // The MTA discards the modifications already sent when the final answer
+                    // is a tempfail: the message is retried, never delivered half-replaced.
+                    error!(peer = %self.peer, %reason,
+                        "reading the new body failed part-way; answering 451 4.3.0");
+                    reply::tempfail_text(TEMPFAIL_REASON).encode(&mut self.out);
+                    return self.flush().await;
+                }
+                continue;
+            }
             r.encode(&mut self.out);
         }
         debug!(peer = %self.peer, packets = replies.len(), "end-of-message answered");
         self.flush().await
+    }
+
+    /// Send a file body as REPLBODY packets, reading and writing one chunk at a time so a
+    /// large replacement never sits in memory. The inner error is a read failure.
+    async fn stream_body(
+        &mut self,
+        file: std::fs::File,
+    ) -> Result<Result<(), String>, CloseReason> {
+        let mut f = tokio::fs::File::from_std(file);
+        let mut first = true;
+        loop {
+            let chunk = match read_chunk(&mut f).await {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(format!("new body: {e}"))),
+            };
+            let last = chunk.len() < MAX_BODY_CHUNK;
+            // An empty body is one empty REPLBODY; otherwise no empty trailing packet.
+            if !chunk.is_empty() || first {
+                Reply::ReplaceBody(chunk).encode(&mut self.out);
+            }
+            first = false;
+            if self.out.len() >= STREAM_FLUSH_AT {
+                self.flush().await?;
+            }
+            if last {
+                return Ok(Ok(()));
+            }
+        }
     }
 
     fn tempfail(&mut self) -> Result<Vec<Reply>, CloseReason> {
@@ -298,7 +339,7 @@ where
 
     /// Run the handler for the current message. The outer error closes the connection (a
     /// write failed while sending PROGRESS); the inner one answers 451.
-    async fn decide(&mut self) -> Result<Result<Vec<Reply>, String>, CloseReason> {
+    async fn decide(&mut self) -> Result<Result<Answer, String>, CloseReason> {
         if let Some(reason) = self.doomed.take() {
             return Ok(Err(reason));
         }
@@ -377,10 +418,20 @@ fn to_vecs(args: &[Bytes]) -> Vec<Vec<u8>> {
     args.iter().map(|a| a.to_vec()).collect()
 }
 
+/// The handler's answer as replies. A file body stands in the list as one empty REPLBODY
+/// (so the session checks the order and the grant) and is streamed in its place when sent.
+struct Answer {
+    replies: Vec<Reply>,
+    body_file: Option<(usize, std::fs::File)>,
+}
+
+/// Flush the output buffer while streaming a body once it holds this much.
+const STREAM_FLUSH_AT: usize = 256 * 1024;
+
 /// Turn the handler's outcome into replies: modifications in order, then the verdict.
-/// Reads a file body in a blocking task, in REPLBODY-sized chunks.
-async fn outcome_to_replies(outcome: Outcome) -> Result<Vec<Reply>, String> {
+async fn outcome_to_replies(outcome: Outcome) -> Result<Answer, String> {
     let mut out = Vec::with_capacity(outcome.modifications.len() + 1);
+    let mut body_file = None;
     for m in outcome.modifications {
         match m {
             Modification::AddHeader { name, value } => out.push(Reply::AddHeader {
@@ -399,11 +450,11 @@ async fn outcome_to_replies(outcome: Outcome) -> Result<Vec<Reply>, String> {
             }),
             Modification::ReplaceBody(NewBody::Bytes(b)) => out.extend(reply::replbody_chunks(&b)),
             Modification::ReplaceBody(NewBody::File(f)) => {
-                let chunks = tokio::task::spawn_blocking(move || read_chunks(f))
-                    .await
-                    .map_err(|e| format!("reading the new body failed: {e}"))?
-                    .map_err(|e| format!("reading the new body failed: {e}"))?;
-                out.extend(chunks);
+                if body_file.is_some() {
+                    return Err("two file bodies in one answer".into());
+                }
+                body_file = Some((out.len(), f));
+                out.push(Reply::ReplaceBody(Bytes::new()));
             }
             Modification::AddRecipient { recipient } => out.push(Reply::AddRcpt(recipient.into())),
             Modification::AddRecipientWithArgs { recipient, args } => out.push(Reply::AddRcptPar {
@@ -421,7 +472,10 @@ async fn outcome_to_replies(outcome: Outcome) -> Result<Vec<Reply>, String> {
         }
     }
     out.push(verdict_reply(outcome.verdict)?);
-    Ok(out)
+    Ok(Answer {
+        replies: out,
+        body_file,
+    })
 }
 
 fn verdict_reply(v: Verdict) -> Result<Reply, String> {
@@ -446,29 +500,20 @@ fn verdict_reply(v: Verdict) -> Result<Reply, String> {
     }
 }
 
-fn read_chunks(mut f: std::fs::File) -> io::Result<Vec<Reply>> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    loop {
-        let mut buf = vec![0u8; MAX_BODY_CHUNK];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match f.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        buf.truncate(filled);
-        let done = filled < MAX_BODY_CHUNK;
-        if filled > 0 || out.is_empty() {
-            out.push(Reply::ReplaceBody(Bytes::from(buf)));
-        }
-        if done {
-            return Ok(out);
+/// The next REPLBODY chunk of a file: [`MAX_BODY_CHUNK`] bytes, fewer only at the end.
+async fn read_chunk(f: &mut tokio::fs::File) -> io::Result<Bytes> {
+    let mut buf = vec![0u8; MAX_BODY_CHUNK];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match f.read(&mut buf[filled..]).await {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
+    buf.truncate(filled);
+    Ok(Bytes::from(buf))
 }
 
 #[cfg(test)]
@@ -491,22 +536,37 @@ mod tests {
         assert!(verdict_reply(Verdict::Tempfail(Some(r))).is_err());
     }
 
-    #[test]
-    fn file_bodies_are_chunked() {
+    #[tokio::test]
+    async fn file_bodies_are_read_in_full_chunks() {
         use std::io::{Seek, Write};
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(&vec![b'z'; MAX_BODY_CHUNK + 5]).unwrap();
         f.rewind().unwrap();
-        let chunks = read_chunks(f).unwrap();
-        assert_eq!(chunks.len(), 2);
+        let mut f = tokio::fs::File::from_std(f);
+        assert_eq!(read_chunk(&mut f).await.unwrap().len(), MAX_BODY_CHUNK);
+        assert_eq!(read_chunk(&mut f).await.unwrap().len(), 5);
+        assert_eq!(read_chunk(&mut f).await.unwrap().len(), 0);
+        let mut f = tokio::fs::File::from_std(tempfile::tempfile().unwrap());
+        assert!(read_chunk(&mut f).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_file_body_stands_in_the_answer_as_one_empty_replbody() {
         let f = tempfile::tempfile().unwrap();
-        assert_eq!(
-            read_chunks(f).unwrap(),
-            vec![Reply::ReplaceBody(Bytes::new())]
-        );
-        let mut f = tempfile::tempfile().unwrap();
-        f.write_all(&vec![b'z'; MAX_BODY_CHUNK]).unwrap();
-        f.rewind().unwrap();
-        assert_eq!(read_chunks(f).unwrap().len(), 1);
+        let answer = outcome_to_replies(Outcome {
+            verdict: Verdict::Continue,
+            modifications: vec![
+                Modification::AddHeader {
+                    name: "X-A".into(),
+                    value: b"1".to_vec(),
+                },
+                Modification::ReplaceBody(NewBody::File(f)),
+            ],
+        })
+        .await
+        .unwrap();
+        assert_eq!(answer.replies.len(), 3);
+        assert_eq!(answer.replies[1], Reply::ReplaceBody(Bytes::new()));
+        assert_eq!(answer.body_file.as_ref().map(|(i, _)| *i), Some(1));
     }
 }
