@@ -39,7 +39,8 @@
 //! line state machine, [`check_plan`]) does no I/O, and the I/O (reading the message, copying
 //! runs) goes through `std::io` traits the filter hands in.
 //!
-//! Read more: `filter.rs` (`evaluate_with`), `BENCHMARKS.md` ("Memory"), `docs/operations.md`.
+//! Read more: `filter.rs` (`evaluate_with`), `BENCHMARKS.md` ("Memory"), `config/markgate.toml`
+//! (`[limits] max_in_memory_message`).
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
