@@ -554,9 +554,11 @@ fn insertion(
     }
 }
 
-/// If `before` ends inside an unclosed comment, `<script>` or `<style>` element, the text that
-/// closes it.
-fn open_raw_context(before: &[u8]) -> Option<&'static str> {
+/// If `before` ends inside something that would hide text written after it, the text that closes
+/// it: an unclosed comment, `<script>` or `<style>` element (their content is never shown), or a
+/// tag cut short before its `>` (`<style` at the very end would swallow the block into the
+/// element it opens; `<div title='x` would swallow it into an attribute value).
+fn open_raw_context(before: &[u8]) -> Option<String> {
     let mut i = 0;
     while let Some(p) = before[i..].iter().position(|&b| b == b'<') {
         let start = i + p;
@@ -564,28 +566,59 @@ fn open_raw_context(before: &[u8]) -> Option<&'static str> {
         if rest.starts_with(b"<!--") {
             match mime::find_ascii_ci(&rest[4..], b"-->") {
                 Some(e) => i = start + 4 + e + 3,
-                None => return Some("-->"),
+                None => return Some("-->".into()),
             }
             continue;
         }
         let element = [(&b"<script"[..], "</script>"), (&b"<style"[..], "</style>")]
             .into_iter()
             .find(|(open, _)| {
-                rest.len() > open.len()
+                rest.len() >= open.len()
                     && rest[..open.len()].eq_ignore_ascii_case(open)
-                    && matches!(rest[open.len()], b'>' | b'/' | b' ' | b'\t' | b'\r' | b'\n')
+                    && rest
+                        .get(open.len())
+                        .is_none_or(|b| matches!(b, b'>' | b'/' | b' ' | b'\t' | b'\r' | b'\n'))
             });
         if let Some((open, close)) = element {
+            // The opening tag may itself be cut short: it needs its `>` first.
+            let Some(gt) = rest[open.len()..].iter().position(|&b| b == b'>') else {
+                return Some(format!("{}>{close}", open_quote(&rest[open.len()..])));
+            };
+            let content = open.len() + gt + 1;
             let closing = &close.as_bytes()[..close.len() - 1];
-            match mime::find_ascii_ci(&rest[open.len()..], closing) {
-                Some(e) => i = start + open.len() + e + closing.len(),
-                None => return Some(close),
+            match mime::find_ascii_ci(&rest[content..], closing) {
+                Some(e) => i = start + content + e + closing.len(),
+                None => return Some(close.into()),
             }
             continue;
+        }
+        let starts_tag = rest
+            .get(1)
+            .is_some_and(|b| b.is_ascii_alphabetic() || matches!(b, b'/' | b'!' | b'?'));
+        if starts_tag && !rest.contains(&b'>') {
+            return Some(format!("{}>", open_quote(&rest[1..])));
         }
         i = start + 1;
     }
     None
+}
+
+/// The quote character left open in the inside of a tag cut short, if any (a browser would read
+/// everything after it as the attribute's value).
+fn open_quote(inside: &[u8]) -> &'static str {
+    let mut open = None;
+    for &b in inside {
+        match (open, b) {
+            (None, b'"' | b'\'') => open = Some(b),
+            (Some(q), b) if b == q => open = None,
+            _ => {}
+        }
+    }
+    match open {
+        Some(b'"') => "\"",
+        Some(_) => "'",
+        None => "",
+    }
 }
 
 /// Index just after the opening tag `<name…>` (first occurrence), if present.
@@ -1007,10 +1040,18 @@ mod tests {
 
     #[test]
     fn html_block_escapes_an_open_comment_or_script() {
-        assert_eq!(open_raw_context(b"<p>a</p><!-- x -->"), None);
-        assert_eq!(open_raw_context(b"<p>a</p><!-- x "), Some("-->"));
-        assert_eq!(open_raw_context(b"<SCRIPT>var a = 1;"), Some("</script>"));
-        assert_eq!(open_raw_context(b"<style>p{}</style><scripts>"), None);
+        let closer = |html: &[u8]| open_raw_context(html);
+        assert_eq!(closer(b"<p>a</p><!-- x -->"), None);
+        assert_eq!(closer(b"<p>a</p><!-- x ").as_deref(), Some("-->"));
+        assert_eq!(closer(b"<SCRIPT>var a = 1;").as_deref(), Some("</script>"));
+        assert_eq!(closer(b"<style>p{}</style><scripts>"), None);
+        // Tags cut short (found by the rewrite fuzz target: `<style` at the very end hid the
+        // block inside the style element it opened).
+        assert_eq!(closer(b"<style").as_deref(), Some("></style>"));
+        assert_eq!(closer(b"<p>a<style a='x").as_deref(), Some("'></style>"));
+        assert_eq!(closer(b"<p>a</p><div title=\"x").as_deref(), Some("\">"));
+        assert_eq!(closer(b"<p>a</p></div").as_deref(), Some(">"));
+        assert_eq!(closer(b"a < b and 3<4"), None);
         let html = b"<body><!-- open </body>";
         let (at, ins) = insertion(html, b"X", true, Placement::Append, LineEnding::Crlf);
         // At the very end the block gets lines of its own and a final line end.
