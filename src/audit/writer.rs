@@ -543,7 +543,7 @@ impl Writer {
         let mut written_own = 0usize;
         let mut iter = lines.into_iter().peekable();
         while iter.peek().is_some() {
-            let chunk: Vec<Line> = iter.by_ref().take(chunk_len).collect();
+            let mut chunk: Vec<Line> = iter.by_ref().take(chunk_len).collect();
             match self.write_chunk(&chunk) {
                 Ok(durable) => {
                     written_own += chunk.iter().filter(|l| l.ack.is_none()).count();
@@ -557,15 +557,18 @@ impl Writer {
                         self.shared.failing.store(false, Ordering::Relaxed);
                         let _ = self.health.send(SinkHealth::Healthy);
                     }
-                    for line in chunk {
-                        self.forward_syslog(&line);
-                        if let Some(ack) = line.ack {
+                    // Answer the producers first: syslog is a copy, the MTA is waiting.
+                    for line in &mut chunk {
+                        if let Some(ack) = line.ack.take() {
                             let _ = ack.send(Ok(Ack {
                                 seq: Some(line.seq),
-                                hash: Some(line.hash),
+                                hash: Some(line.hash.clone()),
                                 durable,
                             }));
                         }
+                    }
+                    for line in &chunk {
+                        self.forward_syslog(line);
                     }
                 }
                 Err(e) => {
