@@ -300,8 +300,8 @@ impl MessageSink for Transaction {
         self.append_body(chunk)
     }
 
-    fn macros(&mut self, macros: &Macros) -> io::Result<()> {
-        self.macros = macros.clone();
+    fn macros(&mut self, macros: Macros) -> io::Result<()> {
+        self.macros = macros;
         Ok(())
     }
 }
@@ -472,7 +472,7 @@ mod tests {
         let mut m = Macros::default();
         m.set(b"i", b"4F3A21");
         m.set(b"{auth_authen}", b"alice");
-        MessageSink::macros(&mut t, &m).unwrap();
+        MessageSink::macros(&mut t, m).unwrap();
         assert_eq!(t.queue_id(), Some(&b"4F3A21"[..]));
         assert_eq!(t.macros().get("auth_authen"), Some(&b"alice"[..]));
     }

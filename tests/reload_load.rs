@@ -98,7 +98,7 @@ impl MessageSink for Message {
     fn body_chunk(&mut self, chunk: &[u8]) -> std::io::Result<()> {
         self.tx.body_chunk(chunk)
     }
-    fn macros(&mut self, macros: &Macros) -> std::io::Result<()> {
+    fn macros(&mut self, macros: Macros) -> std::io::Result<()> {
         MessageSink::macros(&mut self.tx, macros)
     }
 }

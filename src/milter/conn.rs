@@ -310,7 +310,7 @@ where
             return Ok(Err("end of message without a message".into()));
         };
         let macros = self.session.macros();
-        match catch_unwind(AssertUnwindSafe(|| sink.macros(&macros))) {
+        match catch_unwind(AssertUnwindSafe(|| sink.macros(macros))) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Ok(Err(format!("message sink macros failed: {e}"))),
             Err(_) => return Ok(Err("message sink macros panicked".into())),

@@ -87,8 +87,9 @@ pub trait MessageSink: Send + 'static {
     /// A chunk of the body: CRLF line ends, chunk boundaries arbitrary.
     fn body_chunk(&mut self, chunk: &[u8]) -> io::Result<()>;
     /// Called at end-of-message with the macros collected for this message (connection
-    /// macros included).
-    fn macros(&mut self, macros: &Macros) -> io::Result<()>;
+    /// macros included). Handed over by value: they are built for this call, so a sink that
+    /// keeps them need not copy them.
+    fn macros(&mut self, macros: Macros) -> io::Result<()>;
 }
 
 /// SMTP reply text for reject/tempfail: code, optional enhanced status, and lines of text.
