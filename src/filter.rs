@@ -1309,7 +1309,7 @@ impl MessageSink for Message {
     fn body_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
         MessageSink::body_chunk(&mut self.tx, chunk)
     }
-    fn macros(&mut self, macros: &Macros) -> io::Result<()> {
+    fn macros(&mut self, macros: Macros) -> io::Result<()> {
         MessageSink::macros(&mut self.tx, macros)
     }
 }

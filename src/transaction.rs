@@ -50,6 +50,10 @@ impl Default for SpillPolicy {
 /// 1 MiB: nearly all mail stays in memory, attachments-heavy mail goes to disk.
 pub const DEFAULT_SPILL_THRESHOLD: usize = 1024 * 1024;
 
+/// Headers up to this many are numbered by looking back at the earlier ones; after that by a
+/// count per name (see `MessageSink::header`).
+const LOOK_BACK_HEADERS: usize = 32;
+
 /// The envelope sender and one recipient: the address exactly as the MTA sent it (usually with
 /// angle brackets) plus its ESMTP arguments (`SIZE=123`, `NOTIFY=NEVER`, ...).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -308,14 +312,34 @@ impl MessageSink for Transaction {
     }
 
     fn header(&mut self, name: &[u8], value: &[u8]) -> io::Result<()> {
-        // A count per name keeps this constant-time, so a message with thousands of headers
-        // costs no more per header than one with ten.
-        let count = self
-            .name_counts
-            .entry(name.to_ascii_lowercase())
-            .or_insert(0);
-        *count = count.saturating_add(1);
-        let occurrence = *count;
+        // The first few headers are counted by looking back (no hashing, no key to allocate:
+        // a typical message has a dozen or two); past that, a count per name keeps this
+        // constant-time, so a message with thousands of headers costs no more per header than
+        // one with ten.
+        let occurrence = if self.headers.len() < LOOK_BACK_HEADERS {
+            let earlier = self
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case(name))
+                .count();
+            u32::try_from(earlier).map_or(u32::MAX, |n| n.saturating_add(1))
+        } else {
+            if self.name_counts.is_empty() {
+                for h in &self.headers {
+                    let c = self
+                        .name_counts
+                        .entry(h.name.to_ascii_lowercase())
+                        .or_insert(0);
+                    *c = c.saturating_add(1);
+                }
+            }
+            let count = self
+                .name_counts
+                .entry(name.to_ascii_lowercase())
+                .or_insert(0);
+            *count = count.saturating_add(1);
+            *count
+        };
         self.headers.push(Header {
             name: name.to_vec(),
             value: value.to_vec(),
@@ -328,8 +352,8 @@ impl MessageSink for Transaction {
         self.append_body(chunk)
     }
 
-    fn macros(&mut self, macros: &Macros) -> io::Result<()> {
-        self.macros = macros.clone();
+    fn macros(&mut self, macros: Macros) -> io::Result<()> {
+        self.macros = macros;
         Ok(())
     }
 }
@@ -494,13 +518,31 @@ mod tests {
     }
 
     #[test]
+    fn occurrences_agree_before_and_after_the_look_back_limit() {
+        let mut t = tx(1024);
+        let names = [
+            "Received", "received", "X-A", "RECEIVED", "x-a", "Subject", "x-b",
+        ];
+        for i in 0..(3 * LOOK_BACK_HEADERS) {
+            t.header(names[i % names.len()].as_bytes(), b"v").unwrap();
+        }
+        for (i, h) in t.headers().iter().enumerate() {
+            let expected = t.headers()[..=i]
+                .iter()
+                .filter(|e| e.name.eq_ignore_ascii_case(&h.name))
+                .count();
+            assert_eq!(h.occurrence as usize, expected, "header {i}");
+        }
+    }
+
+    #[test]
     fn macros_and_queue_id() {
         let mut t = tx(1024);
         assert_eq!(t.queue_id(), None);
         let mut m = Macros::default();
         m.set(b"i", b"4F3A21");
         m.set(b"{auth_authen}", b"alice");
-        MessageSink::macros(&mut t, &m).unwrap();
+        MessageSink::macros(&mut t, m).unwrap();
         assert_eq!(t.queue_id(), Some(&b"4F3A21"[..]));
         assert_eq!(t.macros().get("auth_authen"), Some(&b"alice"[..]));
     }

@@ -112,7 +112,7 @@ impl MessageSink for Tracked {
     fn body_chunk(&mut self, chunk: &[u8]) -> std::io::Result<()> {
         self.inner.body_chunk(chunk)
     }
-    fn macros(&mut self, macros: &Macros) -> std::io::Result<()> {
+    fn macros(&mut self, macros: Macros) -> std::io::Result<()> {
         self.inner.macros(macros)
     }
 }

@@ -19,7 +19,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::event::{AuditEvent, Severity};
+use super::event::{AuditEvent, EventKind, Severity};
 
 /// `prev` of the first record of a chain: 64 zeros.
 pub const GENESIS_PREV: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -75,6 +75,76 @@ impl Record {
     /// Parse one line (with or without its newline).
     pub fn from_line(line: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(strip_newline(line))
+    }
+}
+
+/// An event serialized by its producer, ready to be chained by the writer.
+///
+/// The writer must stamp `seq`, `prev` and `time` in order, but everything an event contributes
+/// to its line (`"event":…,"data":{…}`) is independent of the chain, so producers serialize it
+/// on their own threads and the writer only prepends the envelope ([`EncodedEvent::line`]),
+/// hashes and writes. The bytes are exactly what `serde_json` makes of the whole [`Record`]
+/// (`tests` below compare the two), so the file format and the hashes do not change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedEvent {
+    /// The event's kind.
+    pub kind: EventKind,
+    /// The record's severity.
+    pub severity: Severity,
+    /// The record's information-security flag.
+    pub security_event: bool,
+    /// `{"event":"<kind>","data":{…}}` as serialized on its own; the line takes it without
+    /// the opening brace.
+    object: Vec<u8>,
+}
+
+impl EncodedEvent {
+    /// Serialize `event`.
+    pub fn new(event: &AuditEvent) -> Result<Self, serde_json::Error> {
+        let object = serde_json::to_vec(event)?;
+        if object.first() != Some(&b'{') || object.len() < 2 {
+            return Err(serde::ser::Error::custom(
+                "an audit event must serialize as a JSON object",
+            ));
+        }
+        Ok(EncodedEvent {
+            kind: event.kind(),
+            severity: event.severity(),
+            security_event: event.is_security_event(),
+            object,
+        })
+    }
+
+    /// The line bytes (without the terminating newline) of this event as record `seq` after
+    /// a line hashing to `prev`: identical to `Record::new(seq, prev, time, host, event)
+    /// .to_line()`.
+    pub fn line(
+        &self,
+        seq: u64,
+        prev: &str,
+        time: &str,
+        host: &str,
+    ) -> Result<Vec<u8>, serde_json::Error> {
+        let mut out = Vec::with_capacity(self.object.len() + 192 + host.len());
+        out.extend_from_slice(b"{\"seq\":");
+        serde_json::to_writer(&mut out, &seq)?;
+        out.extend_from_slice(b",\"prev\":");
+        serde_json::to_writer(&mut out, prev)?;
+        out.extend_from_slice(b",\"time\":");
+        serde_json::to_writer(&mut out, time)?;
+        out.extend_from_slice(b",\"host\":");
+        serde_json::to_writer(&mut out, host)?;
+        out.extend_from_slice(b",\"version\":");
+        serde_json::to_writer(&mut out, env!("CARGO_PKG_VERSION"))?;
+        out.extend_from_slice(b",\"format\":");
+        serde_json::to_writer(&mut out, &FORMAT_VERSION)?;
+        out.extend_from_slice(b",\"severity\":");
+        serde_json::to_writer(&mut out, &self.severity)?;
+        out.extend_from_slice(b",\"security_event\":");
+        serde_json::to_writer(&mut out, &self.security_event)?;
+        out.push(b',');
+        out.extend_from_slice(&self.object[1..]);
+        Ok(out)
     }
 }
 
@@ -382,5 +452,62 @@ impl MessageRecord {
             .rsplit_once('@')
             .map(|(_, d)| d.trim_end_matches('>').to_ascii_lowercase())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::event::{DaemonStart, InternalError, SinkTrouble};
+
+    /// The producer-side encoding must give the very bytes `serde_json` gives for the whole
+    /// record, or the hashes of old and new lines would not be comparable.
+    #[test]
+    fn encoded_event_lines_are_the_serialized_records() {
+        let message = MessageRecord {
+            queue_id: Some("4Q\"x\\y".into()),
+            sender: "alice@example.org".into(),
+            verdict: Verdict::Reject,
+            smtp_reply: Some("550 5.7.1 «no»\u{1}".into()),
+            verdict_rules: vec!["r1".into(), "ceiling:x".into()],
+            mode: Mode::Shadow,
+            size: Some(2048),
+            ..MessageRecord::default()
+        };
+        let events = [
+            AuditEvent::MessageDecision(Box::new(message)),
+            AuditEvent::MessageDecision(Box::default()),
+            AuditEvent::DaemonStart(DaemonStart::default()),
+            AuditEvent::AuditSinkTrouble(SinkTrouble {
+                path: "/var/log/\"a\"\n".into(),
+                since: "t".into(),
+                error: "disk full".into(),
+                fail_open: true,
+            }),
+            AuditEvent::InternalError(InternalError {
+                component: "conn".into(),
+                error: "tab\there".into(),
+                queue_id: None,
+                smtp_reply: Some("451 4.3.0 x".into()),
+            }),
+        ];
+        for (i, event) in events.into_iter().enumerate() {
+            let seq = 1 + i as u64 * 1_000_003;
+            let prev = line_hash(format!("line {i}").as_bytes());
+            let time = "2026-11-22T10:00:00.123456Z";
+            let host = if i % 2 == 0 { "gw1" } else { "gw \"2\"" };
+            let encoded = EncodedEvent::new(&event).expect("encode");
+            assert_eq!(encoded.kind, event.kind());
+            assert_eq!(encoded.severity, event.severity());
+            assert_eq!(encoded.security_event, event.is_security_event());
+            let line = encoded.line(seq, &prev, time, host).expect("line");
+            let record = Record::new(seq, prev, time.into(), host.into(), event);
+            let expected = record.to_line().expect("to_line");
+            assert_eq!(
+                String::from_utf8_lossy(&line),
+                String::from_utf8_lossy(&expected)
+            );
+            assert_eq!(Record::from_line(&line).expect("parses"), record);
+        }
     }
 }

@@ -4,7 +4,10 @@
 //! as RFC 5424 (header, one `[markgate@32473 …]` structured-data element with `seq`, `event`,
 //! `severity`, `security_event` and `hash`, then the JSON line as MSG) or in the traditional local
 //! format `syslog(3)` uses. The socket is non-blocking: when the daemon is slow or absent the
-//! datagram is dropped and counted, so the audit writer never waits for syslog. The file, not
+//! datagram is dropped and counted, so the audit writer never waits for syslog. While the
+//! socket cannot be reached (no syslog daemon, journald restarting) a new connection is tried
+//! at most once per [`RECONNECT_INTERVAL`]; records in between are dropped and counted without
+//! being formatted, so an absent daemon costs no system calls per record. The file, not
 //! syslog, is the record of truth; syslog gives a SIEM a copy across gateways and anchors the
 //! newest hash outside the file. Nothing here touches the audit file.
 
@@ -13,6 +16,7 @@ use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::config::{SyslogConfig, SyslogFormat, facility_code};
 use super::event::Severity;
@@ -21,6 +25,9 @@ use super::event::Severity;
 /// RFC 5612 reserves for documentation; a deployment that wants its own can change the SD-ID
 /// in its SIEM parser, the element layout stays the same.
 pub const SD_ID: &str = "markgate@32473";
+
+/// How long a socket that could not be reached is left alone before the next attempt.
+pub const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Counters for the forwarder.
 #[derive(Debug, Default)]
@@ -60,6 +67,9 @@ pub struct SyslogForwarder {
     pid: u32,
     stats: Arc<SyslogStats>,
     failing: bool,
+    /// When the last attempt to reach the socket failed (no new attempt before
+    /// [`RECONNECT_INTERVAL`] has passed).
+    last_failure: Option<Instant>,
 }
 
 impl SyslogForwarder {
@@ -75,11 +85,20 @@ impl SyslogForwarder {
             pid: std::process::id(),
             stats,
             failing: false,
+            last_failure: None,
         }
     }
 
     /// Send one record's line; never blocks, never fails the caller.
     pub fn forward(&mut self, meta: &LineMeta<'_>, json_line: &[u8]) {
+        if self.socket.is_none()
+            && self
+                .last_failure
+                .is_some_and(|t| t.elapsed() < RECONNECT_INTERVAL)
+        {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let datagram = self.format_datagram(meta, json_line);
         match self.send(&datagram) {
             Ok(()) => {
@@ -88,11 +107,17 @@ impl SyslogForwarder {
                     tracing::info!(socket = %self.socket_path.display(), "syslog forwarding works again");
                     self.failing = false;
                 }
+                self.last_failure = None;
             }
             Err(e) => {
                 self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                // A broken socket is reconnected on the next record (journald restarts).
-                self.socket = None;
+                // A full socket buffer (the daemon is slow) keeps the connection; anything
+                // else drops it and a new one is tried after RECONNECT_INTERVAL (journald
+                // restarts, the daemon is not running).
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    self.socket = None;
+                    self.last_failure = Some(Instant::now());
+                }
                 if !self.failing {
                     tracing::warn!(socket = %self.socket_path.display(), error = %e,
                         "syslog forwarding failed; audit records are still written to the file");
@@ -228,6 +253,33 @@ mod tests {
         assert!(d.starts_with(&head), "{d}");
         assert!(d.contains(r#"hash="ab\]c\"d"]"#), "{d}");
         assert!(d.ends_with("\u{feff}{\"seq\":3}"), "{d}");
+    }
+
+    #[test]
+    fn an_unreachable_socket_is_retried_after_the_interval_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log.sock");
+        let cfg = SyslogConfig {
+            socket: path.clone(),
+            ..SyslogConfig::default()
+        };
+        let stats = Arc::new(SyslogStats::default());
+        let mut f = SyslogForwarder::new(&cfg, "gw1", stats.clone());
+        f.forward(&meta(), b"{}");
+        assert!(f.last_failure.is_some(), "the failed attempt is remembered");
+        // The daemon appears, but within the interval nothing is tried: dropped and counted.
+        let sock = UnixDatagram::bind(&path).expect("bind");
+        sock.set_nonblocking(true).expect("nonblocking");
+        f.forward(&meta(), b"{}");
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 2);
+        let mut buf = [0u8; 4096];
+        assert!(sock.recv(&mut buf).is_err(), "nothing was sent");
+        // Once the interval has passed the next record connects and goes out.
+        f.last_failure = Instant::now().checked_sub(RECONNECT_INTERVAL);
+        f.forward(&meta(), b"{}");
+        assert_eq!(stats.sent.load(Ordering::Relaxed), 1);
+        assert!(sock.recv(&mut buf).is_ok(), "the record arrived");
+        assert!(f.last_failure.is_none());
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The audit writer: one owner of the audit file, group commit, rotation, self-healing.
 //!
-//! Producers (the filter, the daemon, the alert task) call [`AuditHandle::record`], which sends
-//! the event over a bounded channel with a oneshot for the answer and waits for it. One writer
+//! Producers (the filter, the daemon, the alert task) call [`AuditHandle::record`], which
+//! serializes the event on the producer's own thread ([`EncodedEvent`]: everything but the
+//! chain fields) and sends it over a bounded channel with a oneshot for the answer and waits
+//! for it. One writer
 //! runs on its own OS thread (`markgate-audit`) so `write`/`fsync` never stall the tokio workers
-//! that serve milter connections; it takes everything queued, stamps `seq`, `prev` and `time`,
+//! that serve milter connections; it takes everything queued, stamps `seq`, `prev` and `time`
+//! (prepending them to the producer's bytes and hashing the line),
 //! writes the lines in one `write`, calls `fsync` once (`sync = "batch"`), and only then answers
 //! every producer in the batch. The filter sends its end-of-message answer after that
 //! acknowledgement, so an accepted message always has a durable record, while many messages
@@ -36,7 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::config::{AuditConfig, SyncMode};
 use super::event::{AuditEvent, ChainResumed, EventKind, Severity, SinkRecovered, SinkTrouble};
-use super::record::{GENESIS_PREV, Record, line_hash, now_rfc3339};
+use super::record::{EncodedEvent, GENESIS_PREV, Record, line_hash, now_rfc3339};
 use super::syslog::{LineMeta, SyslogForwarder, SyslogStats};
 
 /// Why a record was not made durable, or the writer could not start.
@@ -140,7 +143,8 @@ struct Shared {
 type AckTx = oneshot::Sender<Result<Ack, AuditError>>;
 
 enum Request {
-    Record(Box<AuditEvent>, AckTx),
+    /// Serialized by the producer ([`EncodedEvent`]); the writer only chains and writes it.
+    Record(Box<EncodedEvent>, AckTx),
     Reopen(oneshot::Sender<Result<(), AuditError>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -157,7 +161,7 @@ pub struct AuditHandle {
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Request::Record(e, _) => write!(f, "Record({})", e.kind()),
+            Request::Record(e, _) => write!(f, "Record({})", e.kind),
             Request::Reopen(_) => f.write_str("Reopen"),
             Request::Shutdown(_) => f.write_str("Shutdown"),
         }
@@ -169,9 +173,13 @@ impl AuditHandle {
     /// `"always"`, `fsync`ed). An `Err` means the record is not durable: answer the message 4xx.
     /// Waits for queue space when the writer is behind (back-pressure, never unbounded memory).
     pub async fn record(&self, event: AuditEvent) -> Result<Ack, AuditError> {
+        // Serialized here, on the producer's thread: the writer's batch cycle (chain, write,
+        // fsync, acknowledge) is the one serial part of the audit path, so keep it short.
+        let encoded = EncodedEvent::new(&event).map_err(|e| AuditError::Encode(e.to_string()))?;
+        drop(event);
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Request::Record(Box::new(event), tx))
+            .send(Request::Record(Box::new(encoded), tx))
             .await
             .map_err(|_| AuditError::Closed)?;
         rx.await.map_err(|_| AuditError::Closed)?
@@ -438,7 +446,7 @@ struct Line {
 impl Writer {
     /// Handle one batch in arrival order; returns the shutdown answer if one was asked for.
     fn process(&mut self, batch: Vec<Request>) -> Option<oneshot::Sender<()>> {
-        let mut records: Vec<(Box<AuditEvent>, AckTx)> = Vec::new();
+        let mut records: Vec<(Box<EncodedEvent>, AckTx)> = Vec::new();
         let mut stop = None;
         for req in batch {
             match req {
@@ -463,7 +471,7 @@ impl Writer {
     }
 
     /// Write, sync and acknowledge a group of records.
-    fn commit(&mut self, records: Vec<(Box<AuditEvent>, AckTx)>) {
+    fn commit(&mut self, records: Vec<(Box<EncodedEvent>, AckTx)>) {
         if records.is_empty() {
             return;
         }
@@ -499,19 +507,11 @@ impl Writer {
         let mut lines: Vec<Line> = Vec::with_capacity(own_count + records.len());
         let events = own
             .iter()
-            .cloned()
-            .map(|e| (e, None))
-            .chain(records.into_iter().map(|(e, a)| (*e, Some(a))));
-        for (event, ack) in events {
-            let record = Record::new(
-                seq + 1,
-                prev.clone(),
-                time.clone(),
-                self.host.clone(),
-                event,
-            );
-            match record.to_line() {
-                Ok(mut bytes) => {
+            .map(|e| (EncodedEvent::new(e), None))
+            .chain(records.into_iter().map(|(e, a)| (Ok(*e), Some(a))));
+        for (encoded, ack) in events {
+            match encoded.and_then(|e| Ok((e.line(seq + 1, &prev, &time, &self.host)?, e))) {
+                Ok((mut bytes, e)) => {
                     seq += 1;
                     prev = line_hash(&bytes);
                     bytes.push(b'\n');
@@ -520,10 +520,10 @@ impl Writer {
                         seq,
                         hash: prev.clone(),
                         ack,
-                        kind: record.event.kind(),
-                        severity: record.severity,
-                        security_event: record.security_event,
-                        time: record.time,
+                        kind: e.kind,
+                        severity: e.severity,
+                        security_event: e.security_event,
+                        time: time.clone(),
                     });
                 }
                 Err(e) => {
@@ -543,7 +543,7 @@ impl Writer {
         let mut written_own = 0usize;
         let mut iter = lines.into_iter().peekable();
         while iter.peek().is_some() {
-            let chunk: Vec<Line> = iter.by_ref().take(chunk_len).collect();
+            let mut chunk: Vec<Line> = iter.by_ref().take(chunk_len).collect();
             match self.write_chunk(&chunk) {
                 Ok(durable) => {
                     written_own += chunk.iter().filter(|l| l.ack.is_none()).count();
@@ -557,15 +557,18 @@ impl Writer {
                         self.shared.failing.store(false, Ordering::Relaxed);
                         let _ = self.health.send(SinkHealth::Healthy);
                     }
-                    for line in chunk {
-                        self.forward_syslog(&line);
-                        if let Some(ack) = line.ack {
+                    // Answer the producers first: syslog is a copy, the MTA is waiting.
+                    for line in &mut chunk {
+                        if let Some(ack) = line.ack.take() {
                             let _ = ack.send(Ok(Ack {
                                 seq: Some(line.seq),
-                                hash: Some(line.hash),
+                                hash: Some(line.hash.clone()),
                                 durable,
                             }));
                         }
+                    }
+                    for line in &chunk {
+                        self.forward_syslog(line);
                     }
                 }
                 Err(e) => {

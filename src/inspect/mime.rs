@@ -1035,6 +1035,9 @@ pub fn normalize_marker(marker: &str) -> String {
 /// the old disclaimer; all whitespace runs (NBSP included) become one space; zero-width
 /// characters dropped; lowercased.
 pub fn normalize_text(text: &str, html: bool) -> String {
+    if !html && text.is_ascii() {
+        return normalize_ascii(text.as_bytes());
+    }
     let stripped;
     let text = if html {
         stripped = html_to_text(text);
@@ -1098,6 +1101,36 @@ pub fn normalize_text(text: &str, html: bool) -> String {
         }
     }
     out
+}
+
+/// [`normalize_text`] for plain ASCII text, in one pass over the bytes: the same folding
+/// (leading `>` and whitespace dropped per line, whitespace runs as one space, lowercase)
+/// without the per-character Unicode path. `tests::normalize_ascii_matches_the_general_path`
+/// compares the two.
+fn normalize_ascii(bytes: &[u8]) -> String {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut pending_space = false;
+    let mut line_start = true;
+    for &b in bytes {
+        match b {
+            b'\n' => {
+                line_start = true;
+                pending_space = !out.is_empty();
+            }
+            b'\t' | 0x0B | 0x0C | b'\r' | b' ' => pending_space = !out.is_empty(),
+            b'>' if line_start => {}
+            _ => {
+                line_start = false;
+                if pending_space {
+                    out.push(b' ');
+                    pending_space = false;
+                }
+                out.push(b.to_ascii_lowercase());
+            }
+        }
+    }
+    // Only ASCII bytes were pushed.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Tag stripping and entity decoding, good enough for finding text (not for rendering).
@@ -1422,6 +1455,46 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn normalize_ascii_matches_the_general_path() {
+        fn files(dir: &std::path::Path, out: &mut Vec<Vec<u8>>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    files(&p, out);
+                } else if let Ok(b) = std::fs::read(&p) {
+                    out.push(b);
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut texts = Vec::new();
+        for d in [
+            "tests/rewrite",
+            "tests/corpus",
+            "fuzz/corpus/inspect",
+            "benches/data",
+        ] {
+            files(&root.join(d), &mut texts);
+        }
+        let mut checked = 0;
+        for t in &texts {
+            // Whole files and their ASCII-only lossy versions, so every one is exercised.
+            let lossy = String::from_utf8_lossy(t);
+            let ascii: String = lossy.chars().filter(char::is_ascii).collect();
+            for input in [lossy.as_ref(), ascii.as_str()] {
+                if input.is_ascii() {
+                    checked += 1;
+                    assert_eq!(
+                        normalize_ascii(input.as_bytes()),
+                        normalize_reference(input)
+                    );
+                }
+            }
+        }
+        assert!(checked > 300, "only {checked} texts");
     }
 
     #[test]

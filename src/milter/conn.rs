@@ -9,13 +9,17 @@
 //!   state, a read timeout or an I/O error closes *this connection* (`warn` log with the peer
 //!   and the reason); Postfix then applies `milter_default_action`.
 //!
-//! Sink calls are synchronous and run under `catch_unwind`; `end_of_message` runs in its own
-//! task so a panic there is contained, and PROGRESS is sent while it runs long. Each
+//! Sink calls are synchronous and run under `catch_unwind`; `end_of_message` is polled on the
+//! connection's own task under `catch_unwind` too (no spawn, no thread hand-off), so a panic
+//! there is contained, and PROGRESS is sent while it runs long. Each
 //! end-of-message answer (all modifications + the final reply) is written in one flush.
 
+use std::future::Future;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -347,48 +351,49 @@ where
             return Ok(Err("end of message without a message".into()));
         };
         let macros = self.session.macros();
-        match catch_unwind(AssertUnwindSafe(|| sink.macros(&macros))) {
+        match catch_unwind(AssertUnwindSafe(|| sink.macros(macros))) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Ok(Err(format!("message sink macros failed: {e}"))),
             Err(_) => return Ok(Err("message sink macros panicked".into())),
         }
-        let handler = Arc::clone(&self.handler);
-        let facts = self.session.facts().clone();
-        // Boxed: the handler's future is several KiB, and tokio moves a task's future (and
-        // its stage) by value several times per spawn; a box moves as one pointer.
-        let mut task = tokio::spawn(Box::pin(async move {
+        // Polled right here on the connection's task, not spawned: a spawned task costs an
+        // allocation, a hand-off to whichever worker picks it up and a wake-up to join it, and
+        // the connection has nothing else to do meanwhile. `CatchPanic` keeps the failure rule
+        // (a panic answers 451); the box keeps this future small when it is moved.
+        let handler = &*self.handler;
+        let facts = self.session.facts();
+        let mut task = CatchPanic(Box::pin(async move {
             let outcome = handler
-                .end_of_message(&facts, sink)
+                .end_of_message(facts, sink)
                 .await
                 .map_err(|e| format!("handler failed: {e}"))?;
             outcome_to_replies(outcome).await
         }));
         let eom_timeout = self.config.eom_timeout;
-        let deadline = Instant::now() + eom_timeout;
         let every = self.config.progress_interval;
-        let mut next_progress = Instant::now() + every;
+        let deadline = tokio::time::sleep(eom_timeout);
+        let progress = tokio::time::sleep(every);
+        tokio::pin!(deadline, progress);
         loop {
             tokio::select! {
+                biased;
                 joined = &mut task => {
                     return Ok(match joined {
                         Ok(r) => r,
-                        Err(e) if e.is_panic() => Err("handler panicked in end_of_message".into()),
-                        Err(e) => Err(format!("handler task failed: {e}")),
+                        Err(Panicked) => Err("handler panicked in end_of_message".into()),
                     });
                 }
-                _ = tokio::time::sleep_until(deadline) => {
-                    task.abort();
+                _ = &mut deadline => {
+                    // Dropping the future cancels the handler's work.
                     return Ok(Err(format!("end_of_message took longer than {eom_timeout:?}")));
                 }
-                _ = tokio::time::sleep_until(next_progress), if !every.is_zero() => {
-                    next_progress += every;
+                _ = &mut progress, if !every.is_zero() => {
+                    let next = progress.deadline() + every;
+                    progress.as_mut().reset(next);
                     if let Some(p) = self.session.progress() {
                         trace!(peer = %self.peer, "sending progress");
                         p.encode(&mut self.out);
-                        if let Err(e) = self.flush().await {
-                            task.abort();
-                            return Err(e);
-                        }
+                        flush(&mut self.stream, &mut self.out, self.config.read_timeout).await?;
                     }
                 }
             }
@@ -396,20 +401,50 @@ where
     }
 
     async fn flush(&mut self) -> Result<(), CloseReason> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        let t = self.config.read_timeout;
-        match timeout(t, self.stream.write_all(&self.out)).await {
-            Err(_) => return Err(format!("write to the MTA blocked for {t:?}")),
-            Ok(Err(e)) => return Err(format!("write error: {e}")),
-            Ok(Ok(())) => {}
-        }
-        self.out.clear();
-        match timeout(t, self.stream.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("write error: {e}")),
-            Err(_) => Err(format!("write to the MTA blocked for {t:?}")),
+        flush(&mut self.stream, &mut self.out, self.config.read_timeout).await
+    }
+}
+
+/// Write `out` to the MTA and clear it. One `write` for everything queued: the replies to
+/// the commands just read, or a whole end-of-message answer.
+async fn flush<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    out: &mut BytesMut,
+    t: Duration,
+) -> Result<(), CloseReason> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    match timeout(t, stream.write_all(out)).await {
+        Err(_) => return Err(format!("write to the MTA blocked for {t:?}")),
+        Ok(Err(e)) => return Err(format!("write error: {e}")),
+        Ok(Ok(())) => {}
+    }
+    out.clear();
+    match timeout(t, stream.flush()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("write error: {e}")),
+        Err(_) => Err(format!("write to the MTA blocked for {t:?}")),
+    }
+}
+
+/// A panic while polling the wrapped future.
+#[derive(Debug)]
+struct Panicked;
+
+/// Polls a boxed future under `catch_unwind`: a panic inside it ends it with [`Panicked`]
+/// instead of unwinding through the connection. It is not polled again after that (the caller
+/// takes the `Ready` and drops it).
+struct CatchPanic<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchPanic<F> {
+    type Output = Result<F::Output, Panicked>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match catch_unwind(AssertUnwindSafe(|| self.0.as_mut().poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(_) => Poll::Ready(Err(Panicked)),
         }
     }
 }

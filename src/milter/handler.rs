@@ -31,18 +31,26 @@ pub struct ConnectionFacts {
 /// Names are kept exactly as sent: `i`, `{auth_authen}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Macros {
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Shared with the frames they came in (`Bytes`), so flattening a message's macros
+    /// allocates nothing per macro.
+    pairs: Vec<(Bytes, Bytes)>,
 }
 
 impl Macros {
     /// Set or replace one macro.
     pub fn set(&mut self, name: &[u8], value: &[u8]) {
+        self.set_shared(
+            &Bytes::copy_from_slice(name),
+            &Bytes::copy_from_slice(value),
+        );
+    }
+
+    /// Set or replace one macro with bytes already received (no copy).
+    pub(crate) fn set_shared(&mut self, name: &Bytes, value: &Bytes) {
         if let Some(slot) = self.pairs.iter_mut().find(|(n, _)| n == name) {
-            // Postfix resends most macros before every stage: reuse the value's buffer.
-            slot.1.clear();
-            slot.1.extend_from_slice(value);
+            slot.1 = value.clone();
         } else {
-            self.pairs.push((name.to_vec(), value.to_vec()));
+            self.pairs.push((name.clone(), value.clone()));
         }
     }
 
@@ -60,13 +68,13 @@ impl Macros {
         };
         self.pairs
             .iter()
-            .find(|(n, _)| n.as_slice() == name || is_braced(n))
-            .map(|(_, v)| v.as_slice())
+            .find(|(n, _)| n.as_ref() == name || is_braced(n))
+            .map(|(_, v)| v.as_ref())
     }
 
     /// Every macro in the order first seen.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.pairs.iter().map(|(n, v)| (n.as_slice(), v.as_slice()))
+        self.pairs.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
     }
 }
 
@@ -87,8 +95,9 @@ pub trait MessageSink: Send + 'static {
     /// A chunk of the body: CRLF line ends, chunk boundaries arbitrary.
     fn body_chunk(&mut self, chunk: &[u8]) -> io::Result<()>;
     /// Called at end-of-message with the macros collected for this message (connection
-    /// macros included).
-    fn macros(&mut self, macros: &Macros) -> io::Result<()>;
+    /// macros included). Handed over by value: they are built for this call, so a sink that
+    /// keeps them need not copy them.
+    fn macros(&mut self, macros: Macros) -> io::Result<()>;
 }
 
 /// SMTP reply text for reject/tempfail: code, optional enhanced status, and lines of text.

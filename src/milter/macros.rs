@@ -81,7 +81,7 @@ impl MacroTable {
         stages.sort_by_key(|(s, _)| ORDER.iter().position(|o| o == s));
         for (_, pairs) in stages {
             for (n, v) in pairs {
-                out.set(n, v);
+                out.set_shared(n, v);
             }
         }
         out

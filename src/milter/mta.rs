@@ -222,7 +222,7 @@ mod tests {
         fn body_chunk(&mut self, _: &[u8]) -> io::Result<()> {
             Ok(())
         }
-        fn macros(&mut self, _: &Macros) -> io::Result<()> {
+        fn macros(&mut self, _: Macros) -> io::Result<()> {
             Ok(())
         }
     }

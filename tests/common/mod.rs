@@ -69,8 +69,8 @@ impl MessageSink for TestSink {
         self.seen.body.extend_from_slice(chunk);
         Ok(())
     }
-    fn macros(&mut self, macros: &Macros) -> io::Result<()> {
-        self.seen.macros = macros.clone();
+    fn macros(&mut self, macros: Macros) -> io::Result<()> {
+        self.seen.macros = macros;
         Ok(())
     }
 }
