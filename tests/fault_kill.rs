@@ -86,16 +86,34 @@ fn sigkill_mid_stream_loses_nothing_and_lets_nothing_through_unhandled() {
     let accepted = Arc::new(AtomicUsize::new(0));
     let tempfailed = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicBool::new(false));
+    // How many kills have happened. The stream keeps flowing while the daemon is killed (so a
+    // kill can land in the middle of a message), but once a kill is due it slows down, and it
+    // never runs out before the kill: on a busy machine the watching thread may not be
+    // scheduled for a while, and a fast stream could otherwise finish first.
+    let killed = Arc::new(AtomicUsize::new(0));
+    let kill_target = move |k: usize| k * total / (kills + 2);
     let sender = {
-        let (fates, accepted, tempfailed, done) = (
+        let (fates, accepted, tempfailed, done, killed) = (
             Arc::clone(&fates),
             Arc::clone(&accepted),
             Arc::clone(&tempfailed),
             Arc::clone(&done),
+            Arc::clone(&killed),
         );
         let port = pf.smtp_port;
         std::thread::spawn(move || {
             for n in 0..total {
+                let next = killed.load(Ordering::SeqCst) + 1;
+                if next <= kills && accepted.load(Ordering::SeqCst) >= kill_target(next) {
+                    std::thread::sleep(Duration::from_millis(25));
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    while total - n < 4
+                        && killed.load(Ordering::SeqCst) < next
+                        && Instant::now() < deadline
+                    {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
                 let (fate, _) = send_one(port, n);
                 match fate {
                     Fate::Accepted => accepted.fetch_add(1, Ordering::SeqCst),
@@ -119,11 +137,12 @@ fn sigkill_mid_stream_loses_nothing_and_lets_nothing_through_unhandled() {
         }
     };
     for k in 1..=kills {
-        let target = k * total / (kills + 2);
+        let target = kill_target(k);
         wait_for("enough accepted messages", &|| {
             accepted.load(Ordering::SeqCst) >= target
         });
         daemon.kill();
+        killed.store(k, Ordering::SeqCst);
         let seen = tempfailed.load(Ordering::SeqCst);
         wait_for("Postfix to tempfail while markgate is down", &|| {
             tempfailed.load(Ordering::SeqCst) >= seen + 2
