@@ -577,7 +577,10 @@ fn open_raw_context(before: &[u8]) -> Option<String> {
                     && rest[..open.len()].eq_ignore_ascii_case(open)
                     && rest
                         .get(open.len())
-                        .is_none_or(|b| matches!(b, b'>' | b'/' | b' ' | b'\t' | b'\r' | b'\n'))
+                        // The name ends where `inspect::mime`'s HTML reader ends it (at the
+                        // first character that is not a letter or digit), or the two would
+                        // disagree on what is hidden: `<style<` opens a style element there.
+                        .is_none_or(|b| !b.is_ascii_alphanumeric())
             });
         if let Some((open, close)) = element {
             // The opening tag may itself be cut short: it needs its `>` first.
@@ -1048,6 +1051,7 @@ mod tests {
         // Tags cut short (found by the rewrite fuzz target: `<style` at the very end hid the
         // block inside the style element it opened).
         assert_eq!(closer(b"<style").as_deref(), Some("></style>"));
+        assert_eq!(closer(b"<style<").as_deref(), Some("></style>"));
         assert_eq!(closer(b"<p>a<style a='x").as_deref(), Some("'></style>"));
         assert_eq!(closer(b"<p>a</p><div title=\"x").as_deref(), Some("\">"));
         assert_eq!(closer(b"<p>a</p></div").as_deref(), Some(">"));
