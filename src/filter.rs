@@ -44,7 +44,7 @@ use crate::audit::record::{
 use crate::audit::{AuditEvent, AuditHandle};
 use crate::config::Config;
 use crate::inspect;
-use crate::inspect::mime::{self, LineEnding, MimeShape};
+use crate::inspect::mime::{self, MimeShape};
 use crate::large;
 use crate::milter::handler::{
     ConnectionFacts, Handler, HandlerError, Macros, MessageSink, Modification, NewBody, Outcome,
@@ -362,7 +362,7 @@ fn evaluate_once(
         (raw, shape, elided)
     } else {
         let raw = source.head().into_owned();
-        let shape = head_shape(&raw);
+        let shape = MimeShape::head_only(&raw, true);
         (raw, shape, Vec::new())
     };
 
@@ -407,25 +407,6 @@ fn wants_body(d: &Decision) -> bool {
         None => (&d.disclaimer, d.labels.subject.is_some()),
     };
     matches!(disclaimer, DisclaimerDecision::Add { .. }) || subject
-}
-
-/// The shape of a message whose body is not looked at: only where the body starts.
-fn head_shape(raw: &[u8]) -> MimeShape {
-    MimeShape {
-        parsed: true,
-        structure_reliable: true,
-        body_offset: mime::header_block_end(raw),
-        line_ending: LineEnding::detect(raw),
-        parts: Vec::new(),
-        text_parts: Vec::new(),
-        signed_text_parts: Vec::new(),
-        attachments: Vec::new(),
-        rfc822_parts: Vec::new(),
-        security: Vec::new(),
-        marker: None,
-        disclaimer_present: None,
-        diagnostics: Vec::new(),
-    }
 }
 
 fn signed_rejection(policy: &Policy, kind: &str) -> PolicyVerdict {

@@ -249,6 +249,27 @@ pub struct MimeShape {
 }
 
 impl MimeShape {
+    /// The shape before the MIME tree is read: where the body starts and the line-end
+    /// convention, no parts. The filter uses it as is when the body is not looked at
+    /// (`parsed` true: the milter has read the header block).
+    pub fn head_only(raw: &[u8], parsed: bool) -> MimeShape {
+        MimeShape {
+            parsed,
+            structure_reliable: true,
+            body_offset: header_block_end(raw),
+            line_ending: LineEnding::detect(raw),
+            parts: Vec::new(),
+            text_parts: Vec::new(),
+            signed_text_parts: Vec::new(),
+            attachments: Vec::new(),
+            rfc822_parts: Vec::new(),
+            security: Vec::new(),
+            marker: None,
+            disclaimer_present: None,
+            diagnostics: Vec::new(),
+        }
+    }
+
     /// True when the body must not be edited (signed or encrypted).
     pub fn is_protected(&self) -> bool {
         !self.security.is_empty()
@@ -278,19 +299,8 @@ pub fn analyze(raw: &[u8], marker: Option<&str>) -> MimeShape {
         Ok(shape) => shape,
         // Unreachable: without elided parts there is nothing to disagree about.
         Err(_) => MimeShape {
-            parsed: false,
             structure_reliable: false,
-            body_offset: header_block_end(raw),
-            line_ending: LineEnding::detect(raw),
-            parts: Vec::new(),
-            text_parts: Vec::new(),
-            signed_text_parts: Vec::new(),
-            attachments: Vec::new(),
-            rfc822_parts: Vec::new(),
-            security: Vec::new(),
-            marker: None,
-            disclaimer_present: None,
-            diagnostics: Vec::new(),
+            ..MimeShape::head_only(raw, false)
         },
     }
 }
@@ -308,19 +318,8 @@ pub fn analyze_reduced(
 ) -> Result<MimeShape, String> {
     let marker_norm = marker.map(normalize_marker).filter(|m| !m.is_empty());
     let mut shape = MimeShape {
-        parsed: false,
-        structure_reliable: true,
-        body_offset: header_block_end(raw),
-        line_ending: LineEnding::detect(raw),
-        parts: Vec::new(),
-        text_parts: Vec::new(),
-        signed_text_parts: Vec::new(),
-        attachments: Vec::new(),
-        rfc822_parts: Vec::new(),
-        security: Vec::new(),
         marker: marker_norm.clone(),
-        disclaimer_present: None,
-        diagnostics: Vec::new(),
+        ..MimeShape::head_only(raw, false)
     };
     // Only the MIME headers are parsed; everything else raw (fewer parsers, fewer surprises).
     // A panic inside the parser (mail-parser has `debug_assert!(false)` on recovery paths that
