@@ -1034,9 +1034,6 @@ pub fn normalize_marker(marker: &str) -> String {
 /// the old disclaimer; all whitespace runs (NBSP included) become one space; zero-width
 /// characters dropped; lowercased.
 pub fn normalize_text(text: &str, html: bool) -> String {
-    if !html && text.is_ascii() {
-        return normalize_ascii(text.as_bytes());
-    }
     let stripped;
     let text = if html {
         stripped = html_to_text(text);
@@ -1045,91 +1042,86 @@ pub fn normalize_text(text: &str, html: bool) -> String {
         text
     };
     let mut out = String::with_capacity(text.len());
-    let mut pending_space = false;
-    for line in text.split('\n') {
-        let line = line.trim_start_matches(|c: char| c == '>' || c.is_whitespace());
-        pending_space |= !out.is_empty();
-        // Mail text is mostly ASCII: copy runs of ASCII non-space bytes in one go and lowercase
-        // them in place; only other characters take the per-char Unicode path. The result is
-        // exactly the per-char folding described above (ASCII whitespace is what
-        // `char::is_whitespace` says it is: TAB, LF, VT, FF, CR and SPACE).
-        let bytes = line.as_bytes();
-        let mut i = 0;
-        while i < bytes.len() {
-            let b = bytes[i];
-            if b.is_ascii() {
-                if matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ') {
-                    pending_space = !out.is_empty();
-                    i += 1;
-                    continue;
-                }
-                let run = bytes[i..]
-                    .iter()
-                    .position(|&b| {
-                        !b.is_ascii() || matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ')
-                    })
-                    .map_or(bytes.len(), |p| i + p);
-                if pending_space {
-                    out.push(' ');
-                    pending_space = false;
-                }
-                let at = out.len();
-                out.push_str(&line[i..run]);
-                out[at..].make_ascii_lowercase();
-                i = run;
-                continue;
-            }
-            let Some(c) = line[i..].chars().next() else {
-                break;
-            };
-            i += c.len_utf8();
-            if c.is_whitespace() {
-                pending_space = !out.is_empty();
-            } else if matches!(
-                c,
-                '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{FEFF}' | '\u{AD}'
-            ) {
-                continue;
-            } else {
-                if pending_space {
-                    out.push(' ');
-                    pending_space = false;
-                }
-                out.extend(c.to_lowercase());
-            }
-        }
-    }
+    Folder::new().push_str(text, &mut out);
     out
 }
 
-/// [`normalize_text`] for plain ASCII text, in one pass over the bytes: the same folding
-/// (leading `>` and whitespace dropped per line, whitespace runs as one space, lowercase)
-/// without the per-character Unicode path. `tests::normalize_ascii_matches_the_general_path`
-/// compares the two.
-fn normalize_ascii(bytes: &[u8]) -> String {
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut pending_space = false;
-    let mut line_start = true;
-    for &b in bytes {
-        match b {
-            b'\n' => {
-                line_start = true;
-                pending_space = !out.is_empty();
-            }
-            b'\t' | 0x0B | 0x0C | b'\r' | b' ' => pending_space = !out.is_empty(),
-            b'>' if line_start => {}
-            _ => {
-                line_start = false;
-                if pending_space {
-                    out.push(b' ');
-                    pending_space = false;
-                }
-                out.push(b.to_ascii_lowercase());
-            }
+/// The folding of [`normalize_text`] as a state machine fed piece by piece, so a part read
+/// line by line (`inspect::stream`) folds exactly as the whole text does: per line, leading
+/// `>` and whitespace dropped; whitespace runs as one space; zero-width characters dropped;
+/// lowercased.
+#[derive(Debug, Clone)]
+pub(crate) struct Folder {
+    line_start: bool,
+    pending_space: bool,
+    nonempty: bool,
+}
+
+impl Default for Folder {
+    fn default() -> Self {
+        Folder::new()
+    }
+}
+
+impl Folder {
+    pub fn new() -> Self {
+        Folder {
+            line_start: true,
+            pending_space: false,
+            nonempty: false,
         }
     }
-    // Only ASCII bytes were pushed.
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+
+    /// Fold `text` onto `out`.
+    pub fn push_str(&mut self, text: &str, out: &mut String) {
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            // Mail text is mostly ASCII: take such a byte as a char without decoding UTF-8.
+            let c = if bytes[i].is_ascii() {
+                i += 1;
+                char::from(bytes[i - 1])
+            } else {
+                let Some(c) = text[i..].chars().next() else {
+                    break;
+                };
+                i += c.len_utf8();
+                c
+            };
+            self.push(c, out);
+        }
+    }
+
+    /// Fold one character onto `out`.
+    #[inline]
+    pub fn push(&mut self, c: char, out: &mut String) {
+        if c == '\n' {
+            self.line_start = true;
+            self.pending_space |= self.nonempty;
+            return;
+        }
+        if self.line_start && (c == '>' || c.is_whitespace()) {
+            return;
+        }
+        self.line_start = false;
+        if c.is_whitespace() {
+            self.pending_space = self.nonempty;
+        } else if !matches!(
+            c,
+            '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{FEFF}' | '\u{AD}'
+        ) {
+            if self.pending_space {
+                out.push(' ');
+                self.pending_space = false;
+            }
+            if c.is_ascii() {
+                out.push(c.to_ascii_lowercase());
+            } else {
+                out.extend(c.to_lowercase());
+            }
+            self.nonempty = true;
+        }
+    }
 }
 
 /// Tag stripping and entity decoding, good enough for finding text (not for rendering).
@@ -1428,7 +1420,7 @@ mod tests {
         }
     }
 
-    /// The per-char folding `normalize_text` had before its ASCII fast path: the fast path
+    /// The folding written out on its own, line by line as `normalize_text` first did it: `Folder`
     /// must give exactly the same string.
     fn normalize_reference(text: &str) -> String {
         let mut out = String::new();
@@ -1457,7 +1449,7 @@ mod tests {
     }
 
     #[test]
-    fn normalize_ascii_matches_the_general_path() {
+    fn normalize_ascii_matches_the_per_char_folding() {
         fn files(dir: &std::path::Path, out: &mut Vec<Vec<u8>>) {
             for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let p = e.path();
@@ -1486,10 +1478,7 @@ mod tests {
             for input in [lossy.as_ref(), ascii.as_str()] {
                 if input.is_ascii() {
                     checked += 1;
-                    assert_eq!(
-                        normalize_ascii(input.as_bytes()),
-                        normalize_reference(input)
-                    );
+                    assert_eq!(normalize_text(input, false), normalize_reference(input));
                 }
             }
         }

@@ -19,7 +19,7 @@ use std::ops::Range;
 
 use base64::Engine as _;
 
-use super::mime::{self, CharsetStatus, TransferEncoding};
+use super::mime::{self, CharsetStatus, Folder, TransferEncoding};
 
 /// Inline PGP armour found in a message-text part.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,10 +78,8 @@ pub struct TextScan {
     // base64: filtered alphabet characters not yet decoded (fewer than 4), and `=` seen.
     b64: Vec<u8>,
     b64_padding: usize,
-    // normalisation state (see `mime::normalize_text`)
-    at_line_start: bool,
-    pending_space: bool,
-    out_nonempty: bool,
+    // the same folding as `mime::normalize_text`, carried across lines
+    folder: Folder,
     window: String,
     found: bool,
     // inline PGP: the current decoded line (first bytes only)
@@ -118,9 +116,7 @@ impl TextScan {
             inexact: false,
             b64: Vec::with_capacity(4),
             b64_padding: 0,
-            at_line_start: true,
-            pending_space: false,
-            out_nonempty: false,
+            folder: Folder::new(),
             window: String::new(),
             found: false,
             pgp_line: String::new(),
@@ -202,49 +198,9 @@ impl TextScan {
 
     fn scan_text(&mut self, text: &str) {
         let mut piece = String::with_capacity(text.len() + 1);
-        let bytes = text.as_bytes();
-        let mut i = 0;
-        while i < bytes.len() {
-            // Mail text is mostly ASCII: take a byte as a char without decoding UTF-8.
-            let c = if bytes[i].is_ascii() {
-                i += 1;
-                char::from(bytes[i - 1])
-            } else {
-                let Some(c) = text[i..].chars().next() else {
-                    break;
-                };
-                i += c.len_utf8();
-                c
-            };
+        for c in text.chars() {
             self.pgp_char(c);
-            if c == '\n' {
-                self.at_line_start = true;
-                self.pending_space |= self.out_nonempty;
-                continue;
-            }
-            if self.at_line_start && (c == '>' || c.is_whitespace()) {
-                continue;
-            }
-            self.at_line_start = false;
-            if c.is_whitespace() {
-                self.pending_space = self.out_nonempty;
-            } else if matches!(
-                c,
-                '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{FEFF}' | '\u{AD}'
-            ) {
-                continue;
-            } else {
-                if self.pending_space {
-                    piece.push(' ');
-                    self.pending_space = false;
-                }
-                if c.is_ascii() {
-                    piece.push(c.to_ascii_lowercase());
-                } else {
-                    piece.extend(c.to_lowercase());
-                }
-                self.out_nonempty = true;
-            }
+            self.folder.push(c, &mut piece);
         }
         self.search(&piece);
     }
