@@ -1077,8 +1077,27 @@ impl Folder {
         let bytes = text.as_bytes();
         let mut i = 0;
         while i < bytes.len() {
-            // Mail text is mostly ASCII: take such a byte as a char without decoding UTF-8.
-            let c = if bytes[i].is_ascii() {
+            // Mail text is mostly runs of visible ASCII: copy such a run in one go and
+            // lowercase it in place (a `>` inside it is not at a line start, so it stays).
+            let b = bytes[i];
+            if b.is_ascii_graphic() && !(self.line_start && b == b'>') {
+                let run = bytes[i..]
+                    .iter()
+                    .position(|b| !b.is_ascii_graphic())
+                    .map_or(bytes.len(), |p| i + p);
+                if self.pending_space {
+                    out.push(' ');
+                    self.pending_space = false;
+                }
+                let at = out.len();
+                out.push_str(&text[i..run]);
+                out[at..].make_ascii_lowercase();
+                self.line_start = false;
+                self.nonempty = true;
+                i = run;
+                continue;
+            }
+            let c = if b.is_ascii() {
                 i += 1;
                 char::from(bytes[i - 1])
             } else {
