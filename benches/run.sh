@@ -146,7 +146,33 @@ run_load() { # name transport msgfile conns count
 
 milters=(libmilter-nothing libmilter-disclaimer pymilter-disclaimer markgate)
 
+# The audit disk's flush latency, the floor under markgate's answer with `sync = "batch"`: with
+# one connection every answer waits for one flush. Measured the way the writer flushes (append a
+# record-sized line, fdatasync) in the directory of the audit file, before and after the load
+# runs, because other tenants of the disk move it.
+fsync_probe() { # $1 = before|after
+	$python - "$work/audit/probe" "$1" <<'PROBE'
+import json, os, sys, time
+path, when = sys.argv[1], sys.argv[2]
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+line = b"x" * 299 + b"\n"
+lat = []
+for _ in range(1000):
+    t = time.perf_counter()
+    os.write(fd, line)
+    os.fdatasync(fd)
+    lat.append((time.perf_counter() - t) * 1e6)
+os.close(fd)
+os.unlink(path)
+lat.sort()
+print(json.dumps({"label": f"disk|fdatasync|{when}", "appends": len(lat),
+                  "p50_us": round(lat[len(lat) // 2]), "p99_us": round(lat[len(lat) * 99 // 100])}))
+PROBE
+}
+
 if [ "$only" = all ] || [ "$only" = load ]; then
+	echo "== audit disk: fdatasync latency" >&2
+	fsync_probe before >>"$results"
 	for transport in unix tcp; do
 		for name in "${milters[@]}"; do
 			echo "== load: $name over $transport" >&2
@@ -166,6 +192,7 @@ if [ "$only" = all ] || [ "$only" = load ]; then
 			stop
 		done
 	done
+	fsync_probe after >>"$results"
 fi
 
 if [ "$only" = all ] || [ "$only" = memory ]; then
