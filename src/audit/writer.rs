@@ -8,7 +8,9 @@
 //! that serve milter connections; it takes everything queued, stamps `seq`, `prev` and `time`
 //! (prepending them to the producer's bytes and hashing the line),
 //! writes the lines in one `write`, calls `fsync` once (`sync = "batch"`), and only then answers
-//! every producer in the batch. The filter sends its end-of-message answer after that
+//! every producer in the batch (on a multi-thread runtime through a doorbell and a dispatcher
+//! task, so the answers wake the producers' worker once instead of each one across threads; see
+//! `Mailbox`). The filter sends its end-of-message answer after that
 //! acknowledgement, so an accepted message always has a durable record, while many messages
 //! share one `fsync`.
 //!
