@@ -263,24 +263,36 @@ fn send_answers(answers: impl IntoIterator<Item = Answer>) {
 ///
 /// `bell` only tells readiness; the rings are read through `reader`, the same socket as a
 /// plain handle, so that a short read can clear the readiness itself.
-async fn dispatch(
+fn dispatch(
     shared: Arc<Shared>,
     bell: tokio::net::UnixStream,
     reader: std::os::unix::net::UnixStream,
-) {
-    /// Hands back what is left when the task ends or is dropped with its runtime.
-    struct Closing(Arc<Shared>);
-    impl Drop for Closing {
-        fn drop(&mut self) {
-            let mut inner = self.0.mailbox.lock();
-            inner.bell = None;
-            self.0.mailbox.running.store(false, Ordering::Release);
-            let left = std::mem::take(&mut inner.ready);
-            drop(inner);
-            send_answers(left);
-        }
-    }
+) -> impl std::future::Future<Output = ()> + Send {
+    // Made before the future, so that it also runs when the task is dropped before its first
+    // poll (a runtime shutting down as the dispatcher is spawned).
     let closing = Closing(shared);
+    dispatch_rings(closing, bell, reader)
+}
+
+/// Hands back what is left when the dispatcher ends or is dropped with its runtime.
+struct Closing(Arc<Shared>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        let mut inner = self.0.mailbox.lock();
+        inner.bell = None;
+        self.0.mailbox.running.store(false, Ordering::Release);
+        let left = std::mem::take(&mut inner.ready);
+        drop(inner);
+        send_answers(left);
+    }
+}
+
+async fn dispatch_rings(
+    closing: Closing,
+    bell: tokio::net::UnixStream,
+    reader: std::os::unix::net::UnixStream,
+) {
     let mut rings = [0u8; 64];
     loop {
         if bell.readable().await.is_err() {
