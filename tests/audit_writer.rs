@@ -352,3 +352,75 @@ async fn recovery_reads_back_across_large_records_and_damage() {
     let rec = audit::writer::recover(&dir.path().join("none.jsonl")).expect("recover");
     assert_eq!(rec.seq, 0);
 }
+
+/// On a multi-thread runtime the answers come back through a dispatcher task on that runtime
+/// (see `Mailbox` in the writer). When that runtime is shut down the writer must go back to
+/// answering directly, and a later runtime (of either flavour) must still get every answer.
+#[test]
+fn answers_reach_producers_when_the_dispatching_runtime_is_gone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let handle = audit::start(&audit_support::config(&path, SyncMode::Batch)).expect("start");
+    let multi = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    let burst = |h: audit::AuditHandle, from: u64| async move {
+        let mut tasks = Vec::new();
+        for n in from..from + 40 {
+            let h = h.clone();
+            tasks.push(tokio::spawn(async move { h.record(msg(n)).await }));
+        }
+        let mut seqs = Vec::new();
+        for t in tasks {
+            let ack = t.await.expect("join").expect("ack");
+            assert!(ack.durable);
+            seqs.push(ack.seq.expect("seq"));
+        }
+        seqs
+    };
+    let within = |secs| Duration::from_secs(secs);
+
+    // First runtime: starts the dispatcher; every producer is answered.
+    let first = multi();
+    let seqs = first.block_on(async {
+        tokio::time::timeout(within(30), burst(handle.clone(), 0))
+            .await
+            .expect("answers on the first runtime")
+    });
+    assert_eq!(seqs.len(), 40);
+    drop(first);
+
+    // Its dispatcher is gone with it: a second multi-thread runtime still gets its answers.
+    let second = multi();
+    let seqs = second.block_on(async {
+        tokio::time::timeout(within(30), burst(handle.clone(), 100))
+            .await
+            .expect("answers on the second runtime")
+    });
+    assert_eq!(seqs.len(), 40);
+
+    // A current-thread runtime is answered directly, also while the second one's dispatcher
+    // runs.
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    single.block_on(async {
+        let ack = tokio::time::timeout(within(30), handle.record(msg(500)))
+            .await
+            .expect("answer on a current-thread runtime")
+            .expect("ack");
+        assert_eq!(ack.seq, Some(81));
+    });
+    second.block_on(async {
+        handle.shutdown().await.expect("shutdown");
+    });
+    drop(second);
+    let report = verify_files(&[&path]);
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.records, 81);
+}

@@ -8,7 +8,9 @@
 //! that serve milter connections; it takes everything queued, stamps `seq`, `prev` and `time`
 //! (prepending them to the producer's bytes and hashing the line),
 //! writes the lines in one `write`, calls `fsync` once (`sync = "batch"`), and only then answers
-//! every producer in the batch. The filter sends its end-of-message answer after that
+//! every producer in the batch (on a multi-thread runtime through a doorbell and a dispatcher
+//! task, so the answers wake the producers' worker once instead of each one across threads; see
+//! `Mailbox`). The filter sends its end-of-message answer after that
 //! acknowledgement, so an accepted message always has a durable record, while many messages
 //! share one `fsync`.
 //!
@@ -138,9 +140,198 @@ struct Shared {
     last_seq: AtomicU64,
     failing: AtomicBool,
     syslog: Arc<SyslogStats>,
+    mailbox: Mailbox,
 }
 
 type AckTx = oneshot::Sender<Result<Ack, AuditError>>;
+
+/// One answer on its way back to the producer that waits for it.
+type Answer = (AckTx, Result<Ack, AuditError>);
+
+/// How the writer's answers reach the producers.
+///
+/// Sent straight from the writer thread, every answer is a wake-up from outside the runtime: the
+/// task goes to the shared injection queue and a parked worker is woken for it, and that worker,
+/// leaving its search, wakes a second one that finds nothing and parks again: two thread wake-ups
+/// and four context switches per batch before the connection runs. So, on a multi-thread runtime,
+/// the writer instead leaves a batch's answers here and rings a doorbell, one byte on a socket
+/// pair whose other end a dispatcher task watches. The kernel wakes the worker already waiting
+/// in the I/O driver; it runs the dispatcher, which hands the answers over on the worker itself,
+/// so the producers' tasks land in that worker's own queue. The answers are only ever sent after
+/// the batch is written and synced; this changes who delivers them, never when they are true.
+///
+/// Direct delivery stays for everything else: outside a runtime, on a current-thread runtime
+/// (which may not be driven while its producer waits elsewhere), and whenever the dispatcher is
+/// gone (its runtime shut down: the dispatcher hands back whatever is left as it is dropped, and
+/// the writer, finding the doorbell closed, answers directly from then on until a producer
+/// starts a new one).
+#[derive(Debug, Default)]
+struct Mailbox {
+    inner: std::sync::Mutex<MailboxInner>,
+    /// A dispatcher is running (fast path for producers; set and cleared under the lock).
+    running: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct MailboxInner {
+    /// Answers the dispatcher has not taken yet.
+    ready: Vec<Answer>,
+    /// The writer's end of the doorbell; `None` when no dispatcher runs.
+    bell: Option<std::os::unix::net::UnixStream>,
+}
+
+impl Mailbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MailboxInner> {
+        // A panic while holding this lock leaves plain data behind: keep using it.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writer side: hand `answers` to the dispatcher, or send them directly when there is none.
+    fn deliver(&self, answers: Vec<Answer>) {
+        if answers.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        if let Some(bell) = &inner.bell {
+            // Ring only when the mailbox was empty: otherwise a ring is already pending, or the
+            // dispatcher has not yet taken the mailbox and will find these answers there too.
+            let ring = inner.ready.is_empty();
+            let rung = !ring
+                || match (&*bell).write(&[1]) {
+                    Ok(_) => true,
+                    // Full: unread rings are pending, so the dispatcher will come.
+                    Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+                };
+            if rung {
+                inner.ready.extend(answers);
+                return;
+            }
+            // The dispatcher's end is closed: deliver directly from now on.
+            inner.bell = None;
+            self.running.store(false, Ordering::Release);
+        }
+        let left = std::mem::take(&mut inner.ready);
+        drop(inner);
+        send_answers(left.into_iter().chain(answers));
+    }
+}
+
+impl Shared {
+    /// Producer side: start a dispatcher on the current runtime if none runs and the runtime is
+    /// one where it can work (see [`Mailbox`]).
+    fn ensure_dispatcher(self: &Arc<Shared>) {
+        if self.mailbox.running.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if rt.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return;
+        }
+        let mut inner = self.mailbox.lock();
+        if inner.bell.is_some() {
+            return;
+        }
+        let Ok((ours, theirs)) = std::os::unix::net::UnixStream::pair() else {
+            return;
+        };
+        if ours.set_nonblocking(true).is_err() || theirs.set_nonblocking(true).is_err() {
+            return;
+        }
+        let Ok(reader) = ours.try_clone() else {
+            return;
+        };
+        let Ok(watch) = tokio::net::UnixStream::from_std(ours) else {
+            return;
+        };
+        inner.bell = Some(theirs);
+        self.mailbox.running.store(true, Ordering::Release);
+        drop(inner);
+        rt.spawn(dispatch(Arc::clone(self), watch, reader));
+    }
+}
+
+fn send_answers(answers: impl IntoIterator<Item = Answer>) {
+    for (tx, answer) in answers {
+        // A producer that stopped waiting (its connection closed) needs no answer.
+        let _ = tx.send(answer);
+    }
+}
+
+/// The dispatcher: on every ring, take the mailbox and answer the producers from this worker.
+///
+/// `bell` only tells readiness; the rings are read through `reader`, the same socket as a
+/// plain handle, so that a short read can clear the readiness itself.
+fn dispatch(
+    shared: Arc<Shared>,
+    bell: tokio::net::UnixStream,
+    reader: std::os::unix::net::UnixStream,
+) -> impl std::future::Future<Output = ()> + Send {
+    // Made before the future, so that it also runs when the task is dropped before its first
+    // poll (a runtime shutting down as the dispatcher is spawned).
+    let closing = Closing(shared);
+    dispatch_rings(closing, bell, reader)
+}
+
+/// Hands back what is left when the dispatcher ends or is dropped with its runtime.
+struct Closing(Arc<Shared>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        let mut inner = self.0.mailbox.lock();
+        inner.bell = None;
+        self.0.mailbox.running.store(false, Ordering::Release);
+        let left = std::mem::take(&mut inner.ready);
+        drop(inner);
+        send_answers(left);
+    }
+}
+
+async fn dispatch_rings(
+    closing: Closing,
+    bell: tokio::net::UnixStream,
+    reader: std::os::unix::net::UnixStream,
+) {
+    let mut rings = [0u8; 64];
+    loop {
+        if bell.readable().await.is_err() {
+            break;
+        }
+        // Take the rings first, then the mailbox: a ring that comes after this read finds the
+        // socket readable again, so no answer is left behind. A short read took every ring
+        // there was, so readiness is cleared without a second read to see it fail (the driver
+        // keeps it set if a ring arrived meanwhile).
+        let mut closed = false;
+        let read = bell.try_io(tokio::io::Interest::READABLE, || {
+            match (&reader).read(&mut rings) {
+                Ok(0) => {
+                    closed = true;
+                    Ok(())
+                }
+                Ok(n) if n < rings.len() => Err(io::ErrorKind::WouldBlock.into()),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            }
+        });
+        match read {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => closed = true,
+        }
+        let ready = std::mem::take(&mut closing.0.mailbox.lock().ready);
+        send_answers(ready);
+        if closed {
+            // The writer has stopped (its end dropped); `Closing` sends what is left.
+            break;
+        }
+    }
+    drop(closing);
+}
 
 enum Request {
     /// Serialized by the producer ([`EncodedEvent`]); the writer only chains and writes it.
@@ -177,6 +368,7 @@ impl AuditHandle {
         // fsync, acknowledge) is the one serial part of the audit path, so keep it short.
         let encoded = EncodedEvent::new(&event).map_err(|e| AuditError::Encode(e.to_string()))?;
         drop(event);
+        self.shared.ensure_dispatcher();
         let (tx, rx) = oneshot::channel();
         self.tx
             .send(Request::Record(Box::new(encoded), tx))
@@ -505,6 +697,7 @@ impl Writer {
         let mut seq = self.seq;
         let mut prev = self.last_hash.clone();
         let mut lines: Vec<Line> = Vec::with_capacity(own_count + records.len());
+        let mut encode_failed: Vec<Answer> = Vec::new();
         let events = own
             .iter()
             .map(|e| (EncodedEvent::new(e), None))
@@ -529,11 +722,12 @@ impl Writer {
                 Err(e) => {
                     tracing::error!(error = %e, "audit record could not be encoded");
                     if let Some(ack) = ack {
-                        let _ = ack.send(Err(AuditError::Encode(e.to_string())));
+                        encode_failed.push((ack, Err(AuditError::Encode(e.to_string()))));
                     }
                 }
             }
         }
+        self.shared.mailbox.deliver(encode_failed);
 
         // Chunks: the whole batch with one fsync, or one line per fsync with `always`.
         let chunk_len = match self.sync {
@@ -558,15 +752,19 @@ impl Writer {
                         let _ = self.health.send(SinkHealth::Healthy);
                     }
                     // Answer the producers first: syslog is a copy, the MTA is waiting.
-                    for line in &mut chunk {
-                        if let Some(ack) = line.ack.take() {
-                            let _ = ack.send(Ok(Ack {
+                    let answers = chunk
+                        .iter_mut()
+                        .filter_map(|line| {
+                            let ack = line.ack.take()?;
+                            let answer = Ok(Ack {
                                 seq: Some(line.seq),
                                 hash: Some(line.hash.clone()),
                                 durable,
-                            }));
-                        }
-                    }
+                            });
+                            Some((ack, answer))
+                        })
+                        .collect();
+                    self.shared.mailbox.deliver(answers);
                     for line in &chunk {
                         self.forward_syslog(line);
                     }
@@ -688,6 +886,7 @@ impl Writer {
                 });
             }
         }
+        let mut answers = Vec::with_capacity(lines.len());
         for line in lines {
             if let Some(ack) = line.ack {
                 let answer = if self.fail_open {
@@ -702,9 +901,10 @@ impl Writer {
                         error: error_text.clone(),
                     })
                 };
-                let _ = ack.send(answer);
+                answers.push((ack, answer));
             }
         }
+        self.shared.mailbox.deliver(answers);
     }
 
     /// Close the current file and open the configured path again (append, create).

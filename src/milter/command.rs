@@ -292,7 +292,7 @@ impl Command {
 
 fn parse_connect(p: &Bytes) -> Result<Command, CommandError> {
     const C: &str = "SMFIC_CONNECT";
-    let Some(nul) = p.iter().position(|&b| b == 0) else {
+    let Some(nul) = find_nul(p) else {
         return Err(CommandError::Truncated {
             command: C,
             detail: "hostname not NUL-terminated",
@@ -365,10 +365,10 @@ fn split_strings(
     command: &'static str,
 ) -> Result<Vec<Bytes>, CommandError> {
     debug_assert_eq!(whole.len(), data.len());
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(2);
     let mut start = 0;
     while start < data.len() {
-        match data[start..].iter().position(|&b| b == 0) {
+        match find_nul(&data[start..]) {
             Some(n) => {
                 out.push(whole.slice(start..start + n));
                 start += n + 1;
@@ -382,6 +382,15 @@ fn split_strings(
         }
     }
     Ok(out)
+}
+
+/// The index of the first NUL. `CStr::from_bytes_until_nul` searches a word at a time (the
+/// standard library's memchr), where a byte-by-byte `position` costs several instructions per
+/// byte of every header value.
+fn find_nul(data: &[u8]) -> Option<usize> {
+    std::ffi::CStr::from_bytes_until_nul(data)
+        .ok()
+        .map(|s| s.to_bytes().len())
 }
 
 fn be32(b: &[u8]) -> u32 {

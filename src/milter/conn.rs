@@ -79,6 +79,7 @@ pub async fn serve_connection<S, H>(
         doomed: None,
         inbuf: BytesMut::with_capacity(8192),
         out: BytesMut::with_capacity(1024),
+        steps: Vec::with_capacity(4),
     };
     match conn.run().await {
         Ok(()) => debug!(peer = %conn.peer, "milter connection closed"),
@@ -103,6 +104,8 @@ struct Conn<S, H: Handler> {
     doomed: Option<String>,
     inbuf: BytesMut,
     out: BytesMut,
+    /// The steps of the command being processed (kept to reuse its allocation).
+    steps: Vec<Step>,
 }
 
 /// Why a connection was closed for cause.
@@ -184,11 +187,19 @@ where
 
     /// Handle one command. `Ok(true)` means the session ended normally (QUIT).
     async fn process(&mut self, cmd: Command) -> Result<bool, CloseReason> {
-        let steps = self
-            .session
-            .handle(cmd)
+        let mut steps = std::mem::take(&mut self.steps);
+        steps.clear();
+        self.session
+            .handle_into(cmd, &mut steps)
             .map_err(|e| format!("protocol violation: {e}"))?;
-        for step in steps {
+        let ended = self.run_steps(&mut steps).await;
+        self.steps = steps;
+        ended
+    }
+
+    /// Carry out the steps of one command, emptying `steps`.
+    async fn run_steps(&mut self, steps: &mut Vec<Step>) -> Result<bool, CloseReason> {
+        for step in steps.drain(..) {
             match step {
                 Step::Send(r) => {
                     if let Reply::OptNeg {

@@ -258,7 +258,12 @@ impl Reply {
     /// Append the wire form to `dst`. Call [`Reply::validate`] first for values built from
     /// data; this only lays out bytes.
     pub fn encode(&self, dst: &mut BytesMut) {
-        let mut b = BytesMut::new();
+        // Straight into `dst`, the length patched in at the end: a body chunk is copied once,
+        // not built in a buffer of its own first.
+        let start = dst.len();
+        dst.put_u32(0);
+        dst.put_u8(self.code());
+        let b = &mut *dst;
         match self {
             Reply::OptNeg {
                 version,
@@ -271,35 +276,35 @@ impl Reply {
                 b.put_u32(*protocol);
                 for (stage, list) in macros {
                     b.put_u32(*stage);
-                    put_cstr(&mut b, list);
+                    put_cstr(b, list);
                 }
             }
-            Reply::ReplyCode(t) => put_cstr(&mut b, t),
+            Reply::ReplyCode(t) => put_cstr(b, t),
             Reply::AddHeader { name, value } => {
-                put_cstr(&mut b, name);
-                put_cstr(&mut b, value);
+                put_cstr(b, name);
+                put_cstr(b, value);
             }
             Reply::InsertHeader { index, name, value }
             | Reply::ChangeHeader { index, name, value } => {
                 b.put_u32(*index);
-                put_cstr(&mut b, name);
-                put_cstr(&mut b, value);
+                put_cstr(b, name);
+                put_cstr(b, value);
             }
             Reply::ReplaceBody(data) => b.put_slice(data),
-            Reply::AddRcpt(s) | Reply::DelRcpt(s) | Reply::Quarantine(s) => put_cstr(&mut b, s),
+            Reply::AddRcpt(s) | Reply::DelRcpt(s) | Reply::Quarantine(s) => put_cstr(b, s),
             Reply::AddRcptPar { recipient, args } => {
-                put_cstr(&mut b, recipient);
-                put_cstr(&mut b, args);
+                put_cstr(b, recipient);
+                put_cstr(b, args);
             }
             Reply::ChangeFrom { sender, args } => {
-                put_cstr(&mut b, sender);
+                put_cstr(b, sender);
                 if let Some(a) = args {
-                    put_cstr(&mut b, a);
+                    put_cstr(b, a);
                 }
             }
             Reply::SetSymList { stage, macros } => {
                 b.put_u32(*stage);
-                put_cstr(&mut b, macros);
+                put_cstr(b, macros);
             }
             Reply::Continue
             | Reply::Accept
@@ -311,7 +316,9 @@ impl Reply {
             | Reply::Progress
             | Reply::ConnFail => {}
         }
-        super::codec::encode_frame(self.code(), &b, dst);
+        // Code byte + payload; no reply comes near 4 GiB (body replacement is chunked).
+        let len = u32::try_from(dst.len() - start - 4).unwrap_or(u32::MAX);
+        dst[start..start + 4].copy_from_slice(&len.to_be_bytes());
     }
 
     /// The frame for this reply.

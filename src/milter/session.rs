@@ -171,6 +171,14 @@ impl Session {
     /// Feed one command. On error the caller must close the connection; the session is then
     /// `Closed`.
     pub fn handle(&mut self, cmd: Command) -> Result<Vec<Step>, SessionError> {
+        let mut steps = Vec::new();
+        self.handle_into(cmd, &mut steps)?;
+        Ok(steps)
+    }
+
+    /// [`Session::handle`], appending the steps to `steps` so that a connection can reuse one
+    /// buffer for every command instead of allocating a vector per packet.
+    pub fn handle_into(&mut self, cmd: Command, steps: &mut Vec<Step>) -> Result<(), SessionError> {
         let code = cmd.code();
         let Some(next) = next_state(self.state, code) else {
             let state = self.state;
@@ -180,7 +188,6 @@ impl Session {
                 state,
             });
         };
-        let mut steps = Vec::new();
         // Implicit abort: a new MAIL or HELO while a transaction is open.
         if matches!(code, b'M' | b'H') && self.state.in_message() {
             steps.push(Step::AbortMessage);
@@ -248,7 +255,7 @@ impl Session {
             steps.push(Step::Send(Reply::Continue));
         }
         self.state = next;
-        Ok(steps)
+        Ok(())
     }
 
     /// The MTA waits for a reply to this command code (outside OPTNEG and BODYEOB, which
