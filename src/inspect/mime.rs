@@ -577,7 +577,7 @@ pub fn analyze_reduced(
             shape.security.push(sec);
         }
         if let Some(m) = &marker_norm {
-            let found = normalize_text(&decoded.text, part.is_html()).contains(m.as_str());
+            let found = marker_in_text(&decoded.text, part.is_html(), m);
             any_marker |= found;
             shape.parts[id].marker_present = Some(found);
         }
@@ -1046,6 +1046,127 @@ pub fn normalize_text(text: &str, html: bool) -> String {
     out
 }
 
+/// Is `marker` in the folded `text`? Exactly `normalize_text(text, html).contains(marker)`, but
+/// most texts are answered without folding them (folding copies the whole text, character by
+/// character):
+/// - *present* when `marker` is a folded ASCII string (what [`normalize_marker`] makes of an
+///   ASCII marker) and the text holds it verbatim up to ASCII case: folding maps such a run of
+///   the text onto the marker itself;
+/// - *absent* when the text is ASCII and some space-separated word of `marker` is not in it, up
+///   to ASCII case: folding an ASCII text only lowercases, drops leading `>` and turns whitespace
+///   runs into one space, so every word of the folded text is a lowercased piece of the text.
+///   (Non-ASCII text can make ASCII letters by folding: zero-width characters vanish inside
+///   words, `K` (Kelvin sign) lowercases to `k`; such text is always folded.)
+///
+/// Otherwise the text is folded and searched.
+pub fn marker_in_text(text: &str, html: bool, marker: &str) -> bool {
+    if marker.is_empty() {
+        return true;
+    }
+    let stripped;
+    let text = if html {
+        stripped = html_to_text(text);
+        stripped.as_str()
+    } else {
+        text
+    };
+    let (hay, m) = (text.as_bytes(), marker.as_bytes());
+    if is_folded_ascii(m) && contains_ascii_ci(hay, m) {
+        return true;
+    }
+    if text.is_ascii() && !words_rarest_first(marker).all(|w| contains_ascii_ci(hay, w)) {
+        return false;
+    }
+    let mut folded = String::with_capacity(text.len());
+    Folder::new().push_str(text, &mut folded);
+    memchr::memmem::find(folded.as_bytes(), m).is_some()
+}
+
+/// True when `m` is ASCII and folding leaves it as it is: no uppercase, no whitespace but
+/// single spaces between other characters, no `>` first.
+fn is_folded_ascii(m: &[u8]) -> bool {
+    let ws = |b: u8| char::from(b).is_whitespace();
+    let (Some(&first), Some(&last)) = (m.first(), m.last()) else {
+        return false;
+    };
+    m.is_ascii()
+        && first != b'>'
+        && !ws(first)
+        && !ws(last)
+        && !m.iter().any(u8::is_ascii_uppercase)
+        && m.windows(2).all(|w| !(ws(w[0]) && ws(w[1])))
+        && m.iter().all(|&b| b == b' ' || !ws(b))
+}
+
+/// How rare each byte is in mail text, as a case-insensitive search sees it (higher: rarer).
+/// Letters by their frequency in English, both cases alike; spaces and line ends are
+/// everywhere; any other byte counts as fairly rare. Only speed depends on it, never an answer.
+const RARITY: [u8; 256] = {
+    const LETTERS: &[u8] = b"etaoinsrhldcumfpgwybvkxjqz";
+    let mut t = [13u8; 256];
+    t[b' ' as usize] = 0;
+    t[b'\r' as usize] = 0;
+    t[b'\n' as usize] = 0;
+    let mut i = 0;
+    while i < LETTERS.len() {
+        t[LETTERS[i] as usize] = i as u8 + 1;
+        t[LETTERS[i].to_ascii_uppercase() as usize] = i as u8 + 1;
+        i += 1;
+    }
+    t
+};
+
+/// The position of the rarest byte of `needle` (the first of equals); 0 for an empty one.
+fn rarest(needle: &[u8]) -> usize {
+    let mut best = 0;
+    for (i, &b) in needle.iter().enumerate() {
+        if RARITY[usize::from(b)] > RARITY[usize::from(needle[best])] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// The space-separated words of `m`, the one with the rarest byte first: the likeliest to be
+/// missing from a text, and the quickest to look for.
+fn words_rarest_first(m: &str) -> impl Iterator<Item = &[u8]> {
+    let mut words: Vec<(u8, &[u8])> = m
+        .as_bytes()
+        .split(|&b| b == b' ')
+        .filter(|w| !w.is_empty())
+        .map(|w| (RARITY[usize::from(w[rarest(w)])], w))
+        .collect();
+    words.sort_by_key(|&(rarity, w)| std::cmp::Reverse((rarity, w.len())));
+    words.into_iter().map(|(_, w)| w)
+}
+
+/// Does `hay` contain `needle`, comparing ASCII letters without case (other bytes exactly)?
+/// Looks for the needle's rarest byte (both cases) and compares around each hit.
+fn contains_ascii_ci(hay: &[u8], needle: &[u8]) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    if needle.len() > hay.len() {
+        return false;
+    }
+    let last_start = hay.len() - needle.len();
+    let at = rarest(needle);
+    let fits = |hit: usize| {
+        hit.checked_sub(at).is_some_and(|start| {
+            start <= last_start && hay[start..start + needle.len()].eq_ignore_ascii_case(needle)
+        })
+    };
+    let (lo, up) = (
+        needle[at].to_ascii_lowercase(),
+        needle[at].to_ascii_uppercase(),
+    );
+    if lo == up {
+        memchr::memchr_iter(lo, hay).any(fits)
+    } else {
+        memchr::memchr2_iter(lo, up, hay).any(fits)
+    }
+}
+
 /// The folding of [`normalize_text`] as a state machine fed piece by piece, so a part read
 /// line by line (`inspect::stream`) folds exactly as the whole text does: per line, leading
 /// `>` and whitespace dropped; whitespace runs as one space; zero-width characters dropped;
@@ -1467,8 +1588,8 @@ mod tests {
         out
     }
 
-    #[test]
-    fn normalize_ascii_matches_the_per_char_folding() {
+    /// Every file of the corpora the folding tests read.
+    fn corpus_files() -> Vec<Vec<u8>> {
         fn files(dir: &std::path::Path, out: &mut Vec<Vec<u8>>) {
             for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let p = e.path();
@@ -1489,6 +1610,12 @@ mod tests {
         ] {
             files(&root.join(d), &mut texts);
         }
+        texts
+    }
+
+    #[test]
+    fn normalize_ascii_matches_the_per_char_folding() {
+        let texts = corpus_files();
         let mut checked = 0;
         for t in &texts {
             // Whole files and their ASCII-only lossy versions, so every one is exercised.
@@ -1552,5 +1679,119 @@ mod tests {
                 "input {input:?}"
             );
         }
+    }
+
+    /// `marker_in_text` must answer exactly what folding the whole text and searching gives,
+    /// whichever shortcut it takes: never "absent" when the folded text holds the marker, never
+    /// "present" when it does not.
+    fn check_marker(text: &str, html: bool, marker: &str, counts: &mut [usize; 2]) {
+        let want = normalize_text(text, html).contains(marker);
+        assert_eq!(
+            marker_in_text(text, html, marker),
+            want,
+            "marker {marker:?} html {html} in {text:?}"
+        );
+        counts[usize::from(want)] += 1;
+    }
+
+    /// Markers made from the folded text itself (so present), and the same with one character
+    /// changed or in upper case (so absent, or present only through folding).
+    fn markers_from(folded: &str) -> Vec<String> {
+        let chars: Vec<char> = folded.chars().collect();
+        let mut out = Vec::new();
+        for len in [8, 20, 45] {
+            for start in [
+                0,
+                chars.len() / 3,
+                chars.len() / 2,
+                chars.len().saturating_sub(len),
+            ] {
+                let piece: String = chars.iter().skip(start).take(len).collect();
+                let m = normalize_marker(&piece);
+                if m.is_empty() {
+                    continue;
+                }
+                let mut changed: Vec<char> = m.chars().collect();
+                let mid = changed.len() / 2;
+                changed[mid] = if changed[mid] == 'q' { 'z' } else { 'q' };
+                out.push(changed.into_iter().collect());
+                out.push(m.to_uppercase());
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn marker_search_agrees_with_folding_over_the_corpora() {
+        let fixed = [
+            "may be subject to recording and/or monitoring in accordance with relevant legislation",
+            "recording and/or monitoring",
+            "This Email",
+            "monitored",
+            "keep",
+            "> quoted",
+            "a  b",
+            "caf\u{e9} au lait",
+        ];
+        let mut counts = [0usize; 2];
+        for t in corpus_files() {
+            let lossy = String::from_utf8_lossy(&t);
+            let ascii: String = lossy.chars().filter(char::is_ascii).collect();
+            for input in [lossy.as_ref(), ascii.as_str()] {
+                for html in [false, true] {
+                    let mut markers: Vec<String> = fixed.iter().map(|m| (*m).to_owned()).collect();
+                    markers.extend(fixed.iter().map(|m| normalize_marker(m)));
+                    markers.extend(markers_from(&normalize_text(input, html)));
+                    for m in &markers {
+                        check_marker(input, html, m, &mut counts);
+                    }
+                }
+            }
+        }
+        let [absent, present] = counts;
+        assert!(
+            absent > 10_000 && present > 5_000,
+            "{absent} absent, {present} present"
+        );
+    }
+
+    #[test]
+    fn marker_search_agrees_with_folding_where_folding_makes_the_match() {
+        let m = normalize_marker("Recording and/or MONITORING");
+        let mut counts = [0usize; 2];
+        for (text, html) in [
+            ("recording and/or monitoring", false),
+            ("RECORDING AND/OR MONITORING", false),
+            ("recording   and/or\n> > monitoring", false),
+            ("recording\tand/or\r\n monitoring", false),
+            ("recording and/or moni\u{200b}toring", false),
+            ("recording and/or moni\u{ad}toring", false),
+            ("recording\u{a0}and/or monitoring", false),
+            ("recording and/or monitorin", false),
+            ("recording and/or", false),
+            ("<p>recording <b>and/or</b> monitoring</p>", true),
+            ("recording and&#47;or &#109;onitoring", true),
+            ("recording and/or <!-- x -->monitoring", true),
+            ("recording and/<i>or</i> moni<br>toring", true),
+            ("", false),
+        ] {
+            check_marker(text, html, &m, &mut counts);
+        }
+        // ASCII letters that only folding makes: the Kelvin sign lowercases to `k`, a dotted
+        // capital I to `i` and a combining dot; and markers that are not folded themselves.
+        for (text, marker) in [
+            ("\u{212a}eep it", "keep it"),
+            ("\u{212a}EEP it", "keep it"),
+            ("\u{130}t is", "i\u{307}t is"),
+            ("x > y", "x > y"),
+            ("> y", "> y"),
+            ("a\u{1}b c", "a\u{1}b c"),
+            ("Keep It", "Keep It"),
+            ("keep  it", "keep  it"),
+        ] {
+            check_marker(text, false, marker, &mut counts);
+        }
+        assert!(counts[0] >= 6 && counts[1] >= 13, "{counts:?}");
     }
 }

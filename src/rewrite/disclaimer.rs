@@ -171,7 +171,7 @@ pub(crate) fn plan_disclaimer(raw: &[u8], shape: &MimeShape, edit: &DisclaimerEd
             return found;
         }
         let decoded = mime::decode_part_text(raw, part);
-        mime::normalize_text(&decoded.text, part.is_html()).contains(marker.as_str())
+        mime::marker_in_text(&decoded.text, part.is_html(), &marker)
     };
 
     if let Some(sec) = shape.security.first() {
@@ -308,7 +308,7 @@ fn edit_part(
         return Err(SkipReason::DamagedTransferEncoding);
     }
     let (text, status) = mime::decode_charset(&content, part.charset.as_deref());
-    if present.is_none() && mime::normalize_text(&text, part.is_html()).contains(marker) {
+    if present.is_none() && mime::marker_in_text(&text, part.is_html(), marker) {
         return Ok(PartResult::Present);
     }
     let label = part.charset.clone().unwrap_or_default();
