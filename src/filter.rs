@@ -355,9 +355,17 @@ fn evaluate_once(
             Ok(v) => v,
             Err(why) => return Ok(Err(why)),
         };
-        facts.disclaimer_present = shape.disclaimer_present == Some(true);
-        facts.signed_or_encrypted = shape.is_protected();
-        decision = policy::decide(policy, &facts, &envelope);
+        let disclaimer_present = shape.disclaimer_present == Some(true);
+        let signed_or_encrypted = shape.is_protected();
+        // decide is a pure function of (policy, facts, envelope): with the facts as they were,
+        // deciding again would give the same decision.
+        if (disclaimer_present, signed_or_encrypted)
+            != (facts.disclaimer_present, facts.signed_or_encrypted)
+        {
+            facts.disclaimer_present = disclaimer_present;
+            facts.signed_or_encrypted = signed_or_encrypted;
+            decision = policy::decide(policy, &facts, &envelope);
+        }
         body_inspected = true;
         (raw, shape, elided)
     } else {
