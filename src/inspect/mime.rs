@@ -321,14 +321,14 @@ pub fn analyze_reduced(
         marker: marker_norm.clone(),
         ..MimeShape::head_only(raw, false)
     };
-    // Only the MIME headers are parsed; everything else raw (fewer parsers, fewer surprises).
+    // Only the MIME headers are parsed; every other header is skipped (its name kept): the
+    // parser reads no other header's value, and neither does this module.
     // A panic inside the parser (mail-parser has `debug_assert!(false)` on recovery paths that
     // malformed MIME reaches, and any dependency can have a bug) must not turn into a 451 that
     // the MTA retries for days: the message is then one whose structure we cannot read, so the
     // labels still go on and the body is left alone, as for any other unreadable structure.
-    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        MessageParser::new().with_mime_headers().parse(raw)
-    }));
+    let parsed =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mime_parser().parse(raw)));
     let message = match parsed {
         Ok(Some(message)) => message,
         Ok(None) => {
@@ -586,6 +586,16 @@ pub fn analyze_reduced(
         shape.disclaimer_present = Some(any_marker);
     }
     Ok(shape)
+}
+
+/// The MIME-headers-only parser, built once (building it fills a header table).
+fn mime_parser() -> &'static MessageParser {
+    static PARSER: std::sync::OnceLock<MessageParser> = std::sync::OnceLock::new();
+    PARSER.get_or_init(|| {
+        MessageParser::new()
+            .with_mime_headers()
+            .default_header_ignore()
+    })
 }
 
 /// Check that every stand-in of `elided` lies in the body of one leaf part (not a container,
