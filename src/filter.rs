@@ -27,7 +27,7 @@
 //! `docs/audit-format.md` (the record this fills).
 
 use std::borrow::Cow;
-use std::io::{self, Read as _, Seek as _, Write as _};
+use std::io::{self, Seek as _, Write as _};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,9 +154,7 @@ impl MessageSource for Transaction {
         Cow::Owned(head)
     }
     fn whole(&self) -> io::Result<Cow<'_, [u8]>> {
-        let mut raw = Vec::with_capacity(usize::try_from(self.body_len()).unwrap_or(0) + 4096);
-        self.raw_message().read_to_end(&mut raw)?;
-        Ok(Cow::Owned(raw))
+        Ok(Cow::Owned(self.whole_message()?))
     }
     fn whole_len(&self) -> u64 {
         self.head_len() + self.body_len()
@@ -717,18 +715,31 @@ pub fn audit_record(policy: &Policy, eval: &Evaluation, meta: &MessageMeta) -> M
         && d.effective.level >= w.from_level
         && (w.header.is_some() || w.subject.is_some())
         && w.direction.includes(d.direction);
-    let would_write = policy::decide::labels_if_delivered(policy, &eval.facts, &eval.envelope, d);
-    let label_present = label_required
-        && (w.header.is_none()
+    // An enforced decision that lets the message through carries exactly those labels
+    // (decide built them from the same facts); otherwise work them out.
+    let label_present = label_required && {
+        let computed;
+        let would_write = if d.shadow.is_none()
+            && !matches!(
+                d.verdict,
+                PolicyVerdict::Reject { .. } | PolicyVerdict::Tempfail { .. }
+            ) {
+            &d.labels
+        } else {
+            computed = policy::decide::labels_if_delivered(policy, &eval.facts, &eval.envelope, d);
+            &computed
+        };
+        (w.header.is_none()
             || would_write
                 .header
                 .as_ref()
                 .is_some_and(|h| h.action == policy::decide::HeaderAction::Keep))
-        && (w.subject.is_none()
-            || would_write
-                .subject
-                .as_ref()
-                .is_some_and(|s| s.new_subject.is_none()));
+            && (w.subject.is_none()
+                || would_write
+                    .subject
+                    .as_ref()
+                    .is_some_and(|s| s.new_subject.is_none()))
+    };
     let f = &eval.facts.forward;
     let forward = Some(AuditForward {
         signals: f.hits.iter().map(|h| h.signal.clone()).collect(),

@@ -34,7 +34,8 @@ where
     let mut out = MarkingFacts::default();
     let mut counts: Vec<(String, usize)> = Vec::new();
     for (name, value) in headers {
-        let name = String::from_utf8_lossy(name).trim().to_owned();
+        let name = String::from_utf8_lossy(name);
+        let name = name.trim();
         if name.eq_ignore_ascii_case("subject") && out.subject.is_none() {
             out.subject = Some(decode_subject(value));
         }
@@ -42,20 +43,20 @@ where
             .read
             .headers
             .iter()
-            .find(|h| h.eq_ignore_ascii_case(&name))
+            .find(|h| h.eq_ignore_ascii_case(name))
         else {
             continue;
         };
         let index = match counts
             .iter_mut()
-            .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
         {
             Some(slot) => {
                 slot.1 += 1;
                 slot.1
             }
             None => {
-                counts.push((name.clone(), 1));
+                counts.push((name.to_owned(), 1));
                 1
             }
         };
