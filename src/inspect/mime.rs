@@ -1099,17 +1099,35 @@ pub fn marker_in_text(text: &str, html: bool, marker: &str) -> bool {
 /// True when `m` is ASCII and folding leaves it as it is: no uppercase, no whitespace but
 /// single spaces between other characters, no `>` first.
 fn is_folded_ascii(m: &[u8]) -> bool {
-    let ws = |b: u8| char::from(b).is_whitespace();
     let (Some(&first), Some(&last)) = (m.first(), m.last()) else {
         return false;
     };
-    m.is_ascii()
-        && first != b'>'
-        && !ws(first)
-        && !ws(last)
-        && !m.iter().any(u8::is_ascii_uppercase)
-        && m.windows(2).all(|w| !(ws(w[0]) && ws(w[1])))
-        && m.iter().all(|&b| b == b' ' || !ws(b))
+    if first == b'>' || is_ascii_whitespace_char(first) || is_ascii_whitespace_char(last) {
+        return false;
+    }
+    let mut after_space = false;
+    for &b in m {
+        if !b.is_ascii() || b.is_ascii_uppercase() {
+            return false;
+        }
+        if b == b' ' {
+            if after_space {
+                return false;
+            }
+            after_space = true;
+        } else if is_ascii_whitespace_char(b) {
+            return false;
+        } else {
+            after_space = false;
+        }
+    }
+    true
+}
+
+/// `char::is_whitespace` for an ASCII byte (tab, LF, VT, FF, CR, space; not `u8`'s
+/// `is_ascii_whitespace`, which leaves out VT).
+fn is_ascii_whitespace_char(b: u8) -> bool {
+    matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ')
 }
 
 /// How rare each byte is in mail text, as a case-insensitive search sees it (higher: rarer).
@@ -1736,6 +1754,17 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn ascii_whitespace_is_what_folding_calls_whitespace() {
+        for b in 0..=0x7Fu8 {
+            assert_eq!(
+                is_ascii_whitespace_char(b),
+                char::from(b).is_whitespace(),
+                "{b:#x}"
+            );
+        }
     }
 
     #[test]
