@@ -1311,21 +1311,20 @@ fn html_to_text(html: &str) -> String {
                     rest.find("-->").map(|e| i + e + 3).unwrap_or(bytes.len())
                 } else {
                     let close_at = tag_end(bytes, i);
-                    let name: String = html[i + 1..close_at]
-                        .trim_start_matches('/')
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric())
-                        .collect::<String>()
-                        .to_ascii_lowercase();
-                    if (name == "script" || name == "style") && !html[i + 1..].starts_with('/') {
+                    let inner = html[i + 1..close_at].trim_start_matches('/');
+                    let name =
+                        &inner[..inner.bytes().take_while(u8::is_ascii_alphanumeric).count()];
+                    if (name.eq_ignore_ascii_case("script") || name.eq_ignore_ascii_case("style"))
+                        && !html[i + 1..].starts_with('/')
+                    {
                         // Skip the element's content up to its closing tag.
-                        let close = format!("</{name}");
+                        let close = format!("</{}", name.to_ascii_lowercase());
                         match find_ascii_ci(&bytes[close_at..], close.as_bytes()) {
                             Some(p) => tag_end(bytes, close_at + p),
                             None => bytes.len(),
                         }
                     } else {
-                        if is_block_tag(&name) {
+                        if is_block_tag(name) {
                             out.push('\n');
                         }
                         close_at
@@ -1364,31 +1363,40 @@ fn tag_end(bytes: &[u8], start: usize) -> usize {
         .unwrap_or(bytes.len())
 }
 
+/// Is `name` (ASCII letters and digits, any case) a tag that breaks the text like a line end?
 fn is_block_tag(name: &str) -> bool {
+    // The longest block tag is `blockquote`.
+    let mut buf = [0u8; 10];
+    let Some(lower) = buf.get_mut(..name.len()) else {
+        return false;
+    };
+    lower.copy_from_slice(name.as_bytes());
+    lower.make_ascii_lowercase();
     matches!(
-        name,
-        "br" | "p"
-            | "div"
-            | "tr"
-            | "td"
-            | "th"
-            | "li"
-            | "ul"
-            | "ol"
-            | "table"
-            | "blockquote"
-            | "hr"
-            | "h1"
-            | "h2"
-            | "h3"
-            | "h4"
-            | "h5"
-            | "h6"
-            | "pre"
-            | "body"
-            | "html"
-            | "head"
-            | "title"
+        &*lower,
+        b"br"
+            | b"p"
+            | b"div"
+            | b"tr"
+            | b"td"
+            | b"th"
+            | b"li"
+            | b"ul"
+            | b"ol"
+            | b"table"
+            | b"blockquote"
+            | b"hr"
+            | b"h1"
+            | b"h2"
+            | b"h3"
+            | b"h4"
+            | b"h5"
+            | b"h6"
+            | b"pre"
+            | b"body"
+            | b"html"
+            | b"head"
+            | b"title"
     )
 }
 

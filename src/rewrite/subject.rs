@@ -75,6 +75,17 @@ pub(crate) fn decode_unstructured(value: &[u8]) -> String {
     } else {
         value
     };
+    if crate::inspect::markings::is_plain_value(value)
+        && let Ok(text) = std::str::from_utf8(value)
+    {
+        // What mail-parser returns for such a value: it without the spaces and tabs around it.
+        return text.trim_matches([' ', '\t']).to_owned();
+    }
+    decode_unstructured_parsed(value)
+}
+
+/// [`decode_unstructured`] through mail-parser, after the windows-1252 step.
+fn decode_unstructured_parsed(value: &[u8]) -> String {
     let mut synthetic = Vec::with_capacity(value.len() + 16);
     synthetic.extend_from_slice(b"Subject: ");
     synthetic.extend_from_slice(value);
@@ -245,6 +256,23 @@ fn widen(s: &str, r: Range<usize>) -> Range<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_values_decode_as_mail_parser_decodes_them() {
+        let mut plain = 0;
+        for v in crate::inspect::markings::tests::subject_values() {
+            if crate::inspect::markings::is_plain_value(&v) && std::str::from_utf8(&v).is_ok() {
+                plain += 1;
+                assert_eq!(
+                    decode_unstructured(&v),
+                    decode_unstructured_parsed(&v),
+                    "{:?}",
+                    String::from_utf8_lossy(&v)
+                );
+            }
+        }
+        assert!(plain > 100, "only {plain} plain values");
+    }
 
     #[test]
     fn chain_len_shortcut_agrees_with_the_pattern() {
