@@ -689,11 +689,7 @@ fn raw_mime_header_counts(block: &[u8]) -> (usize, usize) {
 pub fn header_block_end(raw: &[u8]) -> usize {
     let mut pos = 0;
     while pos < raw.len() {
-        let end = raw[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map(|i| pos + i + 1)
-            .unwrap_or(raw.len());
+        let end = memchr::memchr(b'\n', &raw[pos..]).map_or(raw.len(), |i| pos + i + 1);
         let line = &raw[pos..end];
         let content = line.strip_suffix(b"\n").unwrap_or(line);
         if content.iter().all(|&b| b == b'\r') {
@@ -1085,10 +1081,20 @@ pub fn marker_in_text(text: &str, html: bool, marker: &str) -> bool {
         text
     };
     let (hay, m) = (text.as_bytes(), marker.as_bytes());
+    // In order of cost and likelihood: the marker's rarest word (absent from most texts), the
+    // marker itself (in a disclaimer's own text), the other words.
+    let mut words = text.is_ascii().then(|| words_rarest_first(marker));
+    if let Some(w) = words.as_mut().and_then(Iterator::next)
+        && !contains_ascii_ci(hay, w)
+    {
+        return false;
+    }
     if is_folded_ascii(m) && contains_ascii_ci(hay, m) {
         return true;
     }
-    if text.is_ascii() && !words_rarest_first(marker).all(|w| contains_ascii_ci(hay, w)) {
+    if let Some(mut rest) = words
+        && !rest.all(|w| contains_ascii_ci(hay, w))
+    {
         return false;
     }
     let mut folded = String::with_capacity(text.len());
@@ -1105,27 +1111,19 @@ fn is_folded_ascii(m: &[u8]) -> bool {
     if first == b'>' || is_ascii_whitespace_char(first) || is_ascii_whitespace_char(last) {
         return false;
     }
-    let mut after_space = false;
-    for &b in m {
-        if !b.is_ascii() || b.is_ascii_uppercase() {
-            return false;
-        }
-        if b == b' ' {
-            if after_space {
-                return false;
-            }
-            after_space = true;
-        } else if is_ascii_whitespace_char(b) {
-            return false;
-        } else {
-            after_space = false;
-        }
-    }
-    true
+    // Whole-slice folds without early exits: the compiler turns them into vector code.
+    let bad_byte = m.iter().fold(false, |bad, &b| {
+        bad | !b.is_ascii() | b.is_ascii_uppercase() | (b != b' ' && is_ascii_whitespace_char(b))
+    });
+    let double_space = m
+        .windows(2)
+        .fold(false, |bad, w| bad | ((w[0] == b' ') & (w[1] == b' ')));
+    !bad_byte && !double_space
 }
 
 /// `char::is_whitespace` for an ASCII byte (tab, LF, VT, FF, CR, space; not `u8`'s
 /// `is_ascii_whitespace`, which leaves out VT).
+#[inline]
 fn is_ascii_whitespace_char(b: u8) -> bool {
     matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ')
 }
@@ -1150,13 +1148,13 @@ const RARITY: [u8; 256] = {
 
 /// The position of the rarest byte of `needle` (the first of equals); 0 for an empty one.
 fn rarest(needle: &[u8]) -> usize {
-    let mut best = 0;
-    for (i, &b) in needle.iter().enumerate() {
-        if RARITY[usize::from(b)] > RARITY[usize::from(needle[best])] {
-            best = i;
-        }
-    }
-    best
+    let top = needle
+        .iter()
+        .fold(0, |top, &b| top.max(RARITY[usize::from(b)]));
+    needle
+        .iter()
+        .position(|&b| RARITY[usize::from(b)] == top)
+        .unwrap_or(0)
 }
 
 /// The space-separated words of `m`, the one with the rarest byte first: the likeliest to be
