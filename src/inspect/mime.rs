@@ -857,10 +857,10 @@ pub enum CharsetStatus {
     Unknown,
 }
 
-/// A text part decoded for reading.
+/// A text part decoded for reading (borrowed from the message when nothing had to change).
 #[derive(Debug, Clone)]
-pub struct DecodedText {
-    pub text: String,
+pub struct DecodedText<'a> {
+    pub text: Cow<'a, str>,
     /// False when the transfer encoding had invalid characters.
     pub transfer_clean: bool,
     pub charset: CharsetStatus,
@@ -868,12 +868,18 @@ pub struct DecodedText {
 
 /// Decode a text part: transfer encoding, then charset (missing charset = US-ASCII, read as
 /// windows-1252 the way browsers do).
-pub fn decode_part_text(raw: &[u8], part: &PartInfo) -> DecodedText {
+pub fn decode_part_text<'a>(raw: &'a [u8], part: &PartInfo) -> DecodedText<'a> {
     let body = raw.get(part.body_range.clone()).unwrap_or_default();
     let (bytes, transfer_clean) = decode_transfer(body, &part.transfer_encoding);
-    let (text, charset) = decode_charset(&bytes, part.charset.as_deref());
+    let (text, charset) = match bytes {
+        Cow::Borrowed(b) => decode_charset(b, part.charset.as_deref()),
+        Cow::Owned(v) => {
+            let (t, c) = decode_charset(&v, part.charset.as_deref());
+            (Cow::Owned(t.into_owned()), c)
+        }
+    };
     DecodedText {
-        text: text.into_owned(),
+        text,
         transfer_clean,
         charset,
     }
