@@ -1087,20 +1087,16 @@ pub fn marker_in_text(text: &str, html: bool, marker: &str) -> bool {
         text
     };
     let (hay, m) = (text.as_bytes(), marker.as_bytes());
-    // In order of cost and likelihood: the marker's rarest word (absent from most texts), the
-    // marker itself (in a disclaimer's own text), the other words.
-    let mut words = text.is_ascii().then(|| words_rarest_first(marker));
-    if let Some(w) = words.as_mut().and_then(Iterator::next)
-        && !contains_ascii_ci(hay, w)
-    {
+    // In order of cost and likelihood: the word holding the marker's rarest byte (absent from
+    // most texts), the marker itself (in a disclaimer's own text), every word.
+    let ascii = text.is_ascii();
+    if ascii && !contains_ascii_ci(hay, word_at(m, rarest(m))) {
         return false;
     }
     if is_folded_ascii(m) && contains_ascii_ci(hay, m) {
         return true;
     }
-    if let Some(mut rest) = words
-        && !rest.all(|w| contains_ascii_ci(hay, w))
-    {
+    if ascii && !m.split(|&b| b == b' ').all(|w| contains_ascii_ci(hay, w)) {
         return false;
     }
     let mut folded = String::with_capacity(text.len());
@@ -1163,17 +1159,17 @@ fn rarest(needle: &[u8]) -> usize {
         .unwrap_or(0)
 }
 
-/// The space-separated words of `m`, the one with the rarest byte first: the likeliest to be
-/// missing from a text, and the quickest to look for.
-fn words_rarest_first(m: &str) -> impl Iterator<Item = &[u8]> {
-    let mut words: Vec<(u8, &[u8])> = m
-        .as_bytes()
-        .split(|&b| b == b' ')
-        .filter(|w| !w.is_empty())
-        .map(|w| (RARITY[usize::from(w[rarest(w)])], w))
-        .collect();
-    words.sort_by_key(|&(rarity, w)| std::cmp::Reverse((rarity, w.len())));
-    words.into_iter().map(|(_, w)| w)
+/// The space-separated word of `m` around byte `at` (empty when `at` is a space).
+fn word_at(m: &[u8], at: usize) -> &[u8] {
+    let start = m[..at]
+        .iter()
+        .rposition(|&b| b == b' ')
+        .map_or(0, |p| p + 1);
+    let end = m[at..]
+        .iter()
+        .position(|&b| b == b' ')
+        .map_or(m.len(), |p| at + p);
+    &m[start..end]
 }
 
 /// Does `hay` contain `needle`, comparing ASCII letters without case (other bytes exactly)?
