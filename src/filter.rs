@@ -238,6 +238,18 @@ impl Evaluation {
             .collect()
     }
 
+    /// How many recipients [`Evaluation::removed`] lists (without listing them).
+    pub fn removed_count(&self) -> usize {
+        if !self.delivers() {
+            return 0;
+        }
+        self.decision
+            .recipients
+            .iter()
+            .filter(|r| r.delivery == Delivery::Remove)
+            .count()
+    }
+
     /// True when the message goes on to (some of) its recipients.
     pub fn delivers(&self) -> bool {
         matches!(
@@ -1369,13 +1381,17 @@ fn decide_message(
     let envelope = envelope_of(tx, conn);
     let meta = meta_of(tx, conn);
     let spill = live.config.spill_policy();
-    let recipients_as_sent: Vec<(String, Vec<u8>)> = tx
-        .recipients()
-        .iter()
-        .map(|r| (lossy(r.bare()), r.address.clone()))
-        .collect();
     let limits = live.config.large_limits();
     let result = evaluate_with(&live.policy, envelope, tx, &limits).and_then(|eval| {
+        // Only a removal needs the recipients as the MTA gave them.
+        let recipients_as_sent: Vec<(String, Vec<u8>)> = if eval.removed_count() == 0 {
+            Vec::new()
+        } else {
+            tx.recipients()
+                .iter()
+                .map(|r| (lossy(r.bare()), r.address.clone()))
+                .collect()
+        };
         let out = outcome(&eval, tx, &recipients_as_sent, &spill)?;
         let record = audit_record(&live.policy, &eval, &meta);
         Ok((eval, out, record))
@@ -1496,7 +1512,7 @@ impl Handler for Filter {
             direction = ?eval.decision.direction,
             level = %eval.decision.effective.level_name,
             verdict = verdict_name(&eval.verdict),
-            removed = eval.removed().len(),
+            removed = eval.removed_count(),
             edits = out.modifications.len(),
             // >0: a large message judged from a reduced copy (see `crate::large`).
             elided_runs = eval.elided.len(),

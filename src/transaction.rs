@@ -224,16 +224,11 @@ impl Transaction {
         self.headers
             .iter()
             .map(|h| {
-                let mut n = h.name.len() + 2 + h.value.len() + 2;
                 // `write_raw` adds a CR before each folding LF that lacks one.
-                let mut prev = 0u8;
-                for &b in &h.value {
-                    if b == b'\n' && prev != b'\r' {
-                        n += 1;
-                    }
-                    prev = b;
-                }
-                n as u64
+                let added = memchr::memchr_iter(b'\n', &h.value)
+                    .filter(|&p| p == 0 || h.value[p - 1] != b'\r')
+                    .count();
+                (h.name.len() + 2 + h.value.len() + 2 + added) as u64
             })
             .sum::<u64>()
             + 2
