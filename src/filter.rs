@@ -1335,8 +1335,7 @@ pub fn envelope_of(tx: &Transaction, conn: &ConnectionFacts) -> Envelope {
     let macro_text = |name: &str| {
         tx.macros()
             .get(name)
-            .map(lossy)
-            .map(|s| s.trim().to_owned())
+            .map(|v| String::from_utf8_lossy(v).trim().to_owned())
             .filter(|s| !s.is_empty())
     };
     Envelope {
@@ -1358,7 +1357,7 @@ fn meta_of(tx: &Transaction, conn: &ConnectionFacts) -> MessageMeta {
         queue_id: tx.queue_id().map(lossy),
         message_id: tx
             .first_header("Message-ID")
-            .map(|h| lossy(&h.value).trim().to_owned()),
+            .map(|h| String::from_utf8_lossy(&h.value).trim().to_owned()),
         client_name: Some(lossy(&conn.hostname)).filter(|s| !s.is_empty()),
         helo: conn.helo.as_deref().map(lossy),
         size: Some(head_len + 2 + tx.body_len()),

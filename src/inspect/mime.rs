@@ -67,20 +67,22 @@ impl TransferEncoding {
         let Some(v) = value else {
             return TransferEncoding::Absent;
         };
-        let v = v
-            .split('(')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match v.as_str() {
-            "" => TransferEncoding::Absent,
-            "7bit" => TransferEncoding::SevenBit,
-            "8bit" => TransferEncoding::EightBit,
-            "binary" => TransferEncoding::Binary,
-            "quoted-printable" => TransferEncoding::QuotedPrintable,
-            "base64" => TransferEncoding::Base64,
-            _ => TransferEncoding::Other(v),
+        let v = v.split('(').next().unwrap_or("").trim();
+        let is = |name: &str| v.eq_ignore_ascii_case(name);
+        if v.is_empty() {
+            TransferEncoding::Absent
+        } else if is("7bit") {
+            TransferEncoding::SevenBit
+        } else if is("8bit") {
+            TransferEncoding::EightBit
+        } else if is("binary") {
+            TransferEncoding::Binary
+        } else if is("quoted-printable") {
+            TransferEncoding::QuotedPrintable
+        } else if is("base64") {
+            TransferEncoding::Base64
+        } else {
+            TransferEncoding::Other(v.to_ascii_lowercase())
         }
     }
 
@@ -364,11 +366,15 @@ pub fn analyze_reduced(
     for (i, p) in message.parts.iter().enumerate() {
         let ct = p.content_type();
         let content_type = match ct {
-            Some(ct) => format!(
-                "{}/{}",
-                ct.ctype().to_ascii_lowercase(),
-                ct.subtype().unwrap_or("").to_ascii_lowercase()
-            ),
+            Some(ct) => {
+                let (t, sub) = (ct.ctype(), ct.subtype().unwrap_or(""));
+                let mut s = String::with_capacity(t.len() + 1 + sub.len());
+                s.push_str(t);
+                s.push('/');
+                s.push_str(sub);
+                s.make_ascii_lowercase();
+                s
+            }
             None => "text/plain".to_string(),
         };
         let header_start = clamp(p.offset_header);
