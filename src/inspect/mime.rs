@@ -1044,11 +1044,16 @@ fn inline_pgp(text: &str, part: usize) -> Option<Security> {
 
 /// Normalise a marker for searching: the same folding as [`normalize_text`] on plain text.
 pub fn normalize_marker(marker: &str) -> String {
-    // A marker that is folded already (the usual lowercase ASCII sentence) folds to itself.
+    fold_marker(marker).into_owned()
+}
+
+/// [`normalize_marker`], borrowing the marker when it is folded already (the usual lowercase
+/// ASCII sentence folds to itself).
+pub fn fold_marker(marker: &str) -> Cow<'_, str> {
     if is_folded_ascii(marker.as_bytes()) {
-        return marker.to_owned();
+        return Cow::Borrowed(marker);
     }
-    normalize_text(marker, false)
+    Cow::Owned(normalize_text(marker, false))
 }
 
 /// Fold decoded text for marker search: HTML tags removed (block tags become spaces) and

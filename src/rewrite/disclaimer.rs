@@ -163,9 +163,9 @@ pub(crate) fn plan_disclaimer(raw: &[u8], shape: &MimeShape, edit: &DisclaimerEd
         });
         return work;
     }
-    let marker = mime::normalize_marker(edit.effective_marker());
+    let marker = mime::fold_marker(edit.effective_marker());
     // inspect already searched for this marker when it was given the same one: reuse that.
-    let known = shape.marker.as_deref() == Some(marker.as_str());
+    let known = shape.marker.as_deref() == Some(&*marker);
     let has_marker = |part: &PartInfo| -> bool {
         if known && let Some(found) = part.marker_present {
             return found;

@@ -197,7 +197,7 @@ impl RewriteRequest {
             if d.text.trim().is_empty() {
                 return Err(RequestError::EmptyDisclaimer);
             }
-            let marker = mime::normalize_marker(d.effective_marker());
+            let marker = mime::fold_marker(d.effective_marker());
             if !mime::marker_in_text(&d.text, false, &marker) {
                 return Err(RequestError::MarkerNotInDisclaimer {
                     marker: d.effective_marker().to_string(),
