@@ -27,7 +27,7 @@
 //! `docs/audit-format.md` (the record this fills).
 
 use std::borrow::Cow;
-use std::io::{self, Read as _, Seek as _, Write as _};
+use std::io::{self, Seek as _, Write as _};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,9 +154,7 @@ impl MessageSource for Transaction {
         Cow::Owned(head)
     }
     fn whole(&self) -> io::Result<Cow<'_, [u8]>> {
-        let mut raw = Vec::with_capacity(usize::try_from(self.body_len()).unwrap_or(0) + 4096);
-        self.raw_message().read_to_end(&mut raw)?;
-        Ok(Cow::Owned(raw))
+        Ok(Cow::Owned(self.whole_message()?))
     }
     fn whole_len(&self) -> u64 {
         self.head_len() + self.body_len()
@@ -238,6 +236,18 @@ impl Evaluation {
             .filter(|r| r.delivery == Delivery::Remove)
             .map(|r| r.address.as_str())
             .collect()
+    }
+
+    /// How many recipients [`Evaluation::removed`] lists (without listing them).
+    pub fn removed_count(&self) -> usize {
+        if !self.delivers() {
+            return 0;
+        }
+        self.decision
+            .recipients
+            .iter()
+            .filter(|r| r.delivery == Delivery::Remove)
+            .count()
     }
 
     /// True when the message goes on to (some of) its recipients.
@@ -355,9 +365,17 @@ fn evaluate_once(
             Ok(v) => v,
             Err(why) => return Ok(Err(why)),
         };
-        facts.disclaimer_present = shape.disclaimer_present == Some(true);
-        facts.signed_or_encrypted = shape.is_protected();
-        decision = policy::decide(policy, &facts, &envelope);
+        let disclaimer_present = shape.disclaimer_present == Some(true);
+        let signed_or_encrypted = shape.is_protected();
+        // decide is a pure function of (policy, facts, envelope): with the facts as they were,
+        // deciding again would give the same decision.
+        if (disclaimer_present, signed_or_encrypted)
+            != (facts.disclaimer_present, facts.signed_or_encrypted)
+        {
+            facts.disclaimer_present = disclaimer_present;
+            facts.signed_or_encrypted = signed_or_encrypted;
+            decision = policy::decide(policy, &facts, &envelope);
+        }
         body_inspected = true;
         (raw, shape, elided)
     } else {
@@ -709,18 +727,31 @@ pub fn audit_record(policy: &Policy, eval: &Evaluation, meta: &MessageMeta) -> M
         && d.effective.level >= w.from_level
         && (w.header.is_some() || w.subject.is_some())
         && w.direction.includes(d.direction);
-    let would_write = policy::decide::labels_if_delivered(policy, &eval.facts, &eval.envelope, d);
-    let label_present = label_required
-        && (w.header.is_none()
+    // An enforced decision that lets the message through carries exactly those labels
+    // (decide built them from the same facts); otherwise work them out.
+    let label_present = label_required && {
+        let computed;
+        let would_write = if d.shadow.is_none()
+            && !matches!(
+                d.verdict,
+                PolicyVerdict::Reject { .. } | PolicyVerdict::Tempfail { .. }
+            ) {
+            &d.labels
+        } else {
+            computed = policy::decide::labels_if_delivered(policy, &eval.facts, &eval.envelope, d);
+            &computed
+        };
+        (w.header.is_none()
             || would_write
                 .header
                 .as_ref()
                 .is_some_and(|h| h.action == policy::decide::HeaderAction::Keep))
-        && (w.subject.is_none()
-            || would_write
-                .subject
-                .as_ref()
-                .is_some_and(|s| s.new_subject.is_none()));
+            && (w.subject.is_none()
+                || would_write
+                    .subject
+                    .as_ref()
+                    .is_some_and(|s| s.new_subject.is_none()))
+    };
     let f = &eval.facts.forward;
     let forward = Some(AuditForward {
         signals: f.hits.iter().map(|h| h.signal.clone()).collect(),
@@ -1304,8 +1335,7 @@ pub fn envelope_of(tx: &Transaction, conn: &ConnectionFacts) -> Envelope {
     let macro_text = |name: &str| {
         tx.macros()
             .get(name)
-            .map(lossy)
-            .map(|s| s.trim().to_owned())
+            .map(|v| String::from_utf8_lossy(v).trim().to_owned())
             .filter(|s| !s.is_empty())
     };
     Envelope {
@@ -1327,7 +1357,7 @@ fn meta_of(tx: &Transaction, conn: &ConnectionFacts) -> MessageMeta {
         queue_id: tx.queue_id().map(lossy),
         message_id: tx
             .first_header("Message-ID")
-            .map(|h| lossy(&h.value).trim().to_owned()),
+            .map(|h| String::from_utf8_lossy(&h.value).trim().to_owned()),
         client_name: Some(lossy(&conn.hostname)).filter(|s| !s.is_empty()),
         helo: conn.helo.as_deref().map(lossy),
         size: Some(head_len + 2 + tx.body_len()),
@@ -1350,13 +1380,17 @@ fn decide_message(
     let envelope = envelope_of(tx, conn);
     let meta = meta_of(tx, conn);
     let spill = live.config.spill_policy();
-    let recipients_as_sent: Vec<(String, Vec<u8>)> = tx
-        .recipients()
-        .iter()
-        .map(|r| (lossy(r.bare()), r.address.clone()))
-        .collect();
     let limits = live.config.large_limits();
     let result = evaluate_with(&live.policy, envelope, tx, &limits).and_then(|eval| {
+        // Only a removal needs the recipients as the MTA gave them.
+        let recipients_as_sent: Vec<(String, Vec<u8>)> = if eval.removed_count() == 0 {
+            Vec::new()
+        } else {
+            tx.recipients()
+                .iter()
+                .map(|r| (lossy(r.bare()), r.address.clone()))
+                .collect()
+        };
         let out = outcome(&eval, tx, &recipients_as_sent, &spill)?;
         let record = audit_record(&live.policy, &eval, &meta);
         Ok((eval, out, record))
@@ -1477,15 +1511,30 @@ impl Handler for Filter {
             direction = ?eval.decision.direction,
             level = %eval.decision.effective.level_name,
             verdict = verdict_name(&eval.verdict),
-            removed = eval.removed().len(),
+            removed = eval.removed_count(),
             edits = out.modifications.len(),
             // >0: a large message judged from a reduced copy (see `crate::large`).
             elided_runs = eval.elided.len(),
-            rules = %eval.decision.rule_ids.join(","),
+            rules = %Joined(&eval.decision.rule_ids),
             mode = ?eval.decision.mode,
             "message decided"
         );
         Ok(out)
+    }
+}
+
+/// Strings shown comma-separated (what `join(",")` would make, without building it).
+struct Joined<'a>(&'a [String]);
+
+impl std::fmt::Display for Joined<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, s) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(s)?;
+        }
+        Ok(())
     }
 }
 

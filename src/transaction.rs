@@ -97,16 +97,20 @@ impl Header {
     pub fn write_raw(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.name);
         out.extend_from_slice(b": ");
-        for &b in &self.value {
-            if b == b'\n' {
-                // The wire form folds with bare LF; a stray CR before it is already part of the
-                // value and must not be doubled.
-                if out.last() != Some(&b'\r') {
-                    out.push(b'\r');
-                }
+        // The wire form folds with bare LF; a stray CR before it is already part of the value
+        // and must not be doubled. Copied a line at a time.
+        let mut rest = self.value.as_slice();
+        let mut before = b' ';
+        while let Some(i) = memchr::memchr(b'\n', rest) {
+            out.extend_from_slice(&rest[..i]);
+            if i.checked_sub(1).map_or(before, |p| rest[p]) != b'\r' {
+                out.push(b'\r');
             }
-            out.push(b);
+            out.push(b'\n');
+            before = b'\n';
+            rest = &rest[i + 1..];
         }
+        out.extend_from_slice(rest);
         out.extend_from_slice(b"\r\n");
     }
 }
@@ -220,16 +224,11 @@ impl Transaction {
         self.headers
             .iter()
             .map(|h| {
-                let mut n = h.name.len() + 2 + h.value.len() + 2;
                 // `write_raw` adds a CR before each folding LF that lacks one.
-                let mut prev = 0u8;
-                for &b in &h.value {
-                    if b == b'\n' && prev != b'\r' {
-                        n += 1;
-                    }
-                    prev = b;
-                }
-                n as u64
+                let added = memchr::memchr_iter(b'\n', &h.value)
+                    .filter(|&p| p == 0 || h.value[p - 1] != b'\r')
+                    .count();
+                (h.name.len() + 2 + h.value.len() + 2 + added) as u64
             })
             .sum::<u64>()
             + 2
@@ -256,6 +255,25 @@ impl Transaction {
             h.write_raw(&mut out);
         }
         out
+    }
+
+    /// The bytes of [`Transaction::raw_message`] in one buffer of exactly their size (an
+    /// in-memory body is copied once, not streamed through a reader).
+    pub fn whole_message(&self) -> io::Result<Vec<u8>> {
+        let head = usize::try_from(self.head_len()).unwrap_or(0);
+        let body = usize::try_from(self.body_len()).unwrap_or(0);
+        let mut out = Vec::with_capacity(head.saturating_add(body));
+        for h in &self.headers {
+            h.write_raw(&mut out);
+        }
+        out.extend_from_slice(b"\r\n");
+        match &self.body {
+            BodyStore::Memory(v) => out.extend_from_slice(v),
+            BodyStore::Spilled { .. } => {
+                self.body_reader().read_to_end(&mut out)?;
+            }
+        }
+        Ok(out)
     }
 
     /// The whole message as one byte stream (headers, an empty line, body) for a MIME parser.
@@ -465,6 +483,50 @@ mod tests {
         let r: Vec<&[u8]> = t.recipients().iter().map(|r| r.bare()).collect();
         assert_eq!(r, vec![&b"bob@example.net"[..], b"carol@example.com"]);
         assert_eq!(t.recipients()[1].args, vec![b"NOTIFY=NEVER".to_vec()]);
+    }
+
+    /// `write_raw` as it was written first, a byte at a time: the line-at-a-time copy must
+    /// give the same bytes.
+    fn write_raw_bytewise(h: &Header, out: &mut Vec<u8>) {
+        out.extend_from_slice(&h.name);
+        out.extend_from_slice(b": ");
+        for &b in &h.value {
+            if b == b'\n' && out.last() != Some(&b'\r') {
+                out.push(b'\r');
+            }
+            out.push(b);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    #[test]
+    fn folded_values_get_one_cr_per_line_end_and_whole_message_matches_the_stream() {
+        let values: [&[u8]; 9] = [
+            b"plain",
+            b"",
+            b"a\n b",
+            b"a\r\n b",
+            b"\n lead",
+            b"\r\n lead",
+            b"a\n\n b\r\r\n c\n",
+            b"\n",
+            b"\r",
+        ];
+        for threshold in [1024, 4] {
+            let mut t = tx(threshold);
+            for v in values {
+                t.header(b"X-Folded", v).unwrap();
+                let h = t.headers().last().unwrap();
+                let (mut fast, mut slow) = (Vec::new(), Vec::new());
+                h.write_raw(&mut fast);
+                write_raw_bytewise(h, &mut slow);
+                assert_eq!(fast, slow, "value {:?}", String::from_utf8_lossy(v));
+            }
+            t.body_chunk(b"body line\r\nmore\r\n").unwrap();
+            let whole = t.whole_message().unwrap();
+            assert_eq!(whole, read_all(t.raw_message()));
+            assert_eq!(whole.len() as u64, t.head_len() + t.body_len());
+        }
     }
 
     #[test]

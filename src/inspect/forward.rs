@@ -5,6 +5,8 @@
 //! match it, and the evidence's score is the sum of the weights seen. decide() compares it
 //! with `forward.threshold`. Background: `../shared/reference/markings.md` b.1–b.3.
 
+use std::borrow::Cow;
+
 use crate::policy::{ForwardEvidence, ForwardHit, Policy};
 
 /// Longest header value kept in the evidence (audit records must stay small).
@@ -15,14 +17,17 @@ pub fn evidence<'a, I>(policy: &Policy, headers: I) -> ForwardEvidence
 where
     I: IntoIterator<Item = (&'a [u8], &'a [u8])>,
 {
-    // Names are trimmed and lowercased once per header, not once per signal and header;
-    // a value is unfolded only when some signal's name matches its header.
+    // Names are decoded and trimmed once per header (borrowed when they are UTF-8, as they
+    // nearly always are), not once per signal and header; a value is unfolded only when some
+    // signal's name matches its header.
     let headers: Vec<(&[u8], &[u8])> = headers.into_iter().collect();
-    let names: Vec<String> = headers
+    let names: Vec<Cow<'_, str>> = headers
         .iter()
-        .map(|(n, _)| String::from_utf8_lossy(n).trim().to_owned())
+        .map(|(n, _)| match String::from_utf8_lossy(n) {
+            Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
+            Cow::Owned(o) => Cow::Owned(o.trim().to_owned()),
+        })
         .collect();
-    let lnames: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
     let mut values: Vec<Option<String>> = vec![None; headers.len()];
     let mut out = ForwardEvidence {
         threshold: policy.forward.threshold,
@@ -30,12 +35,14 @@ where
     };
     for signal in &policy.forward.signals {
         let mut hit = None;
-        for (i, lname) in lnames.iter().enumerate() {
-            let name_ok = if signal.prefix {
-                lname.starts_with(&signal.header)
-            } else {
-                *lname == signal.header
-            };
+        for (i, name) in names.iter().enumerate() {
+            // What `name.to_ascii_lowercase()` compared with `==` / `starts_with` would say.
+            let head = signal.header.as_bytes();
+            let name_ok = (name.len() == head.len() || signal.prefix && name.len() > head.len())
+                && name
+                    .bytes()
+                    .zip(head)
+                    .all(|(a, &b)| a.to_ascii_lowercase() == b);
             if !name_ok {
                 continue;
             }
@@ -50,7 +57,7 @@ where
             out.score = out.score.saturating_add(signal.weight);
             out.hits.push(ForwardHit {
                 signal: signal.id.clone(),
-                header: names[i].clone(),
+                header: names[i].clone().into_owned(),
                 value: value.chars().take(MAX_VALUE).collect(),
                 weight: signal.weight,
             });

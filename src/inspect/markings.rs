@@ -34,7 +34,8 @@ where
     let mut out = MarkingFacts::default();
     let mut counts: Vec<(String, usize)> = Vec::new();
     for (name, value) in headers {
-        let name = String::from_utf8_lossy(name).trim().to_owned();
+        let name = String::from_utf8_lossy(name);
+        let name = name.trim();
         if name.eq_ignore_ascii_case("subject") && out.subject.is_none() {
             out.subject = Some(decode_subject(value));
         }
@@ -42,20 +43,20 @@ where
             .read
             .headers
             .iter()
-            .find(|h| h.eq_ignore_ascii_case(&name))
+            .find(|h| h.eq_ignore_ascii_case(name))
         else {
             continue;
         };
         let index = match counts
             .iter_mut()
-            .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
         {
             Some(slot) => {
                 slot.1 += 1;
                 slot.1
             }
             None => {
-                counts.push((name.clone(), 1));
+                counts.push((name.to_owned(), 1));
                 1
             }
         };
@@ -76,6 +77,22 @@ where
 
 /// The subject as a person reads it: RFC 2047 encoded-words decoded, folding removed.
 pub fn decode_subject(raw: &[u8]) -> String {
+    if is_plain_value(raw) {
+        // What mail-parser returns for it: the value between its first and last character
+        // other than space and tab (then trimmed); nothing to decode or unfold.
+        return String::from_utf8_lossy(raw).trim().to_owned();
+    }
+    decode_subject_parsed(raw)
+}
+
+/// A header value that mail-parser's unstructured parser hands back as it is, up to the white
+/// space around it: one line (no CR, no LF) and no `=?` that could start an encoded word.
+pub(crate) fn is_plain_value(raw: &[u8]) -> bool {
+    memchr::memchr2(b'\n', b'\r', raw).is_none() && memchr::memmem::find(raw, b"=?").is_none()
+}
+
+/// [`decode_subject`] through mail-parser, for any value.
+fn decode_subject_parsed(raw: &[u8]) -> String {
     let mut buf = Vec::with_capacity(raw.len() + 16);
     buf.extend_from_slice(b"Subject: ");
     // mail-parser wants CRLF line ends; the milter layer gives bare LF folding.
@@ -357,5 +374,82 @@ pub fn header_facts<'a>(policy: &Policy, headers: &[(&'a [u8], &'a [u8])]) -> cr
         forward: super::forward::evidence(policy, headers.iter().copied()),
         disclaimer_present: false,
         signed_or_encrypted: false,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Subject values from the corpora (as the milter delivers them: no space after the colon)
+    /// and made-up ones around the edges of the plain-value shortcut.
+    pub(crate) fn subject_values() -> Vec<Vec<u8>> {
+        fn files(dir: &std::path::Path, out: &mut Vec<Vec<u8>>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    files(&p, out);
+                } else if let Ok(b) = std::fs::read(&p) {
+                    out.push(b);
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut texts = Vec::new();
+        for d in [
+            "tests/rewrite",
+            "tests/corpus",
+            "fuzz/corpus/inspect",
+            "benches/data",
+        ] {
+            files(&root.join(d), &mut texts);
+        }
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for t in &texts {
+            for line in t.split(|&b| b == b'\n') {
+                if line.len() > 8 && line[..8].eq_ignore_ascii_case(b"subject:") {
+                    let v = line[8..].strip_prefix(b" ").unwrap_or(&line[8..]);
+                    let v = v.strip_suffix(b"\r").unwrap_or(v);
+                    out.push(v.to_vec());
+                }
+            }
+        }
+        for v in [
+            &b""[..],
+            b" ",
+            b"\t \t",
+            b"PROTECT: hello",
+            b"  PROTECT: hello \t",
+            b"a\tb  c",
+            b"x = y",
+            b"x =",
+            b"=",
+            b"\xc2\xa0nbsp\xc2\xa0",
+            b"caf\xe9",
+            b"caf\xc3\xa9 \xe2\x80\x83",
+            b"\x00nul\x01",
+            b"[SEC=OFFICIAL] report",
+            b"tab\tend\t",
+        ] {
+            out.push(v.to_vec());
+        }
+        out
+    }
+
+    #[test]
+    fn plain_subjects_decode_as_mail_parser_decodes_them() {
+        let mut plain = 0;
+        for v in subject_values() {
+            if is_plain_value(&v) {
+                plain += 1;
+                assert_eq!(
+                    decode_subject(&v),
+                    decode_subject_parsed(&v),
+                    "{:?}",
+                    String::from_utf8_lossy(&v)
+                );
+            }
+        }
+        assert!(plain > 100, "only {plain} plain subjects");
     }
 }

@@ -67,20 +67,22 @@ impl TransferEncoding {
         let Some(v) = value else {
             return TransferEncoding::Absent;
         };
-        let v = v
-            .split('(')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match v.as_str() {
-            "" => TransferEncoding::Absent,
-            "7bit" => TransferEncoding::SevenBit,
-            "8bit" => TransferEncoding::EightBit,
-            "binary" => TransferEncoding::Binary,
-            "quoted-printable" => TransferEncoding::QuotedPrintable,
-            "base64" => TransferEncoding::Base64,
-            _ => TransferEncoding::Other(v),
+        let v = v.split('(').next().unwrap_or("").trim();
+        let is = |name: &str| v.eq_ignore_ascii_case(name);
+        if v.is_empty() {
+            TransferEncoding::Absent
+        } else if is("7bit") {
+            TransferEncoding::SevenBit
+        } else if is("8bit") {
+            TransferEncoding::EightBit
+        } else if is("binary") {
+            TransferEncoding::Binary
+        } else if is("quoted-printable") {
+            TransferEncoding::QuotedPrintable
+        } else if is("base64") {
+            TransferEncoding::Base64
+        } else {
+            TransferEncoding::Other(v.to_ascii_lowercase())
         }
     }
 
@@ -321,14 +323,14 @@ pub fn analyze_reduced(
         marker: marker_norm.clone(),
         ..MimeShape::head_only(raw, false)
     };
-    // Only the MIME headers are parsed; everything else raw (fewer parsers, fewer surprises).
+    // Only the MIME headers are parsed; every other header is skipped (its name kept): the
+    // parser reads no other header's value, and neither does this module.
     // A panic inside the parser (mail-parser has `debug_assert!(false)` on recovery paths that
     // malformed MIME reaches, and any dependency can have a bug) must not turn into a 451 that
     // the MTA retries for days: the message is then one whose structure we cannot read, so the
     // labels still go on and the body is left alone, as for any other unreadable structure.
-    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        MessageParser::new().with_mime_headers().parse(raw)
-    }));
+    let parsed =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mime_parser().parse(raw)));
     let message = match parsed {
         Ok(Some(message)) => message,
         Ok(None) => {
@@ -364,11 +366,15 @@ pub fn analyze_reduced(
     for (i, p) in message.parts.iter().enumerate() {
         let ct = p.content_type();
         let content_type = match ct {
-            Some(ct) => format!(
-                "{}/{}",
-                ct.ctype().to_ascii_lowercase(),
-                ct.subtype().unwrap_or("").to_ascii_lowercase()
-            ),
+            Some(ct) => {
+                let (t, sub) = (ct.ctype(), ct.subtype().unwrap_or(""));
+                let mut s = String::with_capacity(t.len() + 1 + sub.len());
+                s.push_str(t);
+                s.push('/');
+                s.push_str(sub);
+                s.make_ascii_lowercase();
+                s
+            }
             None => "text/plain".to_string(),
         };
         let header_start = clamp(p.offset_header);
@@ -577,7 +583,7 @@ pub fn analyze_reduced(
             shape.security.push(sec);
         }
         if let Some(m) = &marker_norm {
-            let found = normalize_text(&decoded.text, part.is_html()).contains(m.as_str());
+            let found = marker_in_text(&decoded.text, part.is_html(), m);
             any_marker |= found;
             shape.parts[id].marker_present = Some(found);
         }
@@ -586,6 +592,16 @@ pub fn analyze_reduced(
         shape.disclaimer_present = Some(any_marker);
     }
     Ok(shape)
+}
+
+/// The MIME-headers-only parser, built once (building it fills a header table).
+fn mime_parser() -> &'static MessageParser {
+    static PARSER: std::sync::OnceLock<MessageParser> = std::sync::OnceLock::new();
+    PARSER.get_or_init(|| {
+        MessageParser::new()
+            .with_mime_headers()
+            .default_header_ignore()
+    })
 }
 
 /// Check that every stand-in of `elided` lies in the body of one leaf part (not a container,
@@ -679,11 +695,7 @@ fn raw_mime_header_counts(block: &[u8]) -> (usize, usize) {
 pub fn header_block_end(raw: &[u8]) -> usize {
     let mut pos = 0;
     while pos < raw.len() {
-        let end = raw[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map(|i| pos + i + 1)
-            .unwrap_or(raw.len());
+        let end = memchr::memchr(b'\n', &raw[pos..]).map_or(raw.len(), |i| pos + i + 1);
         let line = &raw[pos..end];
         let content = line.strip_suffix(b"\n").unwrap_or(line);
         if content.iter().all(|&b| b == b'\r') {
@@ -851,10 +863,10 @@ pub enum CharsetStatus {
     Unknown,
 }
 
-/// A text part decoded for reading.
+/// A text part decoded for reading (borrowed from the message when nothing had to change).
 #[derive(Debug, Clone)]
-pub struct DecodedText {
-    pub text: String,
+pub struct DecodedText<'a> {
+    pub text: Cow<'a, str>,
     /// False when the transfer encoding had invalid characters.
     pub transfer_clean: bool,
     pub charset: CharsetStatus,
@@ -862,12 +874,18 @@ pub struct DecodedText {
 
 /// Decode a text part: transfer encoding, then charset (missing charset = US-ASCII, read as
 /// windows-1252 the way browsers do).
-pub fn decode_part_text(raw: &[u8], part: &PartInfo) -> DecodedText {
+pub fn decode_part_text<'a>(raw: &'a [u8], part: &PartInfo) -> DecodedText<'a> {
     let body = raw.get(part.body_range.clone()).unwrap_or_default();
     let (bytes, transfer_clean) = decode_transfer(body, &part.transfer_encoding);
-    let (text, charset) = decode_charset(&bytes, part.charset.as_deref());
+    let (text, charset) = match bytes {
+        Cow::Borrowed(b) => decode_charset(b, part.charset.as_deref()),
+        Cow::Owned(v) => {
+            let (t, c) = decode_charset(&v, part.charset.as_deref());
+            (Cow::Owned(t.into_owned()), c)
+        }
+    };
     DecodedText {
-        text: text.into_owned(),
+        text,
         transfer_clean,
         charset,
     }
@@ -1026,7 +1044,16 @@ fn inline_pgp(text: &str, part: usize) -> Option<Security> {
 
 /// Normalise a marker for searching: the same folding as [`normalize_text`] on plain text.
 pub fn normalize_marker(marker: &str) -> String {
-    normalize_text(marker, false)
+    fold_marker(marker).into_owned()
+}
+
+/// [`normalize_marker`], borrowing the marker when it is folded already (the usual lowercase
+/// ASCII sentence folds to itself).
+pub fn fold_marker(marker: &str) -> Cow<'_, str> {
+    if is_folded_ascii(marker.as_bytes()) {
+        return Cow::Borrowed(marker);
+    }
+    Cow::Owned(normalize_text(marker, false))
 }
 
 /// Fold decoded text for marker search: HTML tags removed (block tags become spaces) and
@@ -1044,6 +1071,143 @@ pub fn normalize_text(text: &str, html: bool) -> String {
     let mut out = String::with_capacity(text.len());
     Folder::new().push_str(text, &mut out);
     out
+}
+
+/// Is `marker` in the folded `text`? Exactly `normalize_text(text, html).contains(marker)`, but
+/// most texts are answered without folding them (folding copies the whole text, character by
+/// character):
+/// - *present* when `marker` is a folded ASCII string (what [`normalize_marker`] makes of an
+///   ASCII marker) and the text holds it verbatim up to ASCII case: folding maps such a run of
+///   the text onto the marker itself;
+/// - *absent* when the text is ASCII and some space-separated word of `marker` is not in it, up
+///   to ASCII case: folding an ASCII text only lowercases, drops leading `>` and turns whitespace
+///   runs into one space, so every word of the folded text is a lowercased piece of the text.
+///   (Non-ASCII text can make ASCII letters by folding: zero-width characters vanish inside
+///   words, `K` (Kelvin sign) lowercases to `k`; such text is always folded.)
+///
+/// Otherwise the text is folded and searched.
+pub fn marker_in_text(text: &str, html: bool, marker: &str) -> bool {
+    if marker.is_empty() {
+        return true;
+    }
+    let stripped;
+    let text = if html {
+        stripped = html_to_text(text);
+        stripped.as_str()
+    } else {
+        text
+    };
+    let (hay, m) = (text.as_bytes(), marker.as_bytes());
+    // In order of cost and likelihood: the word holding the marker's rarest byte (absent from
+    // most texts), the marker itself (in a disclaimer's own text), every word.
+    let ascii = text.is_ascii();
+    if ascii && !contains_ascii_ci(hay, word_at(m, rarest(m))) {
+        return false;
+    }
+    if is_folded_ascii(m) && contains_ascii_ci(hay, m) {
+        return true;
+    }
+    if ascii && !m.split(|&b| b == b' ').all(|w| contains_ascii_ci(hay, w)) {
+        return false;
+    }
+    let mut folded = String::with_capacity(text.len());
+    Folder::new().push_str(text, &mut folded);
+    memchr::memmem::find(folded.as_bytes(), m).is_some()
+}
+
+/// True when `m` is ASCII and folding leaves it as it is: no uppercase, no whitespace but
+/// single spaces between other characters, no `>` first.
+fn is_folded_ascii(m: &[u8]) -> bool {
+    let (Some(&first), Some(&last)) = (m.first(), m.last()) else {
+        return false;
+    };
+    if first == b'>' || is_ascii_whitespace_char(first) || is_ascii_whitespace_char(last) {
+        return false;
+    }
+    // Whole-slice folds without early exits: the compiler turns them into vector code.
+    let bad_byte = m.iter().fold(false, |bad, &b| {
+        bad | !b.is_ascii() | b.is_ascii_uppercase() | (b != b' ' && is_ascii_whitespace_char(b))
+    });
+    let double_space = m
+        .windows(2)
+        .fold(false, |bad, w| bad | ((w[0] == b' ') & (w[1] == b' ')));
+    !bad_byte && !double_space
+}
+
+/// `char::is_whitespace` for an ASCII byte (tab, LF, VT, FF, CR, space; not `u8`'s
+/// `is_ascii_whitespace`, which leaves out VT).
+#[inline]
+fn is_ascii_whitespace_char(b: u8) -> bool {
+    matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ')
+}
+
+/// How rare each byte is in mail text, as a case-insensitive search sees it (higher: rarer).
+/// Letters by their frequency in English, both cases alike; spaces and line ends are
+/// everywhere; any other byte counts as fairly rare. Only speed depends on it, never an answer.
+const RARITY: [u8; 256] = {
+    const LETTERS: &[u8] = b"etaoinsrhldcumfpgwybvkxjqz";
+    let mut t = [13u8; 256];
+    t[b' ' as usize] = 0;
+    t[b'\r' as usize] = 0;
+    t[b'\n' as usize] = 0;
+    let mut i = 0;
+    while i < LETTERS.len() {
+        t[LETTERS[i] as usize] = i as u8 + 1;
+        t[LETTERS[i].to_ascii_uppercase() as usize] = i as u8 + 1;
+        i += 1;
+    }
+    t
+};
+
+/// The position of the rarest byte of `needle` (the first of equals); 0 for an empty one.
+fn rarest(needle: &[u8]) -> usize {
+    let top = needle
+        .iter()
+        .fold(0, |top, &b| top.max(RARITY[usize::from(b)]));
+    needle
+        .iter()
+        .position(|&b| RARITY[usize::from(b)] == top)
+        .unwrap_or(0)
+}
+
+/// The space-separated word of `m` around byte `at` (empty when `at` is a space).
+fn word_at(m: &[u8], at: usize) -> &[u8] {
+    let start = m[..at]
+        .iter()
+        .rposition(|&b| b == b' ')
+        .map_or(0, |p| p + 1);
+    let end = m[at..]
+        .iter()
+        .position(|&b| b == b' ')
+        .map_or(m.len(), |p| at + p);
+    &m[start..end]
+}
+
+/// Does `hay` contain `needle`, comparing ASCII letters without case (other bytes exactly)?
+/// Looks for the needle's rarest byte (both cases) and compares around each hit.
+fn contains_ascii_ci(hay: &[u8], needle: &[u8]) -> bool {
+    if needle.is_empty() {
+        return true;
+    }
+    if needle.len() > hay.len() {
+        return false;
+    }
+    let last_start = hay.len() - needle.len();
+    let at = rarest(needle);
+    let fits = |hit: usize| {
+        hit.checked_sub(at).is_some_and(|start| {
+            start <= last_start && hay[start..start + needle.len()].eq_ignore_ascii_case(needle)
+        })
+    };
+    let (lo, up) = (
+        needle[at].to_ascii_lowercase(),
+        needle[at].to_ascii_uppercase(),
+    );
+    if lo == up {
+        memchr::memchr_iter(lo, hay).any(fits)
+    } else {
+        memchr::memchr2_iter(lo, up, hay).any(fits)
+    }
 }
 
 /// The folding of [`normalize_text`] as a state machine fed piece by piece, so a part read
@@ -1158,21 +1322,20 @@ fn html_to_text(html: &str) -> String {
                     rest.find("-->").map(|e| i + e + 3).unwrap_or(bytes.len())
                 } else {
                     let close_at = tag_end(bytes, i);
-                    let name: String = html[i + 1..close_at]
-                        .trim_start_matches('/')
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric())
-                        .collect::<String>()
-                        .to_ascii_lowercase();
-                    if (name == "script" || name == "style") && !html[i + 1..].starts_with('/') {
+                    let inner = html[i + 1..close_at].trim_start_matches('/');
+                    let name =
+                        &inner[..inner.bytes().take_while(u8::is_ascii_alphanumeric).count()];
+                    if (name.eq_ignore_ascii_case("script") || name.eq_ignore_ascii_case("style"))
+                        && !html[i + 1..].starts_with('/')
+                    {
                         // Skip the element's content up to its closing tag.
-                        let close = format!("</{name}");
+                        let close = format!("</{}", name.to_ascii_lowercase());
                         match find_ascii_ci(&bytes[close_at..], close.as_bytes()) {
                             Some(p) => tag_end(bytes, close_at + p),
                             None => bytes.len(),
                         }
                     } else {
-                        if is_block_tag(&name) {
+                        if is_block_tag(name) {
                             out.push('\n');
                         }
                         close_at
@@ -1211,31 +1374,40 @@ fn tag_end(bytes: &[u8], start: usize) -> usize {
         .unwrap_or(bytes.len())
 }
 
+/// Is `name` (ASCII letters and digits, any case) a tag that breaks the text like a line end?
 fn is_block_tag(name: &str) -> bool {
+    // The longest block tag is `blockquote`.
+    let mut buf = [0u8; 10];
+    let Some(lower) = buf.get_mut(..name.len()) else {
+        return false;
+    };
+    lower.copy_from_slice(name.as_bytes());
+    lower.make_ascii_lowercase();
     matches!(
-        name,
-        "br" | "p"
-            | "div"
-            | "tr"
-            | "td"
-            | "th"
-            | "li"
-            | "ul"
-            | "ol"
-            | "table"
-            | "blockquote"
-            | "hr"
-            | "h1"
-            | "h2"
-            | "h3"
-            | "h4"
-            | "h5"
-            | "h6"
-            | "pre"
-            | "body"
-            | "html"
-            | "head"
-            | "title"
+        &*lower,
+        b"br"
+            | b"p"
+            | b"div"
+            | b"tr"
+            | b"td"
+            | b"th"
+            | b"li"
+            | b"ul"
+            | b"ol"
+            | b"table"
+            | b"blockquote"
+            | b"hr"
+            | b"h1"
+            | b"h2"
+            | b"h3"
+            | b"h4"
+            | b"h5"
+            | b"h6"
+            | b"pre"
+            | b"body"
+            | b"html"
+            | b"head"
+            | b"title"
     )
 }
 
@@ -1467,8 +1639,8 @@ mod tests {
         out
     }
 
-    #[test]
-    fn normalize_ascii_matches_the_per_char_folding() {
+    /// Every file of the corpora the folding tests read.
+    fn corpus_files() -> Vec<Vec<u8>> {
         fn files(dir: &std::path::Path, out: &mut Vec<Vec<u8>>) {
             for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let p = e.path();
@@ -1489,6 +1661,12 @@ mod tests {
         ] {
             files(&root.join(d), &mut texts);
         }
+        texts
+    }
+
+    #[test]
+    fn normalize_ascii_matches_the_per_char_folding() {
+        let texts = corpus_files();
         let mut checked = 0;
         for t in &texts {
             // Whole files and their ASCII-only lossy versions, so every one is exercised.
@@ -1552,5 +1730,132 @@ mod tests {
                 "input {input:?}"
             );
         }
+    }
+
+    /// `marker_in_text` must answer exactly what folding the whole text and searching gives,
+    /// whichever shortcut it takes: never "absent" when the folded text holds the marker, never
+    /// "present" when it does not.
+    fn check_marker(text: &str, html: bool, marker: &str, counts: &mut [usize; 2]) {
+        let want = normalize_text(text, html).contains(marker);
+        assert_eq!(
+            marker_in_text(text, html, marker),
+            want,
+            "marker {marker:?} html {html} in {text:?}"
+        );
+        counts[usize::from(want)] += 1;
+        // normalize_marker's shortcut for markers folded already.
+        assert_eq!(normalize_marker(marker), normalize_text(marker, false));
+    }
+
+    /// Markers made from the folded text itself (so present), and the same with one character
+    /// changed or in upper case (so absent, or present only through folding).
+    fn markers_from(folded: &str) -> Vec<String> {
+        let chars: Vec<char> = folded.chars().collect();
+        let mut out = Vec::new();
+        for len in [8, 20, 45] {
+            for start in [
+                0,
+                chars.len() / 3,
+                chars.len() / 2,
+                chars.len().saturating_sub(len),
+            ] {
+                let piece: String = chars.iter().skip(start).take(len).collect();
+                let m = normalize_marker(&piece);
+                if m.is_empty() {
+                    continue;
+                }
+                let mut changed: Vec<char> = m.chars().collect();
+                let mid = changed.len() / 2;
+                changed[mid] = if changed[mid] == 'q' { 'z' } else { 'q' };
+                out.push(changed.into_iter().collect());
+                out.push(m.to_uppercase());
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn ascii_whitespace_is_what_folding_calls_whitespace() {
+        for b in 0..=0x7Fu8 {
+            assert_eq!(
+                is_ascii_whitespace_char(b),
+                char::from(b).is_whitespace(),
+                "{b:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn marker_search_agrees_with_folding_over_the_corpora() {
+        let fixed = [
+            "may be subject to recording and/or monitoring in accordance with relevant legislation",
+            "recording and/or monitoring",
+            "This Email",
+            "monitored",
+            "keep",
+            "> quoted",
+            "a  b",
+            "caf\u{e9} au lait",
+        ];
+        let mut counts = [0usize; 2];
+        for t in corpus_files() {
+            let lossy = String::from_utf8_lossy(&t);
+            let ascii: String = lossy.chars().filter(char::is_ascii).collect();
+            for input in [lossy.as_ref(), ascii.as_str()] {
+                for html in [false, true] {
+                    let mut markers: Vec<String> = fixed.iter().map(|m| (*m).to_owned()).collect();
+                    markers.extend(fixed.iter().map(|m| normalize_marker(m)));
+                    markers.extend(markers_from(&normalize_text(input, html)));
+                    for m in &markers {
+                        check_marker(input, html, m, &mut counts);
+                    }
+                }
+            }
+        }
+        let [absent, present] = counts;
+        assert!(
+            absent > 10_000 && present > 5_000,
+            "{absent} absent, {present} present"
+        );
+    }
+
+    #[test]
+    fn marker_search_agrees_with_folding_where_folding_makes_the_match() {
+        let m = normalize_marker("Recording and/or MONITORING");
+        let mut counts = [0usize; 2];
+        for (text, html) in [
+            ("recording and/or monitoring", false),
+            ("RECORDING AND/OR MONITORING", false),
+            ("recording   and/or\n> > monitoring", false),
+            ("recording\tand/or\r\n monitoring", false),
+            ("recording and/or moni\u{200b}toring", false),
+            ("recording and/or moni\u{ad}toring", false),
+            ("recording\u{a0}and/or monitoring", false),
+            ("recording and/or monitorin", false),
+            ("recording and/or", false),
+            ("<p>recording <b>and/or</b> monitoring</p>", true),
+            ("recording and&#47;or &#109;onitoring", true),
+            ("recording and/or <!-- x -->monitoring", true),
+            ("recording and/<i>or</i> moni<br>toring", true),
+            ("", false),
+        ] {
+            check_marker(text, html, &m, &mut counts);
+        }
+        // ASCII letters that only folding makes: the Kelvin sign lowercases to `k`, a dotted
+        // capital I to `i` and a combining dot; and markers that are not folded themselves.
+        for (text, marker) in [
+            ("\u{212a}eep it", "keep it"),
+            ("\u{212a}EEP it", "keep it"),
+            ("\u{130}t is", "i\u{307}t is"),
+            ("x > y", "x > y"),
+            ("> y", "> y"),
+            ("a\u{1}b c", "a\u{1}b c"),
+            ("Keep It", "Keep It"),
+            ("keep  it", "keep  it"),
+        ] {
+            check_marker(text, false, marker, &mut counts);
+        }
+        assert!(counts[0] >= 6 && counts[1] >= 13, "{counts:?}");
     }
 }

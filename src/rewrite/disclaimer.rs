@@ -163,15 +163,15 @@ pub(crate) fn plan_disclaimer(raw: &[u8], shape: &MimeShape, edit: &DisclaimerEd
         });
         return work;
     }
-    let marker = mime::normalize_marker(edit.effective_marker());
+    let marker = mime::fold_marker(edit.effective_marker());
     // inspect already searched for this marker when it was given the same one: reuse that.
-    let known = shape.marker.as_deref() == Some(marker.as_str());
+    let known = shape.marker.as_deref() == Some(&*marker);
     let has_marker = |part: &PartInfo| -> bool {
         if known && let Some(found) = part.marker_present {
             return found;
         }
         let decoded = mime::decode_part_text(raw, part);
-        mime::normalize_text(&decoded.text, part.is_html()).contains(marker.as_str())
+        mime::marker_in_text(&decoded.text, part.is_html(), &marker)
     };
 
     if let Some(sec) = shape.security.first() {
@@ -308,7 +308,7 @@ fn edit_part(
         return Err(SkipReason::DamagedTransferEncoding);
     }
     let (text, status) = mime::decode_charset(&content, part.charset.as_deref());
-    if present.is_none() && mime::normalize_text(&text, part.is_html()).contains(marker) {
+    if present.is_none() && mime::marker_in_text(&text, part.is_html(), marker) {
         return Ok(PartResult::Present);
     }
     let label = part.charset.clone().unwrap_or_default();
@@ -641,16 +641,15 @@ fn open_tag_end(content: &[u8], name: &[u8]) -> Option<usize> {
 fn with_eol(text: &[u8], eol: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(text.len() + 8);
     let text = text.strip_suffix(b"\n").unwrap_or(text);
-    let text = text.strip_suffix(b"\r").unwrap_or(text);
-    let mut i = 0;
-    while i < text.len() {
-        match text[i] {
-            b'\r' if text.get(i + 1) == Some(&b'\n') => {}
-            b'\n' => out.extend_from_slice(eol),
-            b => out.push(b),
-        }
-        i += 1;
+    let mut rest = text.strip_suffix(b"\r").unwrap_or(text);
+    // A line at a time: its CR before the LF, if any, is dropped; other CRs stay.
+    while let Some(j) = memchr::memchr(b'\n', rest) {
+        let line = &rest[..j];
+        out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        out.extend_from_slice(eol);
+        rest = &rest[j + 1..];
     }
+    out.extend_from_slice(rest);
     out
 }
 
@@ -1006,6 +1005,39 @@ pub(crate) fn set_charset_param(value: &[u8], charset: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_eol_matches_the_bytewise_conversion() {
+        fn bytewise(text: &[u8], eol: &[u8]) -> Vec<u8> {
+            let mut out = Vec::new();
+            let text = text.strip_suffix(b"\n").unwrap_or(text);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            for (i, &b) in text.iter().enumerate() {
+                match b {
+                    b'\r' if text.get(i + 1) == Some(&b'\n') => {}
+                    b'\n' => out.extend_from_slice(eol),
+                    b => out.push(b),
+                }
+            }
+            out
+        }
+        let pieces: [&[u8]; 7] = [b"a", b"\n", b"\r", b"\r\n", b"\r\r\n", b"bc ", b"\n\n"];
+        let mut n = 0;
+        for a in pieces {
+            for b in pieces {
+                for c in pieces {
+                    for d in pieces {
+                        let t = [a, b, c, d].concat();
+                        for eol in [&b"\r\n"[..], b"\n"] {
+                            assert_eq!(with_eol(&t, eol), bytewise(&t, eol), "{t:?}");
+                            n += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(n, 2 * 7 * 7 * 7 * 7);
+    }
 
     #[test]
     fn qp_round_trips_and_keeps_lines_short() {

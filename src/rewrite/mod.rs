@@ -197,15 +197,15 @@ impl RewriteRequest {
             if d.text.trim().is_empty() {
                 return Err(RequestError::EmptyDisclaimer);
             }
-            let marker = mime::normalize_marker(d.effective_marker());
-            if !mime::normalize_text(&d.text, false).contains(&marker) {
+            let marker = mime::fold_marker(d.effective_marker());
+            if !mime::marker_in_text(&d.text, false, &marker) {
                 return Err(RequestError::MarkerNotInDisclaimer {
                     marker: d.effective_marker().to_string(),
                     which: "plain",
                 });
             }
             if let Some(h) = &d.html
-                && !mime::normalize_text(h, true).contains(&marker)
+                && !mime::marker_in_text(h, true, &marker)
             {
                 return Err(RequestError::MarkerNotInDisclaimer {
                     marker: d.effective_marker().to_string(),

@@ -75,6 +75,17 @@ pub(crate) fn decode_unstructured(value: &[u8]) -> String {
     } else {
         value
     };
+    if crate::inspect::markings::is_plain_value(value)
+        && let Ok(text) = std::str::from_utf8(value)
+    {
+        // What mail-parser returns for such a value: it without the spaces and tabs around it.
+        return text.trim_matches([' ', '\t']).to_owned();
+    }
+    decode_unstructured_parsed(value)
+}
+
+/// [`decode_unstructured`] through mail-parser, after the windows-1252 step.
+fn decode_unstructured_parsed(value: &[u8]) -> String {
     let mut synthetic = Vec::with_capacity(value.len() + 16);
     synthetic.extend_from_slice(b"Subject: ");
     synthetic.extend_from_slice(value);
@@ -100,11 +111,22 @@ static CHAIN: LazyLock<Option<Regex>> = LazyLock::new(|| {
 });
 
 fn chain_len(s: &str) -> usize {
-    CHAIN
-        .as_ref()
-        .and_then(|re| re.find(s))
-        .map(|m| m.end())
-        .unwrap_or(0)
+    let Some(re) = CHAIN.as_ref() else {
+        return 0;
+    };
+    // Every prefix the pattern knows starts with one of these letters, so a subject whose
+    // first non-space character is another ASCII character has no chain: the match is its
+    // leading white space (`\s` is Unicode White_Space, which `trim_start` strips too).
+    // Non-ASCII goes to the regex: case-insensitive matching folds U+017F to `s`.
+    let body = s.trim_start();
+    let no_chain = body
+        .bytes()
+        .next()
+        .is_none_or(|b| b.is_ascii() && !b"rfawsvte".contains(&b.to_ascii_lowercase()));
+    if no_chain {
+        return s.len() - body.len();
+    }
+    re.find(s).map_or(0, |m| m.end())
 }
 
 /// The subject with the marking normalised, from the current decoded subject.
@@ -234,6 +256,79 @@ fn widen(s: &str, r: Range<usize>) -> Range<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_values_decode_as_mail_parser_decodes_them() {
+        let mut plain = 0;
+        for v in crate::inspect::markings::tests::subject_values() {
+            if crate::inspect::markings::is_plain_value(&v) && std::str::from_utf8(&v).is_ok() {
+                plain += 1;
+                assert_eq!(
+                    decode_unstructured(&v),
+                    decode_unstructured_parsed(&v),
+                    "{:?}",
+                    String::from_utf8_lossy(&v)
+                );
+            }
+        }
+        assert!(plain > 100, "only {plain} plain values");
+    }
+
+    #[test]
+    fn chain_len_shortcut_agrees_with_the_pattern() {
+        let Some(re) = CHAIN.as_ref() else {
+            panic!("the reply-chain pattern does not compile");
+        };
+        let starts = [
+            "",
+            " ",
+            "\t",
+            "\u{a0}",
+            "\u{3000}",
+            "  \u{2003}",
+            "Re: ",
+            "FW: ",
+            "fwd:",
+            "AW: ",
+            "re[2]: ",
+            "Re(3):",
+            "enc: ",
+            "R: ",
+            "Antw: ",
+            "\u{17f}v: ",
+            "\u{212a}",
+        ];
+        let rests = [
+            "",
+            "PROTECT: x",
+            "[SEC=OFFICIAL] x",
+            "OFFICIAL",
+            "hello",
+            "Report",
+            "Sv: x",
+            "tr: x",
+            "e",
+            "Zebra",
+            "1 2",
+            ":",
+            "\u{e9}t\u{e9}",
+            "\u{17f}v: x",
+            "\u{130}",
+            ">x",
+        ];
+        let mut n = 0;
+        for a in starts {
+            for b in rests {
+                for c in ["", " ", "Re: "] {
+                    let s = format!("{a}{c}{b}");
+                    let want = re.find(&s).map_or(0, |m| m.end());
+                    assert_eq!(chain_len(&s), want, "{s:?}");
+                    n += 1;
+                }
+            }
+        }
+        assert!(n > 700);
+    }
 
     fn edit(m: &str, pos: SubjectPosition, current: &str, marks: &[&str]) -> String {
         let mut e = SubjectEdit::new(m, pos);
