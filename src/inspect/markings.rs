@@ -384,26 +384,7 @@ pub(crate) mod tests {
     /// Subject values from the corpora (as the milter delivers them: no space after the colon)
     /// and made-up ones around the edges of the plain-value shortcut.
     pub(crate) fn subject_values() -> Vec<Vec<u8>> {
-        fn files(dir: &std::path::Path, out: &mut Vec<Vec<u8>>) {
-            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    files(&p, out);
-                } else if let Ok(b) = std::fs::read(&p) {
-                    out.push(b);
-                }
-            }
-        }
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut texts = Vec::new();
-        for d in [
-            "tests/rewrite",
-            "tests/corpus",
-            "fuzz/corpus/inspect",
-            "benches/data",
-        ] {
-            files(&root.join(d), &mut texts);
-        }
+        let texts = crate::inspect::mime::tests::corpus_files();
         let mut out: Vec<Vec<u8>> = Vec::new();
         for t in &texts {
             for line in t.split(|&b| b == b'\n') {

@@ -1061,16 +1061,21 @@ pub fn fold_marker(marker: &str) -> Cow<'_, str> {
 /// the old disclaimer; all whitespace runs (NBSP included) become one space; zero-width
 /// characters dropped; lowercased.
 pub fn normalize_text(text: &str, html: bool) -> String {
-    let stripped;
-    let text = if html {
-        stripped = html_to_text(text);
-        stripped.as_str()
-    } else {
-        text
-    };
+    let text = visible_text(text, html);
+    let text = text.as_ref();
     let mut out = String::with_capacity(text.len());
     Folder::new().push_str(text, &mut out);
     out
+}
+
+/// What a reader sees of a text part: HTML without its tags (entities decoded), plain text as
+/// it is. Both marker searches start from it.
+fn visible_text(text: &str, html: bool) -> Cow<'_, str> {
+    if html {
+        Cow::Owned(html_to_text(text))
+    } else {
+        Cow::Borrowed(text)
+    }
 }
 
 /// Is `marker` in the folded `text`? Exactly `normalize_text(text, html).contains(marker)`, but
@@ -1090,13 +1095,8 @@ pub fn marker_in_text(text: &str, html: bool, marker: &str) -> bool {
     if marker.is_empty() {
         return true;
     }
-    let stripped;
-    let text = if html {
-        stripped = html_to_text(text);
-        stripped.as_str()
-    } else {
-        text
-    };
+    let text = visible_text(text, html);
+    let text = text.as_ref();
     let (hay, m) = (text.as_bytes(), marker.as_bytes());
     // In order of cost and likelihood: the word holding the marker's rarest byte (absent from
     // most texts), the marker itself (in a disclaimer's own text), every word.
@@ -1477,7 +1477,7 @@ pub fn rfind_ascii_ci(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn golden(case: &str) -> Vec<u8> {
@@ -1640,7 +1640,7 @@ mod tests {
     }
 
     /// Every file of the corpora the folding tests read.
-    fn corpus_files() -> Vec<Vec<u8>> {
+    pub(crate) fn corpus_files() -> Vec<Vec<u8>> {
         fn files(dir: &std::path::Path, out: &mut Vec<Vec<u8>>) {
             for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 let p = e.path();
