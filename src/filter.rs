@@ -727,20 +727,9 @@ pub fn audit_record(policy: &Policy, eval: &Evaluation, meta: &MessageMeta) -> M
         && d.effective.level >= w.from_level
         && (w.header.is_some() || w.subject.is_some())
         && w.direction.includes(d.direction);
-    // An enforced decision that lets the message through carries exactly those labels
-    // (decide built them from the same facts); otherwise work them out.
     let label_present = label_required && {
-        let computed;
-        let would_write = if d.shadow.is_none()
-            && !matches!(
-                d.verdict,
-                PolicyVerdict::Reject { .. } | PolicyVerdict::Tempfail { .. }
-            ) {
-            &d.labels
-        } else {
-            computed = policy::decide::labels_if_delivered(policy, &eval.facts, &eval.envelope, d);
-            &computed
-        };
+        let would_write =
+            policy::decide::labels_if_delivered(policy, &eval.facts, &eval.envelope, d);
         (w.header.is_none()
             || would_write
                 .header

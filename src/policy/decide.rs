@@ -10,6 +10,7 @@
 //! accepted as unmarked is never given a marking.
 
 use serde::Serialize;
+use std::borrow::Cow;
 
 use super::Policy;
 use super::facts::{Envelope, Facts, FoundMarking, Label, MarkingSource, MarkingStatus};
@@ -598,19 +599,32 @@ pub fn decide(policy: &Policy, facts: &Facts, envelope: &Envelope) -> Decision {
 /// The labels `decide` would write for this message if it were delivered and enforced. A
 /// refused message's decision (and a shadow-mode one) carries no labels; the audit record
 /// uses this to say whether the labels the policy requires were already on the message.
-pub fn labels_if_delivered(
+/// `d` must be `decide`'s answer for these facts and envelope: an enforced decision that lets
+/// the message through already holds exactly these labels, and they are borrowed from it.
+pub fn labels_if_delivered<'d>(
     policy: &Policy,
     facts: &Facts,
     envelope: &Envelope,
-    d: &Decision,
-) -> Labels {
+    d: &'d Decision,
+) -> Cow<'d, Labels> {
+    if d.shadow.is_none() && !matches!(d.verdict, Verdict::Reject { .. } | Verdict::Tempfail { .. })
+    {
+        return Cow::Borrowed(&d.labels);
+    }
     let labelled: Vec<&FoundMarking> = facts
         .markings
         .iter()
         .filter(|m| m.label.is_some())
         .collect();
     let chosen = choose_label(policy, &labelled);
-    labels_to_write(policy, facts, envelope, d.direction, &d.effective, chosen)
+    Cow::Owned(labels_to_write(
+        policy,
+        facts,
+        envelope,
+        d.direction,
+        &d.effective,
+        chosen,
+    ))
 }
 
 fn add_disclaimer(d: &Disclaimer, signed: Option<SignedAction>) -> DisclaimerDecision {
