@@ -227,27 +227,22 @@ impl Evaluation {
 
     /// Recipients removed from the envelope.
     pub fn removed(&self) -> Vec<&str> {
-        if !self.delivers() {
-            return Vec::new();
-        }
-        self.decision
-            .recipients
-            .iter()
-            .filter(|r| r.delivery == Delivery::Remove)
-            .map(|r| r.address.as_str())
-            .collect()
+        self.removed_iter().map(|r| r.address.as_str()).collect()
     }
 
     /// How many recipients [`Evaluation::removed`] lists (without listing them).
     pub fn removed_count(&self) -> usize {
-        if !self.delivers() {
-            return 0;
-        }
+        self.removed_iter().count()
+    }
+
+    /// Only a message that goes on has recipients removed from it; a refused one keeps its
+    /// envelope.
+    fn removed_iter(&self) -> impl Iterator<Item = &policy::decide::RecipientOutcome> {
+        let delivers = self.delivers();
         self.decision
             .recipients
             .iter()
-            .filter(|r| r.delivery == Delivery::Remove)
-            .count()
+            .filter(move |r| delivers && r.delivery == Delivery::Remove)
     }
 
     /// True when the message goes on to (some of) its recipients.
