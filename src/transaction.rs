@@ -245,16 +245,16 @@ impl Transaction {
     /// original order, without the empty line that ends it. The space after the colon is always
     /// a single space (the milter protocol does not tell us what the client sent there).
     pub fn header_block(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(
-            self.headers
-                .iter()
-                .map(|h| h.name.len() + h.value.len() + 4)
-                .sum(),
-        );
-        for h in &self.headers {
-            h.write_raw(&mut out);
-        }
+        // head_len counts the block plus its ending empty line.
+        let mut out = Vec::with_capacity(usize::try_from(self.head_len()).unwrap_or(0));
+        self.write_header_block(&mut out);
         out
+    }
+
+    fn write_header_block(&self, out: &mut Vec<u8>) {
+        for h in &self.headers {
+            h.write_raw(out);
+        }
     }
 
     /// The bytes of [`Transaction::raw_message`] in one buffer of exactly their size (an
@@ -263,9 +263,7 @@ impl Transaction {
         let head = usize::try_from(self.head_len()).unwrap_or(0);
         let body = usize::try_from(self.body_len()).unwrap_or(0);
         let mut out = Vec::with_capacity(head.saturating_add(body));
-        for h in &self.headers {
-            h.write_raw(&mut out);
-        }
+        self.write_header_block(&mut out);
         out.extend_from_slice(b"\r\n");
         match &self.body {
             BodyStore::Memory(v) => out.extend_from_slice(v),
