@@ -6,11 +6,11 @@
 //! then at end-of-message runs [`evaluate`]:
 //! envelope → `inspect` (markings, forward evidence; the MIME tree is parsed once, and only when
 //! the decision needs the body: a disclaimer or a subject edit) → `policy::decide` → the
-//! rewrite request → `rewrite::plan`. The daemon then makes the audit record durable (an audit
-//! error answers 451, unless the writer is configured to fail open), raises incident alerts and
-//! sender notices without waiting for them, and hands the [`Outcome`] to the milter layer:
-//! header edits, then one body replacement, then recipient removals and quarantine, then the
-//! verdict.
+//! rewrite request → `rewrite::plan`. It then hands the audit record to the writer and the
+//! milter layer a staged answer (`settle`): header edits, then one body replacement, then
+//! recipient removals and quarantine at once, and the verdict once the record is durable (an
+//! audit error answers 451, unless the writer is configured to fail open); incident alerts and
+//! sender notices are raised after that, without waiting for them.
 //!
 //! A spilled message is judged from a reduced copy and its new body copied back from the spill
 //! file (`crate::large`, which states when it falls back to reading the message whole, and when
@@ -48,7 +48,7 @@ use crate::inspect::mime::{self, MimeShape};
 use crate::large;
 use crate::milter::handler::{
     ConnectionFacts, Handler, HandlerError, Macros, MessageSink, Modification, NewBody, Outcome,
-    SmtpReply, Verdict,
+    SmtpReply, Staged, Verdict,
 };
 use crate::policy::decide::{
     Decision, Delivery, Direction, DisclaimerDecision, LevelSource, Verdict as PolicyVerdict,
@@ -1207,24 +1207,7 @@ impl Filter {
     }
 
     fn count(&self, started: std::time::Instant, d: Option<&Decision>, verdict: &str) {
-        if let Some(m) = &self.metrics {
-            let (direction, level, rules) = match d {
-                Some(d) => (
-                    match d.direction {
-                        Direction::Outbound => "outbound",
-                        Direction::Inbound => "inbound",
-                    },
-                    if d.effective.source == LevelSource::Assumed {
-                        "none"
-                    } else {
-                        d.effective.level_name.as_str()
-                    },
-                    d.rule_ids.iter().map(String::as_str).collect::<Vec<_>>(),
-                ),
-                None => ("unknown", "none", Vec::new()),
-            };
-            m.message_decided(direction, level, verdict, &rules, started.elapsed());
-        }
+        settle::count(self.metrics.as_ref(), started, d, verdict);
     }
 
     /// A filter with one fixed policy and config (tests, tools).
@@ -1396,6 +1379,14 @@ impl Handler for Filter {
         conn: &ConnectionFacts,
         message: Message,
     ) -> Result<Outcome, HandlerError> {
+        settle::resolve(self.end_of_message_staged(conn, message).await?).await
+    }
+
+    async fn end_of_message_staged(
+        &self,
+        conn: &ConnectionFacts,
+        message: Message,
+    ) -> Result<Staged, HandlerError> {
         let started = std::time::Instant::now();
         let Message { tx, live } = message;
         // A small in-memory message is decided right here: handing it to the blocking pool and
@@ -1442,7 +1433,7 @@ impl Handler for Filter {
                 let why = format!(
                     "the decision pipeline {what} ({place}); the details are in the daemon log"
                 );
-                return Ok(self.internal_error(why, queue_id).await);
+                return Ok(self.internal_error(why, queue_id).await.into());
             }
         };
         let (eval, out, record) = match result {
@@ -1450,60 +1441,43 @@ impl Handler for Filter {
             Err(e) => {
                 error!(queue_id = meta.queue_id.as_deref().unwrap_or(""), error = %e, "cannot decide the message; answering 4xx");
                 self.count(started, None, "tempfail");
-                return Ok(self.internal_error(e.to_string(), meta.queue_id).await);
+                return Ok(self
+                    .internal_error(e.to_string(), meta.queue_id)
+                    .await
+                    .into());
             }
         };
 
-        // Durable before answering.
-        let mut audit_seq = None;
-        if let Some(audit) = &self.audit {
-            match audit
-                .record(AuditEvent::MessageDecision(Box::new(record)))
+        // Durable before the final answer; the modifications go out while the writer syncs.
+        let pending = match &self.audit {
+            None => None,
+            Some(audit) => match audit
+                .submit(AuditEvent::MessageDecision(Box::new(record)))
                 .await
             {
-                Ok(ack) => audit_seq = ack.seq,
+                Ok(p) => Some(p),
                 Err(e) => {
                     error!(queue_id = meta.queue_id.as_deref().unwrap_or(""), error = %e, "audit record not written; answering 4xx so the mail is retried, not passed unaudited");
                     self.count(started, Some(&eval.decision), "tempfail");
+                    let reply = tempfail_reply("audit trail unavailable");
+                    let verdict = Verdict::Tempfail(Some(reply));
                     return Ok(Outcome {
-                        verdict: Verdict::Tempfail(Some(tempfail_reply("audit trail unavailable"))),
+                        verdict,
                         modifications: Vec::new(),
-                    });
+                    }
+                    .into());
                 }
-            }
-        }
-        for mut incident in incidents(&eval, &meta) {
-            incident.audit_seq = audit_seq;
-            self.alerts.raise(incident);
-        }
-        if let Some(notice) = sender_notice(&eval) {
-            self.notices.send(notice);
-        }
-        self.count(
-            started,
-            Some(&eval.decision),
-            if eval.decision.shadow.is_some() {
-                "shadow"
-            } else {
-                verdict_name(&eval.verdict)
             },
-        );
-        info!(
-            queue_id = meta.queue_id.as_deref().unwrap_or(""),
-            from = %eval.envelope.sender,
-            recipients = eval.envelope.recipients.len(),
-            direction = ?eval.decision.direction,
-            level = %eval.decision.effective.level_name,
-            verdict = verdict_name(&eval.verdict),
-            removed = eval.removed_count(),
-            edits = out.modifications.len(),
-            // >0: a large message judged from a reduced copy (see `crate::large`).
-            elided_runs = eval.elided.len(),
-            rules = %Joined(&eval.decision.rule_ids),
-            mode = ?eval.decision.mode,
-            "message decided"
-        );
-        Ok(out)
+        };
+        let settle = settle::Settle {
+            alerts: self.alerts.clone(),
+            notices: self.notices.clone(),
+            metrics: self.metrics.clone(),
+            started,
+            eval,
+            meta,
+        };
+        Ok(settle.staged(out, pending))
     }
 }
 
@@ -1567,5 +1541,6 @@ fn verdict_name(v: &PolicyVerdict) -> &'static str {
     }
 }
 
+mod settle;
 #[cfg(test)]
 mod tests;

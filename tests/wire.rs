@@ -441,6 +441,80 @@ async fn eom_timeout_sends_progress_then_451() {
     mta.quit().await;
 }
 
+/// A staged answer: the modifications reach the MTA while the verdict is still pending (the
+/// test holds it back until it has read them), then the verdict follows; a verdict that fails
+/// after the modifications were sent is a 451 (on which the MTA drops them).
+#[tokio::test]
+async fn modifications_go_out_before_a_pending_verdict_and_a_failed_verdict_is_451() {
+    let srv = start_tcp().await;
+    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
+    mta.connect("vm").await;
+    let edits = encode(&mta.message("edit@example.org", b"x\r\n").await);
+    let (edits, _continue) = edits.split_at(edits.len() - 5);
+    for (sender, last) in [
+        ("later@example.org", Reply::Continue),
+        ("laterfail@example.org", Reply::Tempfail),
+    ] {
+        mta.abort().await;
+        mta.envelope(sender).await;
+        mta.content_sent(b"x\r\n").await;
+        // Six modification packets arrive while the verdict cannot have been decided yet.
+        let mods = mta.packets(6).await;
+        assert_eq!(
+            encode(&mods),
+            edits,
+            "{sender}: the same edits, byte for byte"
+        );
+        srv.handler.gate.notify_one();
+        let rest = mta.client.read_answer().await.unwrap();
+        if last == Reply::Continue {
+            assert_eq!(rest, vec![Reply::Continue], "{sender}");
+        } else {
+            assert!(is_tempfail(&rest), "{sender}: {rest:?}");
+        }
+    }
+    mta.abort().await;
+    assert_eq!(
+        mta.message("ok@example.org", b"x\r\n").await,
+        vec![Reply::Continue]
+    );
+    mta.quit().await;
+}
+
+/// A pending verdict is under the end-of-message rules: PROGRESS while it is slow, 451 when it
+/// outlasts the timeout or panics, and the connection goes on.
+#[tokio::test]
+async fn a_slow_or_panicking_pending_verdict_gets_progress_then_451() {
+    let srv = start_tcp().await;
+    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
+    mta.connect("vm").await;
+    let answer = mta.message("laterslow@example.org", b"x\r\n").await;
+    let (last, before) = answer.split_last().unwrap();
+    assert!(is_tempfail(std::slice::from_ref(last)), "{answer:?}");
+    assert_eq!(
+        before.len() - 6 - before.iter().filter(|r| **r == Reply::Progress).count(),
+        0
+    );
+    assert!(
+        before.iter().filter(|r| **r == Reply::Progress).count() >= 2,
+        "PROGRESS every 200 ms for 1 s: {answer:?}"
+    );
+    assert!(
+        before[..6].iter().all(|r| *r != Reply::Progress),
+        "the modifications first: {answer:?}"
+    );
+    mta.abort().await;
+    let answer = mta.message("laterpanic@example.org", b"x\r\n").await;
+    assert_eq!(answer.len(), 7, "{answer:?}");
+    assert!(is_tempfail(&answer[6..]), "{answer:?}");
+    mta.abort().await;
+    assert_eq!(
+        mta.message("ok@example.org", b"x\r\n").await,
+        vec![Reply::Continue]
+    );
+    mta.quit().await;
+}
+
 #[tokio::test]
 async fn reject_text_is_sent_as_one_replycode() {
     let srv = start_tcp().await;

@@ -35,4 +35,6 @@ pub use event::{AuditEvent, EventKind, Severity};
 pub use record::{MessageRecord, Record, line_hash, policy_digest};
 pub use report::{Report, load_records, parse_time_bound, report};
 pub use verify::{VerifyReport, verify_files};
-pub use writer::{Ack, AuditError, AuditHandle, AuditStats, SinkHealth, WriterTask, open, start};
+pub use writer::{
+    Ack, AuditError, AuditHandle, AuditStats, PendingAck, SinkHealth, WriterTask, open, start,
+};

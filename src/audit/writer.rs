@@ -340,6 +340,18 @@ enum Request {
     Shutdown(oneshot::Sender<()>),
 }
 
+/// A record handed to the writer whose answer has not come yet ([`AuditHandle::submit`]).
+/// Dropping it does not withdraw the record; only the answer is lost.
+#[derive(Debug)]
+pub struct PendingAck(oneshot::Receiver<Result<Ack, AuditError>>);
+
+impl PendingAck {
+    /// Wait until the record is written (and synced per the mode); `Err`: not durable.
+    pub async fn wait(self) -> Result<Ack, AuditError> {
+        self.0.await.map_err(|_| AuditError::Closed)?
+    }
+}
+
 /// The producers' side: cheap to clone, one per task that records.
 #[derive(Debug, Clone)]
 pub struct AuditHandle {
@@ -364,6 +376,14 @@ impl AuditHandle {
     /// `"always"`, `fsync`ed). An `Err` means the record is not durable: answer the message 4xx.
     /// Waits for queue space when the writer is behind (back-pressure, never unbounded memory).
     pub async fn record(&self, event: AuditEvent) -> Result<Ack, AuditError> {
+        self.submit(event).await?.wait().await
+    }
+
+    /// The first half of [`AuditHandle::record`]: hand `event` to the writer (waiting only for
+    /// queue space) and return at once. The record is not durable until [`PendingAck::wait`]
+    /// says so; the caller may do other work meanwhile (the filter sends the message's
+    /// modifications, holding back only the final answer).
+    pub async fn submit(&self, event: AuditEvent) -> Result<PendingAck, AuditError> {
         // Serialized here, on the producer's thread: the writer's batch cycle (chain, write,
         // fsync, acknowledge) is the one serial part of the audit path, so keep it short.
         let encoded = EncodedEvent::new(&event).map_err(|e| AuditError::Encode(e.to_string()))?;
@@ -374,7 +394,7 @@ impl AuditHandle {
             .send(Request::Record(Box::new(encoded), tx))
             .await
             .map_err(|_| AuditError::Closed)?;
-        rx.await.map_err(|_| AuditError::Closed)?
+        Ok(PendingAck(rx))
     }
 
     /// Close and reopen the audit file at its configured path, for logrotate (the daemon maps

@@ -12,7 +12,11 @@
 //! Sink calls are synchronous and run under `catch_unwind`; `end_of_message` is polled on the
 //! connection's own task under `catch_unwind` too (no spawn, no thread hand-off), so a panic
 //! there is contained, and PROGRESS is sent while it runs long. Each
-//! end-of-message answer (all modifications + the final reply) is written in one flush.
+//! end-of-message answer (all modifications + the final reply) is written in one flush, except
+//! when the handler's verdict is still pending ([`LaterVerdict::Later`]): then the modifications
+//! are written at once, so the MTA applies them while we wait, and the verdict follows in a
+//! second write. That wait is under the same rule: error, panic or the end-of-message timeout
+//! (counted from the end-of-message command) answers 451, and PROGRESS is sent meanwhile.
 
 use std::future::Future;
 use std::io;
@@ -31,7 +35,10 @@ use tracing::{debug, error, trace, warn};
 use super::codec::{Decoded, FrameDecoder};
 use super::command::Command;
 use super::flags::Wants;
-use super::handler::{Handler, MessageSink, Modification, NewBody, Outcome, SmtpReply, Verdict};
+use super::handler::{
+    Handler, LaterVerdict, MessageSink, Modification, NewBody, PendingVerdict, SmtpReply, Staged,
+    Verdict,
+};
 use super::reply::{self, MAX_BODY_CHUNK, Reply};
 use super::session::{Session, Step};
 
@@ -282,40 +289,143 @@ where
     }
 
     async fn end_of_message(&mut self) -> Result<(), CloseReason> {
-        let decided = self.decide().await?;
-        let (replies, mut body) = match decided {
+        let started = Instant::now();
+        let decided = self.decide(started).await?;
+        let (replies, body, later) = match decided {
+            Ok(Answer {
+                replies,
+                body_file,
+                later: Some(later),
+            }) => match self.session.modifications_ahead(replies) {
+                Ok(mods) => (mods, body_file, Some(later)),
+                Err(e) => {
+                    error!(peer = %self.peer, reason = %e,
+                        "handler's modifications cannot be sent; answering 451 4.3.0");
+                    (self.tempfail()?, None, None)
+                }
+            },
             Ok(answer) => match self.session.answer_eom(answer.replies) {
-                Ok(r) => (r, answer.body_file),
+                Ok(r) => (r, answer.body_file, None),
                 Err(e) => {
                     error!(peer = %self.peer, reason = %e,
                         "handler's answer cannot be sent; answering 451 4.3.0");
-                    (self.tempfail()?, None)
+                    (self.tempfail()?, None, None)
                 }
             },
             Err(reason) => {
                 error!(peer = %self.peer, %reason, "end of message failed; answering 451 4.3.0");
-                (self.tempfail()?, None)
+                (self.tempfail()?, None, None)
             }
         };
         self.doomed = None;
+        let packets = replies.len();
+        if let Err(reason) = self.encode_replies(replies, body).await? {
+            // The MTA discards the modifications already sent when the final answer is a
+            // tempfail: the message is retried, never delivered half-replaced.
+            error!(peer = %self.peer, %reason,
+                "reading the new body failed part-way; answering 451 4.3.0");
+            if later.is_some() {
+                self.encode_tempfail()?;
+            } else {
+                reply::tempfail_text(TEMPFAIL_REASON).encode(&mut self.out);
+            }
+            return self.flush().await;
+        }
+        let Some(later) = later else {
+            debug!(peer = %self.peer, packets, "end-of-message answered");
+            return self.flush().await;
+        };
+        self.answer_later(later, started, packets).await
+    }
+
+    /// The modifications are encoded in `out`; send them now, so the MTA applies them while the
+    /// handler's verdict is pending, then wait for the verdict and send it. The wait is bounded
+    /// by what is left of the end-of-message timeout and sends PROGRESS like the handler call.
+    async fn answer_later(
+        &mut self,
+        later: PendingVerdict,
+        started: Instant,
+        packets: usize,
+    ) -> Result<(), CloseReason> {
+        let mut task = CatchPanic(later);
+        // Often the verdict is already there (no durable write pending): then the whole answer
+        // still goes out in one write.
+        let ready = {
+            let waker = std::task::Waker::noop();
+            let mut cx = Context::from_waker(waker);
+            Pin::new(&mut task).poll(&mut cx)
+        };
+        debug!(peer = %self.peer, packets, together = ready.is_ready(),
+            "modifications sent ahead of the pending verdict");
+        let joined = match ready {
+            Poll::Ready(r) => Ok(r),
+            Poll::Pending => {
+                self.flush().await?;
+                let Conn {
+                    stream,
+                    out,
+                    session,
+                    config,
+                    peer,
+                    ..
+                } = self;
+                wait_with_progress(stream, out, session, config, peer, task, started).await?
+            }
+        };
+        let verdict = match joined {
+            Ok(Ok(Ok(v))) => verdict_reply(v),
+            Ok(Ok(Err(e))) => Err(format!("handler failed: {e}")),
+            Ok(Err(Panicked)) => Err("handler panicked while its verdict was pending".into()),
+            Err(timed_out) => Err(timed_out),
+        };
+        let final_reply = verdict.and_then(|r| {
+            self.session
+                .answer_eom(vec![r])
+                .map_err(|e| format!("handler's verdict cannot be sent: {e}"))
+        });
+        match final_reply {
+            Ok(r) => {
+                for r in r {
+                    r.encode(&mut self.out);
+                }
+                debug!(peer = %self.peer, packets = packets + 1, "end-of-message answered");
+            }
+            Err(reason) => {
+                // Postfix and Sendmail drop the modifications already sent on a tempfail.
+                error!(peer = %self.peer, %reason,
+                    "verdict after the modifications failed; answering 451 4.3.0");
+                self.encode_tempfail()?;
+            }
+        }
+        self.flush().await
+    }
+
+    fn encode_tempfail(&mut self) -> Result<(), CloseReason> {
+        for r in self.tempfail()? {
+            r.encode(&mut self.out);
+        }
+        Ok(())
+    }
+
+    /// Encode `replies` into `out`, streaming a file body in its place. The inner error is a
+    /// failure to read that body (nothing after it was encoded).
+    async fn encode_replies(
+        &mut self,
+        replies: Vec<Reply>,
+        mut body: Option<(usize, std::fs::File)>,
+    ) -> Result<Result<(), String>, CloseReason> {
         for (i, r) in replies.iter().enumerate() {
             if body.as_ref().is_some_and(|(at, _)| *at == i)
                 && let Some((_, file)) = body.take()
             {
                 if let Err(reason) = self.stream_body(file).await? {
-                    // The MTA discards the modifications already sent when the final answer
-                    // is a tempfail: the message is retried, never delivered half-replaced.
-                    error!(peer = %self.peer, %reason,
-                        "reading the new body failed part-way; answering 451 4.3.0");
-                    reply::tempfail_text(TEMPFAIL_REASON).encode(&mut self.out);
-                    return self.flush().await;
+                    return Ok(Err(reason));
                 }
                 continue;
             }
             r.encode(&mut self.out);
         }
-        debug!(peer = %self.peer, packets = replies.len(), "end-of-message answered");
-        self.flush().await
+        Ok(Ok(()))
     }
 
     /// Send a file body as REPLBODY packets, reading and writing one chunk at a time so a
@@ -354,7 +464,7 @@ where
 
     /// Run the handler for the current message. The outer error closes the connection (a
     /// write failed while sending PROGRESS); the inner one answers 451.
-    async fn decide(&mut self) -> Result<Result<Answer, String>, CloseReason> {
+    async fn decide(&mut self, started: Instant) -> Result<Result<Answer, String>, CloseReason> {
         if let Some(reason) = self.doomed.take() {
             return Ok(Err(reason));
         }
@@ -371,48 +481,77 @@ where
         // allocation, a hand-off to whichever worker picks it up and a wake-up to join it, and
         // the connection has nothing else to do meanwhile. `CatchPanic` keeps the failure rule
         // (a panic answers 451); the box keeps this future small when it is moved.
-        let handler = &*self.handler;
-        let facts = self.session.facts();
-        let mut task = CatchPanic(Box::pin(async move {
-            let outcome = handler
-                .end_of_message(facts, sink)
+        let Conn {
+            stream,
+            out,
+            session,
+            config,
+            peer,
+            handler,
+            ..
+        } = self;
+        let handler = &**handler;
+        let facts = session.facts();
+        let task = CatchPanic(Box::pin(async move {
+            let staged = handler
+                .end_of_message_staged(facts, sink)
                 .await
                 .map_err(|e| format!("handler failed: {e}"))?;
-            outcome_to_replies(outcome).await
+            staged_to_replies(staged).await
         }));
-        let eom_timeout = self.config.eom_timeout;
-        let every = self.config.progress_interval;
-        let deadline = tokio::time::sleep(eom_timeout);
-        let progress = tokio::time::sleep(every);
-        tokio::pin!(deadline, progress);
-        loop {
-            tokio::select! {
-                biased;
-                joined = &mut task => {
-                    return Ok(match joined {
-                        Ok(r) => r,
-                        Err(Panicked) => Err("handler panicked in end_of_message".into()),
-                    });
-                }
-                _ = &mut deadline => {
-                    // Dropping the future cancels the handler's work.
-                    return Ok(Err(format!("end_of_message took longer than {eom_timeout:?}")));
-                }
-                _ = &mut progress, if !every.is_zero() => {
-                    let next = progress.deadline() + every;
-                    progress.as_mut().reset(next);
-                    if let Some(p) = self.session.progress() {
-                        trace!(peer = %self.peer, "sending progress");
-                        p.encode(&mut self.out);
-                        flush(&mut self.stream, &mut self.out, self.config.read_timeout).await?;
-                    }
-                }
-            }
-        }
+        Ok(
+            match wait_with_progress(stream, out, session, config, peer, task, started).await? {
+                Ok(Ok(r)) => r,
+                Ok(Err(Panicked)) => Err("handler panicked in end_of_message".into()),
+                Err(timed_out) => Err(timed_out),
+            },
+        )
     }
 
     async fn flush(&mut self) -> Result<(), CloseReason> {
         flush(&mut self.stream, &mut self.out, self.config.read_timeout).await
+    }
+}
+
+/// What [`wait_with_progress`] ends with: the outer error closes the connection (a PROGRESS
+/// write failed); the inner one is the timeout.
+type WaitResult<T> = Result<Result<Result<T, Panicked>, String>, CloseReason>;
+
+/// Poll `task` until it ends or the end-of-message timeout (counted from `started`) runs out,
+/// sending PROGRESS every `progress_interval` meanwhile. On timeout the task is dropped, which
+/// cancels it. A free function over the connection's parts, so that `task` may borrow the
+/// session (the connection facts) while PROGRESS is written.
+async fn wait_with_progress<S: AsyncWrite + Unpin, F: Future + ?Sized>(
+    stream: &mut S,
+    out: &mut BytesMut,
+    session: &Session,
+    config: &ConnConfig,
+    peer: &str,
+    mut task: CatchPanic<F>,
+    started: Instant,
+) -> WaitResult<F::Output> {
+    let eom_timeout = config.eom_timeout;
+    let every = config.progress_interval;
+    let deadline = tokio::time::sleep_until(started + eom_timeout);
+    let progress = tokio::time::sleep(every);
+    tokio::pin!(deadline, progress);
+    loop {
+        tokio::select! {
+            biased;
+            joined = &mut task => return Ok(Ok(joined)),
+            _ = &mut deadline => {
+                return Ok(Err(format!("end_of_message took longer than {eom_timeout:?}")));
+            }
+            _ = &mut progress, if !every.is_zero() => {
+                let next = progress.deadline() + every;
+                progress.as_mut().reset(next);
+                if let Some(p) = session.progress() {
+                    trace!(peer = %peer, "sending progress");
+                    p.encode(out);
+                    flush(stream, out, config.read_timeout).await?;
+                }
+            }
+        }
     }
 }
 
@@ -446,9 +585,9 @@ struct Panicked;
 /// Polls a boxed future under `catch_unwind`: a panic inside it ends it with [`Panicked`]
 /// instead of unwinding through the connection. It is not polled again after that (the caller
 /// takes the `Ready` and drops it).
-struct CatchPanic<F>(Pin<Box<F>>);
+struct CatchPanic<F: ?Sized>(Pin<Box<F>>);
 
-impl<F: Future> Future for CatchPanic<F> {
+impl<F: Future + ?Sized> Future for CatchPanic<F> {
     type Output = Result<F::Output, Panicked>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -466,16 +605,25 @@ fn to_vecs(args: &[Bytes]) -> Vec<Vec<u8>> {
 
 /// The handler's answer as replies. A file body stands in the list as one empty REPLBODY
 /// (so the session checks the order and the grant) and is streamed in its place when sent.
+/// With `later`, `replies` are the modifications only and the verdict is still to come.
 struct Answer {
     replies: Vec<Reply>,
     body_file: Option<(usize, std::fs::File)>,
+    later: Option<PendingVerdict>,
 }
 
 /// Flush the output buffer while streaming a body once it holds this much.
 const STREAM_FLUSH_AT: usize = 256 * 1024;
 
 /// Turn the handler's outcome into replies: modifications in order, then the verdict.
-async fn outcome_to_replies(outcome: Outcome) -> Result<Answer, String> {
+#[cfg(test)]
+async fn outcome_to_replies(outcome: super::handler::Outcome) -> Result<Answer, String> {
+    staged_to_replies(outcome.into()).await
+}
+
+/// Turn the handler's answer into replies: modifications in order, then the verdict when it
+/// is known.
+async fn staged_to_replies(outcome: Staged) -> Result<Answer, String> {
     let mut out = Vec::with_capacity(outcome.modifications.len() + 1);
     let mut body_file = None;
     for m in outcome.modifications {
@@ -517,10 +665,17 @@ async fn outcome_to_replies(outcome: Outcome) -> Result<Answer, String> {
             Modification::Quarantine { reason } => out.push(Reply::Quarantine(reason.into())),
         }
     }
-    out.push(verdict_reply(outcome.verdict)?);
+    let later = match outcome.verdict {
+        LaterVerdict::Now(v) => {
+            out.push(verdict_reply(v)?);
+            None
+        }
+        LaterVerdict::Later(p) => Some(p),
+    };
     Ok(Answer {
         replies: out,
         body_file,
+        later,
     })
 }
 
@@ -564,6 +719,7 @@ async fn read_chunk(f: &mut tokio::fs::File) -> io::Result<Bytes> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::handler::Outcome;
     use super::*;
 
     #[test]

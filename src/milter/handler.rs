@@ -5,10 +5,20 @@
 //! [`Handler`] once, at end-of-message, for an [`Outcome`]: a final verdict plus the
 //! modifications to send before it. The handler never sees protocol stages, negotiation or
 //! framing. This module must not know anything about labels or policy.
+//!
+//! A handler whose final verdict waits on something slow that does not change the
+//! modifications (markgate's audit record being made durable) answers through
+//! [`Handler::end_of_message_staged`] instead: the modifications now, the verdict as a
+//! [`PendingVerdict`]. The milter layer sends the modifications at once, so the MTA applies them
+//! while the handler waits, and sends the verdict when it comes. It does not learn *why* the
+//! verdict is late. Until then it keeps the end-of-message open (PROGRESS while the wait is
+//! long); an error, a panic or the end-of-message timeout answers 4xx, and the MTA then drops
+//! the modifications it already received (Postfix and Sendmail apply them only with an accept).
 
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
+use std::pin::Pin;
 
 use bytes::Bytes;
 
@@ -199,6 +209,48 @@ impl Outcome {
 /// The error a handler returns when it cannot decide; the milter layer answers 4xx.
 pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// A final verdict that is not known yet. Dropping it cancels the wait (the milter layer does
+/// that on timeout, answering 4xx).
+pub type PendingVerdict =
+    Pin<Box<dyn Future<Output = Result<Verdict, HandlerError>> + Send + 'static>>;
+
+/// The final verdict of a [`Staged`] answer.
+pub enum LaterVerdict {
+    /// Known now: sent together with the modifications, as an [`Outcome`] would be.
+    Now(Verdict),
+    /// Known later: the modifications go out first, then whatever this resolves to. An error
+    /// (or a panic, or the end-of-message timeout) answers 4xx, which makes the MTA drop the
+    /// modifications already sent.
+    Later(PendingVerdict),
+}
+
+impl std::fmt::Debug for LaterVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LaterVerdict::Now(v) => f.debug_tuple("Now").field(v).finish(),
+            LaterVerdict::Later(_) => f.write_str("Later(..)"),
+        }
+    }
+}
+
+/// The handler's answer at end-of-message when the verdict may come after the modifications.
+#[derive(Debug)]
+pub struct Staged {
+    /// Sent as soon as the answer is returned (in order).
+    pub modifications: Vec<Modification>,
+    /// Sent after them.
+    pub verdict: LaterVerdict,
+}
+
+impl From<Outcome> for Staged {
+    fn from(o: Outcome) -> Self {
+        Staged {
+            modifications: o.modifications,
+            verdict: LaterVerdict::Now(o.verdict),
+        }
+    }
+}
+
 /// What markgate plugs into the protocol engine. One instance is shared by every connection.
 pub trait Handler: Send + Sync + 'static {
     /// Where one message's data goes.
@@ -214,4 +266,15 @@ pub trait Handler: Send + Sync + 'static {
         conn: &ConnectionFacts,
         message: Self::Sink,
     ) -> impl Future<Output = Result<Outcome, HandlerError>> + Send;
+
+    /// What the milter layer calls at end-of-message: like [`Handler::end_of_message`] (which
+    /// the default runs), but the verdict may come after the modifications (see [`Staged`]).
+    /// The end-of-message timeout covers both this call and the wait for the verdict.
+    fn end_of_message_staged(
+        &self,
+        conn: &ConnectionFacts,
+        message: Self::Sink,
+    ) -> impl Future<Output = Result<Staged, HandlerError>> + Send {
+        async move { self.end_of_message(conn, message).await.map(Staged::from) }
+    }
 }

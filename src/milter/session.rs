@@ -286,11 +286,6 @@ impl Session {
         if self.state != State::AwaitEom {
             return Err(EomError::NotPending);
         }
-        let granted = self
-            .negotiated
-            .as_ref()
-            .map(|n| n.actions)
-            .unwrap_or_default();
         let Some((last, mods)) = answer.split_last() else {
             return Err(EomError::NoFinalReply);
         };
@@ -308,6 +303,31 @@ impl Session {
             name: last.name(),
             error,
         })?;
+        self.check_modifications(mods)?;
+        let out = self.with_leading_space(answer);
+        self.state = State::Connected;
+        Ok(out)
+    }
+
+    /// Modifications sent ahead of a final reply that comes later (the handler's verdict waits
+    /// on something slow): checked and prepared as [`Session::answer_eom`] does, but the
+    /// end-of-message stays pending, so PROGRESS may follow and `answer_eom` (with the final
+    /// reply alone) or [`Session::tempfail_eom`] ends it.
+    pub fn modifications_ahead(&self, mods: Vec<Reply>) -> Result<Vec<Reply>, EomError> {
+        if self.state != State::AwaitEom {
+            return Err(EomError::NotPending);
+        }
+        self.check_modifications(&mods)?;
+        Ok(self.with_leading_space(mods))
+    }
+
+    /// Every modification granted, well formed, and the body chunks contiguous.
+    fn check_modifications(&self, mods: &[Reply]) -> Result<(), EomError> {
+        let granted = self
+            .negotiated
+            .as_ref()
+            .map(|n| n.actions)
+            .unwrap_or_default();
         let mut body_state = 0u8; // 0 none yet, 1 in body run, 2 body run ended
         for m in mods {
             if m.kind() != ReplyKind::Modification {
@@ -334,13 +354,15 @@ impl Session {
                 (_, true) => 1,
             };
         }
-        let lead = self.leading_space();
-        let out = answer
-            .into_iter()
-            .map(|r| if lead { add_leading_space(r) } else { r })
-            .collect();
-        self.state = State::Connected;
-        Ok(out)
+        Ok(())
+    }
+
+    fn with_leading_space(&self, replies: Vec<Reply>) -> Vec<Reply> {
+        if self.leading_space() {
+            replies.into_iter().map(add_leading_space).collect()
+        } else {
+            replies
+        }
     }
 
     /// Answer the pending end-of-message with `451 4.3.0` (internal failure). Always

@@ -12,8 +12,8 @@ use markgate::milter::flags::{Actions, Offer, Protocol};
 use markgate::milter::mta::MtaClient;
 use markgate::milter::reply::Reply;
 use markgate::milter::{
-    ConnectionFacts, Handler, HandlerError, ListenSpec, Macros, MessageSink, Modification, NewBody,
-    Outcome, Server, ServerConfig, SmtpReply, Verdict,
+    ConnectionFacts, Handler, HandlerError, LaterVerdict, ListenSpec, Macros, MessageSink,
+    Modification, NewBody, Outcome, Server, ServerConfig, SmtpReply, Staged, Verdict,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -35,10 +35,16 @@ pub struct Seen {
 /// `edit` → header/body/recipient edits, `bigbody` → a 150 000-byte file body,
 /// `reject` → 550 with text, `hdrfail` → the sink fails on headers, `bodypanic` → the sink
 /// panics on body data; HELO `beginfail` → `begin_message` fails.
+///
+/// Staged answers (the verdict after the modifications): `later` → the `edit` modifications
+/// at once, then `Continue` once the test opens `gate`; `laterfail` → the same, then an error
+/// once the gate opens; `laterpanic` → the modifications, then a panic; `laterslow` → the
+/// modifications, then a verdict that takes 3 s.
 #[derive(Default)]
 pub struct TestHandler {
     pub seen: Mutex<Vec<Seen>>,
     pub begun: Mutex<usize>,
+    pub gate: Arc<tokio::sync::Notify>,
 }
 
 pub struct TestSink {
@@ -144,6 +150,41 @@ impl Handler for TestHandler {
             });
         }
         Ok(Outcome::pass())
+    }
+
+    async fn end_of_message_staged(
+        &self,
+        conn: &ConnectionFacts,
+        message: TestSink,
+    ) -> Result<Staged, HandlerError> {
+        if !message.has(b"later") {
+            return self.end_of_message(conn, message).await.map(Staged::from);
+        }
+        self.seen.lock().unwrap().push(message.seen.clone());
+        let (fail, panics, slow) = (
+            message.has(b"laterfail"),
+            message.has(b"laterpanic"),
+            message.has(b"laterslow"),
+        );
+        let gate = self.gate.clone();
+        let verdict = async move {
+            if panics {
+                panic!("test handler panics while its verdict is pending");
+            }
+            if slow {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            } else {
+                gate.notified().await;
+            }
+            if fail {
+                return Err::<Verdict, HandlerError>("the durable write failed".into());
+            }
+            Ok(Verdict::Continue)
+        };
+        Ok(Staged {
+            modifications: edit_mods(),
+            verdict: LaterVerdict::Later(Box::pin(verdict)),
+        })
     }
 }
 
@@ -356,6 +397,12 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Mta<S> {
     }
 
     pub async fn content(&mut self, body: &[u8]) -> Vec<Reply> {
+        self.content_sent(body).await;
+        self.client.read_answer().await.unwrap()
+    }
+
+    /// Send the headers, the body and end-of-message without reading the answer.
+    pub async fn content_sent(&mut self, body: &[u8]) {
         let headers: [(&[u8], &[u8]); 4] = [
             (b"Subject", b" probe test"),
             (b"Message-Id", b" <1@example.org>"),
@@ -386,9 +433,23 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Mta<S> {
         }
         self.step(macro_cmd(b'E', &[("i", "QID1")])).await;
         self.client
-            .command(&Command::EndOfMessage(Bytes::new()))
+            .send(&Command::EndOfMessage(Bytes::new()))
             .await
-            .unwrap()
+            .unwrap();
+    }
+
+    /// The next `n` packets of an answer, one at a time (5 s each at most).
+    pub async fn packets(&mut self, n: usize) -> Vec<Reply> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let r = tokio::time::timeout(Duration::from_secs(5), self.client.recv())
+                .await
+                .expect("a packet within 5 s")
+                .unwrap()
+                .expect("connection open");
+            out.push(r);
+        }
+        out
     }
 
     pub async fn abort(&mut self) {

@@ -27,15 +27,21 @@ impl Daemon {
     /// Write a config (`listen` first, then `extra` TOML verbatim) and start the daemon on a
     /// unix socket in a fresh world-searchable directory (so Postfix's daemons can reach it).
     pub fn start(extra: &str) -> Daemon {
-        Self::start_on(None, extra)
+        Self::start_on(None, extra, None)
     }
 
     /// Like [`Daemon::start`], listening on TCP 127.0.0.1:`port`.
     pub fn start_tcp(port: u16, extra: &str) -> Daemon {
-        Self::start_on(Some(port), extra)
+        Self::start_on(Some(port), extra, None)
     }
 
-    fn start_on(port: Option<u16>, extra: &str) -> Daemon {
+    /// Like [`Daemon::start`], with the audit trail at `audit` (a file system the test can
+    /// make fail) instead of in the daemon's directory.
+    pub fn start_with_audit(audit: &Path, extra: &str) -> Daemon {
+        Self::start_on(None, extra, Some(audit))
+    }
+
+    fn start_on(port: Option<u16>, extra: &str, audit: Option<&Path>) -> Daemon {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::Builder::new()
             .prefix("markgate-daemon.")
@@ -54,7 +60,10 @@ impl Daemon {
             &config,
             format!(
                 "listen = \"{spec}\"\n[socket]\nmode = \"0666\"\n[audit]\npath = \"{}\"\n{extra}\n",
-                dir.path().join("audit.jsonl").display()
+                audit
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| dir.path().join("audit.jsonl"))
+                    .display()
             ),
         )
         .expect("write config");

@@ -1,0 +1,165 @@
+//! The last part of end-of-message, after the decision: the wait for the audit record to be
+//! durable, and what may only happen once it is (incident alerts, sender notices, the metrics
+//! count and the `message decided` log line).
+//!
+//! Owns: turning a decided message into the milter layer's [`Staged`] answer. The modifications
+//! are handed over at once, so the MTA applies them while the audit writer syncs; the final
+//! verdict is a pending future that resolves once the record is durable, or to a 4xx when it
+//! cannot be made durable (the MTA then drops the modifications it already has, and retries
+//! the message). The promise is unchanged: no accept reaches the MTA before its record is on
+//! disk. Must not: decide anything about the message (the verdict is `filter`'s), or know the
+//! protocol (the milter layer sends what it is given).
+
+use std::time::Instant;
+
+use tracing::{error, info};
+
+use super::{
+    Evaluation, Joined, MessageMeta, incidents, sender_notice, tempfail_reply, verdict_name,
+};
+use crate::alert::AlertHandle;
+use crate::audit::PendingAck;
+use crate::filter::Notices;
+use crate::metrics::Metrics;
+use crate::milter::handler::{LaterVerdict, Modification, Outcome, Staged, Verdict};
+use crate::policy::decide::{Decision, Direction, LevelSource};
+
+/// Everything the verdict's tail needs, owned, so the pending verdict can outlive the
+/// handler call that made it.
+pub(super) struct Settle {
+    pub alerts: AlertHandle,
+    pub notices: Notices,
+    pub metrics: Option<Metrics>,
+    pub started: Instant,
+    pub eval: Evaluation,
+    pub meta: MessageMeta,
+}
+
+impl Settle {
+    /// The staged answer: `outcome`'s modifications now and its verdict once `pending` (the
+    /// message's audit record; `None` when there is no audit trail) is durable.
+    pub fn staged(self, outcome: Outcome, pending: Option<PendingAck>) -> Staged {
+        let Outcome {
+            verdict,
+            modifications,
+        } = outcome;
+        let edits = modifications.len();
+        let verdict = match pending {
+            None => LaterVerdict::Now(self.finish(verdict, edits, None)),
+            Some(pending) => LaterVerdict::Later(Box::pin(async move {
+                Ok(self.after_ack(verdict, edits, pending).await)
+            })),
+        };
+        Staged {
+            modifications,
+            verdict,
+        }
+    }
+
+    async fn after_ack(self, verdict: Verdict, edits: usize, pending: PendingAck) -> Verdict {
+        match pending.wait().await {
+            Ok(ack) => self.finish(verdict, edits, ack.seq),
+            Err(e) => {
+                error!(queue_id = self.meta.queue_id.as_deref().unwrap_or(""), error = %e, "audit record not written; answering 4xx so the mail is retried, not passed unaudited");
+                count(
+                    self.metrics.as_ref(),
+                    self.started,
+                    Some(&self.eval.decision),
+                    "tempfail",
+                );
+                Verdict::Tempfail(Some(tempfail_reply("audit trail unavailable")))
+            }
+        }
+    }
+
+    /// The record is durable (or there is no audit trail): raise what the decision raises,
+    /// count and log it, and give the verdict.
+    fn finish(self, verdict: Verdict, edits: usize, audit_seq: Option<u64>) -> Verdict {
+        let Settle {
+            alerts,
+            notices,
+            metrics,
+            started,
+            eval,
+            meta,
+        } = self;
+        for mut incident in incidents(&eval, &meta) {
+            incident.audit_seq = audit_seq;
+            alerts.raise(incident);
+        }
+        if let Some(notice) = sender_notice(&eval) {
+            notices.send(notice);
+        }
+        count(
+            metrics.as_ref(),
+            started,
+            Some(&eval.decision),
+            if eval.decision.shadow.is_some() {
+                "shadow"
+            } else {
+                verdict_name(&eval.verdict)
+            },
+        );
+        info!(
+            queue_id = meta.queue_id.as_deref().unwrap_or(""),
+            from = %eval.envelope.sender,
+            recipients = eval.envelope.recipients.len(),
+            direction = ?eval.decision.direction,
+            level = %eval.decision.effective.level_name,
+            verdict = verdict_name(&eval.verdict),
+            removed = eval.removed_count(),
+            edits,
+            // >0: a large message judged from a reduced copy (see `crate::large`).
+            elided_runs = eval.elided.len(),
+            rules = %Joined(&eval.decision.rule_ids),
+            mode = ?eval.decision.mode,
+            "message decided"
+        );
+        verdict
+    }
+}
+
+/// The one-step form of a staged answer ([`crate::milter::Handler::end_of_message`]): wait
+/// for the verdict; a tempfail carries no modifications (the MTA would drop them).
+pub(super) async fn resolve(staged: Staged) -> Result<Outcome, crate::milter::HandlerError> {
+    let verdict = match staged.verdict {
+        LaterVerdict::Now(v) => v,
+        LaterVerdict::Later(p) => p.await?,
+    };
+    let modifications: Vec<Modification> = match verdict {
+        Verdict::Tempfail(_) => Vec::new(),
+        _ => staged.modifications,
+    };
+    Ok(Outcome {
+        verdict,
+        modifications,
+    })
+}
+
+/// Count one answered message in `metrics` (by direction, level, verdict and rule, with the
+/// end-of-message latency).
+pub(super) fn count(
+    metrics: Option<&Metrics>,
+    started: Instant,
+    d: Option<&Decision>,
+    verdict: &str,
+) {
+    if let Some(m) = metrics {
+        let (direction, level, rules) = match d {
+            Some(d) => (
+                match d.direction {
+                    Direction::Outbound => "outbound",
+                    Direction::Inbound => "inbound",
+                },
+                if d.effective.source == LevelSource::Assumed {
+                    "none"
+                } else {
+                    d.effective.level_name.as_str()
+                },
+                d.rule_ids.iter().map(String::as_str).collect::<Vec<_>>(),
+            ),
+            None => ("unknown", "none", Vec::new()),
+        };
+        m.message_decided(direction, level, verdict, &rules, started.elapsed());
+    }
+}
