@@ -4,7 +4,10 @@
 //! documented by the next writer start).
 //!
 //! The child is this same test binary re-executed (`current_exe()`) with
-//! `MARKGATE_AUDIT_CHILD=<file>` set, running only `child_writer`.
+//! `MARKGATE_AUDIT_CHILD=<file>` set, running only `child_writer`; with
+//! `MARKGATE_AUDIT_PREALLOC=<bytes>` it writes with `[audit] preallocate` (issue 15), so the
+//! kill lands in the middle of a zero-filled segment. When the test runs as root it drops the
+//! page cache before reading the file back.
 
 mod audit_support;
 
@@ -18,6 +21,14 @@ use markgate::audit::verify::ProblemKind;
 use markgate::audit::{self, AuditEvent, SyncMode, verify_files};
 
 const CHILD_ENV: &str = "MARKGATE_AUDIT_CHILD";
+const PREALLOC_ENV: &str = "MARKGATE_AUDIT_PREALLOC";
+
+fn config(path: &Path, preallocate: u64) -> audit::AuditConfig {
+    audit::AuditConfig {
+        preallocate,
+        ..audit_support::config(path, SyncMode::Batch)
+    }
+}
 
 /// The child's body; a no-op unless re-executed by `kill_9_loses_no_acknowledged_record`.
 #[test]
@@ -30,9 +41,12 @@ fn child_writer() {
         .enable_all()
         .build()
         .expect("runtime");
+    let prealloc = std::env::var(PREALLOC_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     rt.block_on(async move {
-        let h =
-            audit::start(&audit_support::config(Path::new(&path), SyncMode::Batch)).expect("start");
+        let h = audit::start(&config(Path::new(&path), prealloc)).expect("start");
         let mut tasks = Vec::new();
         for p in 0..16u64 {
             let h = h.clone();
@@ -62,12 +76,33 @@ fn kill_9_loses_no_acknowledged_record() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
+    kill_rounds(0);
+}
+
+/// The same with `preallocate`: each kill lands inside a zero-filled segment (checked), and
+/// neither the zeros nor the kill lose an acknowledged record.
+#[test]
+fn kill_9_mid_segment_loses_no_acknowledged_record_with_preallocation() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    kill_rounds(256 * 1024);
+}
+
+/// Ask the kernel to drop clean cached pages, so what is read back comes from the disk (only
+/// as root; elsewhere a no-op).
+fn drop_page_cache() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+fn kill_rounds(prealloc: u64) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("audit.jsonl");
     for round in 0..3 {
         let mut child = Command::new(std::env::current_exe().expect("exe"))
             .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, &path)
+            .env(PREALLOC_ENV, prealloc.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -100,8 +135,16 @@ fn kill_9_loses_no_acknowledged_record() {
             }
         }
         let _ = child.wait();
+        drop_page_cache();
 
         let bytes = std::fs::read(&path).expect("read audit file");
+        if prealloc > 0 {
+            assert_eq!(
+                bytes.last(),
+                Some(&0),
+                "round {round}: the kill left preallocated zeros behind"
+            );
+        }
         let in_file: BTreeSet<u64> = bytes
             .split(|&b| b == b'\n')
             .filter_map(|l| Record::from_line(l).ok())
@@ -130,7 +173,7 @@ fn kill_9_loses_no_acknowledged_record() {
     // A writer starting on the file documents any torn tail; the whole chain then verifies.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let h = audit::start(&audit_support::config(&path, SyncMode::Batch)).expect("restart");
+        let h = audit::start(&config(&path, prealloc)).expect("restart");
         h.record(AuditEvent::MessageDecision(Box::new(
             audit_support::message(0),
         )))

@@ -10,6 +10,7 @@
 //! sync = "batch"          # batch | always | none
 //! fail_open = false       # true lets mail through unaudited when the file cannot be written
 //! max_size = 0            # bytes; rotate to FILE.1 … above this size; 0 = leave it to logrotate
+//! preallocate = 0         # bytes of zeros kept ahead of the data (cheaper fsync); 0 = plain appends
 //! keep = 10               # rotated files kept by size-based rotation
 //! queue = 4096            # records waiting for the writer before producers wait
 //! file_mode = 0o640       # permissions of a newly created audit file
@@ -59,6 +60,14 @@ pub struct AuditConfig {
     pub fail_open: bool,
     /// Size-based rotation threshold in bytes; 0 (default) disables it.
     pub max_size: u64,
+    /// Bytes of zero-filled, synced space the writer keeps ahead of the data; 0 (default)
+    /// writes by appending. With it, a record overwrites blocks the file already has, so its
+    /// `fdatasync` commits no size or extent change (on ext4 and XFS that skips the journal
+    /// commit: see BENCHMARKS.md for the measured difference). The cost: until the writer
+    /// trims them (rotation, reopen, shutdown, the next start after a crash), the live file
+    /// ends in NUL bytes, which markgate's own readers skip but a program tailing the file by
+    /// size would see. Forward records with `[audit.syslog]` instead of tailing the file.
+    pub preallocate: u64,
     /// How many rotated files (`FILE.1` … `FILE.keep`) size-based rotation keeps. Default 10,
     /// at least 1.
     pub keep: u32,
@@ -79,6 +88,7 @@ impl Default for AuditConfig {
             sync: SyncMode::Batch,
             fail_open: false,
             max_size: 0,
+            preallocate: 0,
             keep: 10,
             queue: 4096,
             file_mode: 0o640,

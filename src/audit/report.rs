@@ -77,6 +77,10 @@ pub fn load_records<P: AsRef<Path>>(paths: &[P]) -> std::io::Result<Loaded> {
             if reader.read_until(b'\n', &mut buf)? == 0 {
                 break;
             }
+            if buf.iter().all(|&b| b == 0) {
+                // Unused preallocated space at the end of a live file (`[audit] preallocate`).
+                break;
+            }
             match Record::from_line(&buf) {
                 Ok(r) => out.records.push(r),
                 Err(_) => out.skipped_lines += 1,

@@ -230,9 +230,19 @@ pub fn verify_files<P: AsRef<Path>>(paths: &[P]) -> VerifyReport {
                     break;
                 }
             }
+            let complete = buf.last() == Some(&b'\n');
+            if !complete {
+                // Zeros a preallocating writer keeps ahead of the data (`[audit] preallocate`)
+                // are unused space, not a record: skip them, and do not count them in a torn
+                // record either.
+                let data = buf.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+                if data == 0 {
+                    break;
+                }
+                buf.truncate(data);
+            }
             summary.lines += 1;
             let lineno = summary.lines;
-            let complete = buf.last() == Some(&b'\n');
             let bytes = if complete {
                 &buf[..buf.len() - 1]
             } else {

@@ -31,7 +31,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -483,15 +483,17 @@ pub fn open(config: &AuditConfig) -> Result<(AuditHandle, WriterTask), AuditErro
                 error: format!("cannot create the directory {}: {e}", dir.display()),
             })?;
     }
-    let recovered = recover(&path).map_err(|e| AuditError::Open {
+    let open_error = |e: io::Error| AuditError::Open {
         path: path.display().to_string(),
         error: e.to_string(),
-    })?;
+    };
+    // Zeros a preallocating writer left after the last record (it stopped without trimming
+    // them: a crash, SIGKILL, power loss) are not part of the log: cut them, so the chain is
+    // recovered from, and the next record written at, the true end of the data.
+    trim_unused_tail(&path).map_err(open_error)?;
+    let recovered = recover(&path).map_err(open_error)?;
     let (file, size, file_id) =
-        open_append(&path, config.file_mode).map_err(|e| AuditError::Open {
-            path: path.display().to_string(),
-            error: e.to_string(),
-        })?;
+        open_log(&path, config.file_mode, config.preallocate > 0).map_err(open_error)?;
     let shared = Arc::new(Shared::default());
     shared.last_seq.store(recovered.seq, Ordering::Relaxed);
     let syslog = config
@@ -540,6 +542,8 @@ pub fn open(config: &AuditConfig) -> Result<(AuditHandle, WriterTask), AuditErro
             sync: config.sync,
             fail_open: config.fail_open,
             max_size: config.max_size,
+            preallocate: config.preallocate,
+            allocated: size,
             keep: config.keep,
             file_mode: config.file_mode,
             host,
@@ -621,6 +625,12 @@ struct Writer {
     sync: SyncMode,
     fail_open: bool,
     max_size: u64,
+    /// Zero-filled bytes kept ahead of the data (`[audit] preallocate`; 0: plain appends).
+    preallocate: u64,
+    /// With `preallocate`: the end of the zero-filled, synced region of the current file. Up
+    /// to there a record overwrites blocks the file system already has, so `fdatasync` has no
+    /// size or extent change to commit.
+    allocated: u64,
     keep: u32,
     file_mode: u32,
     host: String,
@@ -826,14 +836,10 @@ impl Writer {
         for l in chunk {
             buf.extend_from_slice(&l.bytes);
         }
+        self.write_at_end(&buf)?;
         let Some(file) = self.file.as_mut() else {
-            let why = self
-                .open_error
-                .as_deref()
-                .unwrap_or("audit file is not open");
-            return Err(io::Error::other(why.to_string()));
+            return Err(io::Error::other("audit file is not open"));
         };
-        file.write_all(&buf)?;
         let durable = match self.sync {
             SyncMode::None => false,
             SyncMode::Batch | SyncMode::Always => {
@@ -860,10 +866,59 @@ impl Writer {
         Ok(durable)
     }
 
+    /// Write `buf` after the committed data: an append, or with `preallocate` an overwrite of
+    /// zero-filled space (made first when there is not enough). Not synced here.
+    fn write_at_end(&mut self, buf: &[u8]) -> io::Result<()> {
+        let Some(file) = self.file.as_mut() else {
+            let why = self
+                .open_error
+                .as_deref()
+                .unwrap_or("audit file is not open");
+            return Err(io::Error::other(why.to_string()));
+        };
+        if self.preallocate == 0 {
+            return file.write_all(buf);
+        }
+        let end = self.size + buf.len() as u64;
+        if end > self.allocated {
+            // Zero-fill the next segment and make it durable, size and extents included: one
+            // full flush per segment instead of one per batch.
+            let from = self.allocated.max(self.size);
+            let to = end + self.preallocate;
+            let zeros = vec![0u8; 64 * 1024];
+            let mut at = from;
+            while at < to {
+                let n = (to - at).min(zeros.len() as u64) as usize;
+                file.write_all_at(&zeros[..n], at)?;
+                at += n as u64;
+            }
+            if self.sync != SyncMode::None {
+                file.sync_data()?;
+            }
+            self.allocated = to;
+        }
+        file.write_all_at(buf, self.size)
+    }
+
+    /// Cut the zeros kept ahead of the data, so a file the writer leaves (rotated, reopened
+    /// away from, or at shutdown) ends with its last record.
+    fn trim_preallocation(&mut self) -> io::Result<()> {
+        if self.preallocate > 0
+            && self.allocated > self.size
+            && let Some(f) = &self.file
+        {
+            f.set_len(self.size)?;
+        }
+        self.allocated = self.size;
+        Ok(())
+    }
+
     /// A write or sync failed: cut the partial bytes, answer the producers, note the outage.
     fn fail(&mut self, error: &io::Error, lines: Vec<Line>) {
         self.shared.write_errors.fetch_add(1, Ordering::Relaxed);
+        // (This also cuts any preallocated zeros; the next write makes them again.)
         let cut = self.file.as_ref().map(|f| f.set_len(self.size));
+        self.allocated = self.size;
         if !matches!(cut, Some(Ok(()))) {
             // The handle is unusable; the next batch reopens and cuts again.
             self.file = None;
@@ -930,16 +985,27 @@ impl Writer {
     /// Close the current file and open the configured path again (append, create).
     fn reopen(&mut self, why: &str) -> Result<(), AuditError> {
         let old_id = self.file_id;
+        if self.file.is_some() && self.trim_preallocation().is_err() {
+            tracing::warn!(path = %self.path.display(),
+                "could not cut the preallocated zeros off the old audit file; readers skip them");
+        }
         if let Some(f) = self.file.take()
             && self.sync != SyncMode::None
         {
             let _ = f.sync_data();
         }
+        let sink_error = |e: io::Error| AuditError::Sink {
+            path: self.path.display().to_string(),
+            error: e.to_string(),
+        };
         let (file, len, id) =
-            open_append(&self.path, self.file_mode).map_err(|e| AuditError::Sink {
-                path: self.path.display().to_string(),
-                error: e.to_string(),
-            })?;
+            open_log(&self.path, self.file_mode, self.preallocate > 0).map_err(sink_error)?;
+        // A file another writer left with zeros ahead (a crashed markgate) ends at its data.
+        let len = if old_id == Some(id) {
+            len
+        } else {
+            trim_zeros(&file, len).map_err(sink_error)?
+        };
         if old_id == Some(id) && len > self.size {
             // Same file, longer than what was committed: a failed batch left bytes behind.
             file.set_len(self.size).map_err(|e| AuditError::Sink {
@@ -954,6 +1020,7 @@ impl Writer {
             }
         }
         tracing::info!(path = %self.path.display(), reason = why, "audit file (re)opened");
+        self.allocated = self.size;
         self.file = Some(file);
         self.file_id = Some(id);
         Ok(())
@@ -961,15 +1028,19 @@ impl Writer {
 
     /// Size-based rotation: FILE.(keep-1) → FILE.keep, …, FILE → FILE.1, then a new FILE.
     fn rotate(&mut self) -> io::Result<()> {
-        if let Some(mut f) = self.file.take() {
+        if self.file.is_some() {
             if self.needs_newline {
                 // Terminate the old file's fragment there, so the next file starts clean.
-                f.write_all(b"\n")?;
+                self.write_at_end(b"\n")?;
+                self.size += 1;
                 self.needs_newline = false;
             }
-            if self.sync != SyncMode::None {
-                f.sync_data()?;
-            }
+            self.trim_preallocation()?;
+        }
+        if let Some(f) = self.file.take()
+            && self.sync != SyncMode::None
+        {
+            f.sync_data()?;
         }
         for i in (1..self.keep).rev() {
             let from = numbered(&self.path, i);
@@ -980,11 +1051,12 @@ impl Writer {
         if self.path.exists() {
             fs::rename(&self.path, numbered(&self.path, 1))?;
         }
-        let (file, len, id) = open_append(&self.path, self.file_mode)?;
+        let (file, len, id) = open_log(&self.path, self.file_mode, self.preallocate > 0)?;
         sync_dir(&self.path);
         self.file = Some(file);
         self.file_id = Some(id);
         self.size = len;
+        self.allocated = len;
         self.needs_newline = false;
         self.shared.rotations.fetch_add(1, Ordering::Relaxed);
         tracing::info!(path = %self.path.display(), next_seq = self.seq + 1, "audit file rotated");
@@ -1008,6 +1080,10 @@ impl Writer {
     }
 
     fn final_sync(&mut self) {
+        if let Err(e) = self.trim_preallocation() {
+            tracing::warn!(path = %self.path.display(), error = %e,
+                "could not cut the preallocated zeros off the audit file; readers skip them");
+        }
         if let Some(f) = &self.file
             && let Err(e) = f.sync_all()
         {
@@ -1023,11 +1099,15 @@ pub fn numbered(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn open_append(path: &Path, mode: u32) -> io::Result<(File, u64, (u64, u64))> {
+/// Open (create) the audit file for writing at its end: `O_APPEND`, or, for a preallocating
+/// writer, positioned writes (it writes at the end of the data, before the zeros, which
+/// `O_APPEND` would not allow).
+fn open_log(path: &Path, mode: u32, positioned: bool) -> io::Result<(File, u64, (u64, u64))> {
     let existed = path.exists();
     let file = OpenOptions::new()
         .create(true)
-        .append(true)
+        .append(!positioned)
+        .write(true)
         .mode(mode)
         .open(path)?;
     let meta = file.metadata()?;
@@ -1035,6 +1115,48 @@ fn open_append(path: &Path, mode: u32) -> io::Result<(File, u64, (u64, u64))> {
         sync_dir(path);
     }
     Ok((file, meta.len(), (meta.dev(), meta.ino())))
+}
+
+/// The length of `file` without the run of NUL bytes at its end (preallocated space a
+/// writer had not used yet). A record never contains a raw NUL (JSON escapes control
+/// characters), so the zeros are never part of one.
+pub fn data_len(file: &File) -> io::Result<u64> {
+    const BLOCK: u64 = 64 * 1024;
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut buf = vec![0u8; BLOCK as usize];
+    while end > 0 {
+        let n = BLOCK.min(end);
+        let block = &mut buf[..n as usize];
+        file.read_exact_at(block, end - n)?;
+        match block.iter().rposition(|&b| b != 0) {
+            Some(i) => return Ok(end - n + i as u64 + 1),
+            None => end -= n,
+        }
+    }
+    Ok(0)
+}
+
+/// Cut the unused preallocated zeros off `file` (of length `len`); the new length.
+fn trim_zeros(file: &File, len: u64) -> io::Result<u64> {
+    let data = data_len(file)?;
+    if data < len {
+        file.set_len(data)?;
+        file.sync_all()?;
+    }
+    Ok(data)
+}
+
+/// [`trim_zeros`] on the file at `path`, if there is one.
+fn trim_unused_tail(path: &Path) -> io::Result<()> {
+    match OpenOptions::new().write(true).read(true).open(path) {
+        Ok(f) => {
+            let len = f.metadata()?.len();
+            trim_zeros(&f, len).map(drop)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Make a new directory entry durable (best effort: some file systems refuse it).
@@ -1109,7 +1231,7 @@ struct Tail {
 /// Read backwards from the end in blocks until the last valid record is found.
 fn scan_tail(file: &mut File) -> io::Result<Tail> {
     const BLOCK: u64 = 64 * 1024;
-    let len = file.metadata()?.len();
+    let len = data_len(file)?;
     let mut pos = len; // file offset of buf[0]
     let mut buf: Vec<u8> = Vec::new();
     let mut tail = Tail::default();
