@@ -151,6 +151,9 @@ fn answer_eom(s: &mut Session, selector: u8) {
         _ => vec![hdr(b"bad\0nul"), Reply::Continue],
     };
     let wanted = answer.clone();
+    if selector & 0x80 != 0 {
+        staged_matches_whole(s, answer.clone());
+    }
     let sent = match s.answer_eom(answer) {
         Ok(sent) => {
             for r in &wanted {
@@ -174,6 +177,30 @@ fn answer_eom(s: &mut Session, selector: u8) {
     assert!(mods.iter().all(|r| r.kind() == ReplyKind::Modification));
     assert_eq!(s.state(), State::Connected);
     assert!(s.progress().is_none());
+}
+
+/// The staged answer (modifications ahead, the final reply later) is accepted or refused
+/// exactly when the whole answer is, sends the same packets, and keeps the end-of-message
+/// open (PROGRESS allowed) in between. Runs on a copy: `s` is left as it was.
+fn staged_matches_whole(s: &Session, answer: Vec<Reply>) {
+    let mut whole = s.clone();
+    let mut staged = s.clone();
+    let Some((last, mods)) = answer.split_last() else {
+        return;
+    };
+    let at_once = whole.answer_eom(answer.clone());
+    let ahead = staged.modifications_ahead(mods.to_vec());
+    assert_eq!(staged.state(), State::AwaitEom, "modifications ahead end nothing");
+    assert!(staged.progress().is_some());
+    let in_two = ahead.and_then(|mut m| {
+        m.extend(staged.answer_eom(vec![last.clone()])?);
+        Ok(m)
+    });
+    match (at_once, in_two) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "the same packets either way"),
+        (Err(_), Err(_)) => {}
+        (a, b) => panic!("whole answer {a:?} but staged {b:?}"),
+    }
 }
 
 #[cfg(test)]
