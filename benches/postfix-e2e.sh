@@ -2,7 +2,12 @@
 # benches/postfix-e2e.sh: Postfix end to end, smtp-source -> private Postfix -> smtp-sink.
 #
 #   benches/postfix-e2e.sh --milter unix:/path|inet:HOST:PORT|"" --messages N --sessions S \
-#       --eml FILE [--label NAME]
+#       --eml FILE [--label NAME] [--strace DIR [--milter-pid PID]]
+#
+# --strace DIR counts the system calls of every Postfix process while the messages flow
+# (`strace -c -f` attached to Postfix's master, so it follows each smtpd, cleanup, qmgr and
+# smtp it starts) into DIR/postfix.strace, and with --milter-pid those of the milter into
+# DIR/milter.strace. strace slows the run: read the counts, not the rates, of such a run.
 #
 # Starts a throw-away Postfix on loopback (own config, queue and ports under /tmp; the system
 # instance is never read or touched) relaying everything to smtp-sink, sends N copies of FILE
@@ -13,7 +18,7 @@
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
 
-milter="" messages=1000 sessions=8 eml="" label=postfix
+milter="" messages=1000 sessions=8 eml="" label=postfix strace_dir="" milter_pid=""
 while [ $# -gt 0 ]; do
 	case $1 in
 	--milter) milter=$2; shift 2 ;;
@@ -21,6 +26,8 @@ while [ $# -gt 0 ]; do
 	--sessions) sessions=$2; shift 2 ;;
 	--eml) eml=$(realpath "$2"); shift 2 ;;
 	--label) label=$2; shift 2 ;;
+	--strace) strace_dir=$(realpath "$2"); shift 2 ;;
+	--milter-pid) milter_pid=$2; shift 2 ;;
 	*) echo "postfix-e2e.sh: unknown option $1" >&2; exit 2 ;;
 	esac
 done
@@ -35,7 +42,14 @@ chown postfix:postfix "$root/data"
 smtp_port=$(free_port)
 sink_port=$(free_port)
 sink_pid=""
+tracers=()
+stop_tracers() {
+	for t in "${tracers[@]}"; do kill -INT "$t" 2>/dev/null || true; done
+	for t in "${tracers[@]}"; do wait "$t" 2>/dev/null || true; done
+	tracers=()
+}
 stop_all() {
+	stop_tracers
 	if [ -f "$root/spool/pid/master.pid" ]; then
 		master=$(tr -d ' \n' <"$root/spool/pid/master.pid")
 		kill -TERM "$master" 2>/dev/null || true
@@ -113,6 +127,18 @@ for _ in $(seq 200); do
 	sleep 0.05
 done
 
+if [ -n "$strace_dir" ]; then
+	mkdir -p "$strace_dir"
+	master=$(tr -d ' \n' <"$root/spool/pid/master.pid")
+	strace -c -f -qq -o "$strace_dir/postfix.strace" -p "$master" &
+	tracers+=($!)
+	if [ -n "$milter_pid" ]; then
+		strace -c -f -qq -o "$strace_dir/milter.strace" -p "$milter_pid" &
+		tracers+=($!)
+	fi
+	sleep 0.5 # attached before the first message
+fi
+
 start=$(date +%s.%N)
 smtp-source -s "$sessions" -m "$messages" -F "$eml" -f alice.smith@example-council.gcsx.gov.uk \
 	-t bob.jones@partner.gcsx.gov.uk "127.0.0.1:$smtp_port" 2>"$root/source.err" || {
@@ -127,6 +153,7 @@ for _ in $(seq 1200); do
 	sleep 0.1
 done
 delivered=$(date +%s.%N)
+stop_tracers
 tempfailed=$(grep -c 'milter-reject: END-OF-MESSAGE.*4\.' "$root/maillog" || true)
 /usr/bin/python3 - "$label" "$messages" "$sent" "$tempfailed" "$start" "$accepted" "$delivered" <<'EOF'
 import json, sys

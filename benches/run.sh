@@ -49,6 +49,20 @@ trap cleanup EXIT
 # 1000 idle connections plus the milter's own descriptors.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
+# The benchmark's own peers (Debian packages): the libmilter headers for the reference milters,
+# pymilter, valgrind for the instruction count, Postfix's smtp-source. Installed when missing
+# and we may (root with apt-get), as scripts/test.sh does for the test peers.
+need=()
+[ -e /usr/include/libmilter/mfapi.h ] || need+=(libmilter-dev)
+/usr/bin/python3 -c 'import Milter' 2>/dev/null || need+=(python3-milter)
+command -v valgrind >/dev/null || need+=(valgrind)
+command -v strace >/dev/null || need+=(strace)
+if [ "${#need[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+	echo "== installing ${need[*]}" >&2
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >&2 ||
+		echo "   could not install ${need[*]}; the parts that need them will fail or be skipped" >&2
+fi
+
 echo "== building (release)" >&2
 cargo build --release --quiet --bin markgate --bin markgate-load
 markgate="$repo/target/release/markgate"
