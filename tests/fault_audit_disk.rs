@@ -1,5 +1,5 @@
 //! The audit disk fails after markgate has sent a message's modifications to a real Postfix
-//! (issue 15): markgate sends the header and body edits as soon as they are decided and holds
+//! (issue 15): markgate sends large header and body edits as soon as they are decided and holds
 //! back only the final answer until the audit record is durable. When the record cannot be
 //! written (the audit file system is full), the final answer is a 4xx: Postfix must then drop
 //! the edits it already applied, deliver nothing (neither the edited nor the original
@@ -81,11 +81,18 @@ fn send(port: u16, n: usize, attempt: u32) -> (u16, String) {
             return (r.code, r.text());
         }
     }
-    let message = format!(
+    // A body of ~80 KB: the new body (with the disclaimer) is more than one REPLBODY packet,
+    // so markgate sends it ahead of the verdict (smaller edits wait for the verdict).
+    let mut message = format!(
         "From: Alice Smith <alice.smith@example-council.gcsx.gov.uk>\r\nTo: bob.jones@partner.gcsx.gov.uk\r\n\
          Subject: PROTECT: audit disk {n}\r\nMessage-ID: <audit-disk-{n}@example-council.gcsx.gov.uk>\r\n\
          X-Attempt: {attempt}\r\n\r\nMessage {n}, attempt {attempt}.\r\n"
     );
+    for line in 0..1000 {
+        message.push_str(&format!(
+            "Line {line:04} of the report: figures for the quarter follow in the annex.......\r\n"
+        ));
+    }
     let (go, done) = s.data(message.as_bytes());
     let r = done.unwrap_or(go);
     let _ = s.command("QUIT");

@@ -441,39 +441,42 @@ async fn eom_timeout_sends_progress_then_451() {
     mta.quit().await;
 }
 
-/// A staged answer: the modifications reach the MTA while the verdict is still pending (the
-/// test holds it back until it has read them), then the verdict follows; a verdict that fails
-/// after the modifications were sent is a 451 (on which the MTA drops them).
+/// A staged answer with large modifications (a new body of more than one REPLBODY packet):
+/// they reach the MTA while the verdict is still pending (the test holds it back until it has
+/// read them), then the verdict follows; a verdict that fails after the modifications were
+/// sent is a 451 (on which the MTA drops them).
 #[tokio::test]
-async fn modifications_go_out_before_a_pending_verdict_and_a_failed_verdict_is_451() {
+async fn large_modifications_go_out_before_a_pending_verdict_and_a_failed_verdict_is_451() {
     let srv = start_tcp().await;
     let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
     mta.connect("vm").await;
-    let edits = encode(&mta.message("edit@example.org", b"x\r\n").await);
-    let (edits, _continue) = edits.split_at(edits.len() - 5);
-    for (sender, last) in [
-        ("later@example.org", Reply::Continue),
-        ("laterfail@example.org", Reply::Tempfail),
+    for (sender, ok) in [
+        ("laterbig@example.org", true),
+        ("laterbigfail@example.org", false),
     ] {
-        mta.abort().await;
         mta.envelope(sender).await;
         mta.content_sent(b"x\r\n").await;
-        // Six modification packets arrive while the verdict cannot have been decided yet.
-        let mods = mta.packets(6).await;
-        assert_eq!(
-            encode(&mods),
-            edits,
-            "{sender}: the same edits, byte for byte"
-        );
+        // The header and the 150 000-byte body (three REPLBODY packets) arrive while the
+        // verdict cannot have been decided yet.
+        let mods = mta.packets(4).await;
+        assert!(matches!(mods[0], Reply::AddHeader { .. }), "{sender}");
+        let body: Vec<u8> = mods[1..]
+            .iter()
+            .flat_map(|r| match r {
+                Reply::ReplaceBody(b) => b.to_vec(),
+                other => panic!("{sender}: {other:?}"),
+            })
+            .collect();
+        assert_eq!(body, big_body(), "{sender}");
         srv.handler.gate.notify_one();
         let rest = mta.client.read_answer().await.unwrap();
-        if last == Reply::Continue {
+        if ok {
             assert_eq!(rest, vec![Reply::Continue], "{sender}");
         } else {
             assert!(is_tempfail(&rest), "{sender}: {rest:?}");
         }
+        mta.abort().await;
     }
-    mta.abort().await;
     assert_eq!(
         mta.message("ok@example.org", b"x\r\n").await,
         vec![Reply::Continue]
@@ -481,33 +484,82 @@ async fn modifications_go_out_before_a_pending_verdict_and_a_failed_verdict_is_4
     mta.quit().await;
 }
 
+/// Small modifications wait for the pending verdict and leave in the same write (sending a
+/// few hundred bytes ahead costs the MTA a wake-up and saves it nothing); when the verdict
+/// fails they are not sent at all.
+#[tokio::test]
+async fn small_modifications_wait_for_the_pending_verdict_and_are_dropped_when_it_fails() {
+    // No PROGRESS (it would carry the held-back modifications out with it) and time to spare.
+    let config = ServerConfig {
+        progress_interval: Duration::ZERO,
+        eom_timeout: Duration::from_secs(30),
+        ..test_config()
+    };
+    let srv = start("inet:127.0.0.1:0", config).await;
+    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
+    mta.connect("vm").await;
+    let edits = mta.message("edit@example.org", b"x\r\n").await;
+    mta.abort().await;
+    for (sender, ok) in [
+        ("later@example.org", true),
+        ("laterfail@example.org", false),
+    ] {
+        mta.envelope(sender).await;
+        mta.content_sent(b"x\r\n").await;
+        // Nothing arrives while the verdict is held back (a wait that cannot fail spuriously:
+        // a slow server sends nothing either).
+        let early = tokio::time::timeout(Duration::from_millis(300), mta.client.recv()).await;
+        assert!(
+            early.is_err(),
+            "{sender}: nothing before the verdict: {early:?}"
+        );
+        srv.handler.gate.notify_one();
+        let answer = mta.client.read_answer().await.unwrap();
+        if ok {
+            assert_eq!(
+                answer, edits,
+                "{sender}: the edits and the verdict, together"
+            );
+        } else {
+            assert!(is_tempfail(&answer), "{sender}: only the 451: {answer:?}");
+        }
+        mta.abort().await;
+    }
+    mta.quit().await;
+}
+
 /// A pending verdict is under the end-of-message rules: PROGRESS while it is slow, 451 when it
-/// outlasts the timeout or panics, and the connection goes on.
+/// outlasts the timeout or panics, and the connection goes on. Large modifications went out
+/// first; small ones leave with the first PROGRESS.
 #[tokio::test]
 async fn a_slow_or_panicking_pending_verdict_gets_progress_then_451() {
     let srv = start_tcp().await;
     let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
     mta.connect("vm").await;
-    let answer = mta.message("laterslow@example.org", b"x\r\n").await;
-    let (last, before) = answer.split_last().unwrap();
-    assert!(is_tempfail(std::slice::from_ref(last)), "{answer:?}");
-    assert_eq!(
-        before.len() - 6 - before.iter().filter(|r| **r == Reply::Progress).count(),
-        0
-    );
-    assert!(
-        before.iter().filter(|r| **r == Reply::Progress).count() >= 2,
-        "PROGRESS every 200 ms for 1 s: {answer:?}"
-    );
-    assert!(
-        before[..6].iter().all(|r| *r != Reply::Progress),
-        "the modifications first: {answer:?}"
-    );
-    mta.abort().await;
-    let answer = mta.message("laterpanic@example.org", b"x\r\n").await;
-    assert_eq!(answer.len(), 7, "{answer:?}");
-    assert!(is_tempfail(&answer[6..]), "{answer:?}");
-    mta.abort().await;
+    for (sender, mods) in [
+        ("laterslow@example.org", 6),
+        ("laterbigslow@example.org", 4),
+    ] {
+        let answer = mta.message(sender, b"x\r\n").await;
+        let (last, before) = answer.split_last().unwrap();
+        assert!(is_tempfail(std::slice::from_ref(last)), "{answer:?}");
+        let progress = before.iter().filter(|r| **r == Reply::Progress).count();
+        assert!(progress >= 2, "PROGRESS every 200 ms for 1 s: {answer:?}");
+        assert_eq!(before.len(), mods + progress, "{sender}: {answer:?}");
+        assert!(
+            before[..mods].iter().all(|r| *r != Reply::Progress),
+            "{sender}: the modifications first: {answer:?}"
+        );
+        mta.abort().await;
+    }
+    for sender in ["laterpanic@example.org", "laterbigpanic@example.org"] {
+        let answer = mta.message(sender, b"x\r\n").await;
+        assert!(
+            is_tempfail(std::slice::from_ref(answer.last().unwrap())),
+            "{answer:?}"
+        );
+        mta.abort().await;
+    }
     assert_eq!(
         mta.message("ok@example.org", b"x\r\n").await,
         vec![Reply::Continue]

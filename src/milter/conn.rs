@@ -13,9 +13,9 @@
 //! connection's own task under `catch_unwind` too (no spawn, no thread hand-off), so a panic
 //! there is contained, and PROGRESS is sent while it runs long. Each
 //! end-of-message answer (all modifications + the final reply) is written in one flush, except
-//! when the handler's verdict is still pending ([`LaterVerdict::Later`]): then the modifications
-//! are written at once, so the MTA applies them while we wait, and the verdict follows in a
-//! second write. That wait is under the same rule: error, panic or the end-of-message timeout
+//! when the handler's verdict is still pending ([`LaterVerdict::Later`]) and the modifications
+//! are large (`SEND_AHEAD_MIN`): then they are written at once, so the MTA applies them while we
+//! wait, and the verdict follows in a second write. That wait is under the same rule: error, panic or the end-of-message timeout
 //! (counted from the end-of-message command) answers 451, and PROGRESS is sent meanwhile.
 
 use std::future::Future;
@@ -319,6 +319,8 @@ where
         };
         self.doomed = None;
         let packets = replies.len();
+        let streamed = body.is_some();
+        let mods_from = self.out.len();
         if let Err(reason) = self.encode_replies(replies, body).await? {
             // The MTA discards the modifications already sent when the final answer is a
             // tempfail: the message is retried, never delivered half-replaced.
@@ -335,17 +337,22 @@ where
             debug!(peer = %self.peer, packets, "end-of-message answered");
             return self.flush().await;
         };
-        self.answer_later(later, started, packets).await
+        // Small modifications are held back in `out` from `mods_from` on.
+        let held = (!streamed && self.out.len() - mods_from < SEND_AHEAD_MIN).then_some(mods_from);
+        self.answer_later(later, started, packets, held).await
     }
 
-    /// The modifications are encoded in `out`; send them now, so the MTA applies them while the
-    /// handler's verdict is pending, then wait for the verdict and send it. The wait is bounded
-    /// by what is left of the end-of-message timeout and sends PROGRESS like the handler call.
+    /// The modifications are encoded in `out`. Unless they are `held` (small: they start at
+    /// that offset of `out`) send them now, so the MTA applies them while the handler's verdict
+    /// is pending; then wait for the verdict and send it. The wait is bounded by what is left of
+    /// the end-of-message timeout and sends PROGRESS like the handler call (a PROGRESS write
+    /// also sends modifications still held back). A failed verdict drops held modifications.
     async fn answer_later(
         &mut self,
         later: PendingVerdict,
         started: Instant,
         packets: usize,
+        held: Option<usize>,
     ) -> Result<(), CloseReason> {
         let mut task = CatchPanic(later);
         // Often the verdict is already there (no durable write pending): then the whole answer
@@ -355,12 +362,14 @@ where
             let mut cx = Context::from_waker(waker);
             Pin::new(&mut task).poll(&mut cx)
         };
-        debug!(peer = %self.peer, packets, together = ready.is_ready(),
-            "modifications sent ahead of the pending verdict");
         let joined = match ready {
             Poll::Ready(r) => Ok(r),
             Poll::Pending => {
-                self.flush().await?;
+                if held.is_none() {
+                    debug!(peer = %self.peer, packets, bytes = self.out.len(),
+                        "modifications sent ahead of the pending verdict");
+                    self.flush().await?;
+                }
                 let Conn {
                     stream,
                     out,
@@ -385,19 +394,39 @@ where
         });
         match final_reply {
             Ok(r) => {
+                let refused = r
+                    .iter()
+                    .any(|r| matches!(r, Reply::Tempfail | Reply::Reject | Reply::ReplyCode(_)));
+                if refused {
+                    // The MTA would drop them: do not send modifications still held back.
+                    self.drop_held(held);
+                }
                 for r in r {
                     r.encode(&mut self.out);
                 }
                 debug!(peer = %self.peer, packets = packets + 1, "end-of-message answered");
             }
             Err(reason) => {
-                // Postfix and Sendmail drop the modifications already sent on a tempfail.
+                // Postfix and Sendmail drop the modifications already sent on a tempfail;
+                // those still held back are not sent at all (a PROGRESS write emptied `out`
+                // if they went out meanwhile).
                 error!(peer = %self.peer, %reason,
                     "verdict after the modifications failed; answering 451 4.3.0");
+                self.drop_held(held);
                 self.encode_tempfail()?;
             }
         }
         self.flush().await
+    }
+
+    /// Forget modifications held back in `out` from offset `held` on (nothing when a PROGRESS
+    /// write has sent them meanwhile, which emptied `out`).
+    fn drop_held(&mut self, held: Option<usize>) {
+        if let Some(from) = held
+            && self.out.len() >= from
+        {
+            self.out.truncate(from);
+        }
     }
 
     fn encode_tempfail(&mut self) -> Result<(), CloseReason> {
@@ -611,6 +640,16 @@ struct Answer {
     body_file: Option<(usize, std::fs::File)>,
     later: Option<PendingVerdict>,
 }
+
+/// Modifications of at least this many bytes (or a body streamed from a file) are sent ahead
+/// of a pending verdict; smaller ones wait for it and leave in the same write. Sending ahead
+/// lets the MTA apply the edits while the verdict waits (markgate: for the audit flush), but it
+/// costs a second write here and a second wake-up of the MTA: measured with 2 KB messages at one
+/// connection (BENCHMARKS.md, 2026-12-06), sending a few hundred bytes of edits ahead added
+/// ~1.7 context switches per message and raised the p50, while Postfix applies such edits in
+/// microseconds. A replacement body of more than one REPLBODY packet takes the MTA long enough
+/// to overlap with the flush.
+const SEND_AHEAD_MIN: usize = reply::MAX_BODY_CHUNK;
 
 /// Flush the output buffer while streaming a body once it holds this much.
 const STREAM_FLUSH_AT: usize = 256 * 1024;

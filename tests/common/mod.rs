@@ -36,10 +36,11 @@ pub struct Seen {
 /// `reject` → 550 with text, `hdrfail` → the sink fails on headers, `bodypanic` → the sink
 /// panics on body data; HELO `beginfail` → `begin_message` fails.
 ///
-/// Staged answers (the verdict after the modifications): `later` → the `edit` modifications
-/// at once, then `Continue` once the test opens `gate`; `laterfail` → the same, then an error
-/// once the gate opens; `laterpanic` → the modifications, then a panic; `laterslow` → the
-/// modifications, then a verdict that takes 3 s.
+/// Staged answers (the verdict after the modifications): `later` → the `edit` modifications,
+/// then `Continue` once the test opens `gate`; `laterfail` → the same, then an error once the
+/// gate opens; `laterpanic` → the modifications, then a panic; `laterslow` → the
+/// modifications, then a verdict that takes 3 s; with `big` in the sender, the modifications
+/// are a header and the 150 000-byte body (large enough to be sent ahead of the verdict).
 #[derive(Default)]
 pub struct TestHandler {
     pub seen: Mutex<Vec<Seen>>,
@@ -162,9 +163,9 @@ impl Handler for TestHandler {
         }
         self.seen.lock().unwrap().push(message.seen.clone());
         let (fail, panics, slow) = (
-            message.has(b"laterfail"),
-            message.has(b"laterpanic"),
-            message.has(b"laterslow"),
+            message.has(b"fail"),
+            message.has(b"panic"),
+            message.has(b"slow"),
         );
         let gate = self.gate.clone();
         let verdict = async move {
@@ -181,8 +182,19 @@ impl Handler for TestHandler {
             }
             Ok(Verdict::Continue)
         };
+        let modifications = if message.has(b"big") {
+            vec![
+                Modification::AddHeader {
+                    name: "X-Label".into(),
+                    value: b"OFFICIAL".to_vec(),
+                },
+                Modification::ReplaceBody(NewBody::Bytes(Bytes::from(big_body()))),
+            ]
+        } else {
+            edit_mods()
+        };
         Ok(Staged {
-            modifications: edit_mods(),
+            modifications,
             verdict: LaterVerdict::Later(Box::pin(verdict)),
         })
     }
