@@ -23,6 +23,11 @@
 //! `fail_open = true` the producers get `Ok` with `seq: None` instead (and an `error` log says
 //! mail is passing unaudited).
 //!
+//! With `preallocate` the writer keeps zero-filled, synced space after the data and writes
+//! each batch over it (positioned writes instead of `O_APPEND`), so a batch's `fdatasync`
+//! commits no size change; the zeros are cut whenever the writer leaves a file, and at start
+//! (before recovery) when a crash left them.
+//!
 //! On start the chain state (last `seq` and line hash) is recovered from the end of the file
 //! (or `FILE.1` when the file is missing or empty, as after logrotate). An incomplete last
 //! line (a crash mid-write) is kept, terminated with `\n`, and followed by an
