@@ -190,7 +190,11 @@ fn staged_matches_whole(s: &Session, answer: Vec<Reply>) {
     };
     let at_once = whole.answer_eom(answer.clone());
     let ahead = staged.modifications_ahead(mods.to_vec());
-    assert_eq!(staged.state(), State::AwaitEom, "modifications ahead end nothing");
+    assert_eq!(
+        staged.state(),
+        State::AwaitEom,
+        "modifications ahead end nothing"
+    );
     assert!(staged.progress().is_some());
     let in_two = ahead.and_then(|mut m| {
         m.extend(staged.answer_eom(vec![last.clone()])?);
