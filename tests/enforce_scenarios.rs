@@ -235,6 +235,7 @@ fn check(st: &Stack, s: &Scenario, r: &support::postfix::SwaksResult) -> Vec<Str
         ),
         auth_user: None,
         daemon_name: None,
+        next_hops: Vec::new(),
     };
     let wire = as_postfix_sends(&s.input);
     let eval = filter::evaluate(&st.policy, envelope, &RawSource::new(&wire))

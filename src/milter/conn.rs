@@ -231,7 +231,11 @@ where
                 }
                 Step::Recipient { recipient, args } => {
                     let args = to_vecs(&args);
-                    self.sink_call("rcpt_to", |s| s.rcpt_to(&recipient, &args));
+                    let rcpt_macros = self.session.macro_table().stage_macros(b'R');
+                    self.sink_call("rcpt_to", |s| {
+                        s.rcpt_to(&recipient, &args)?;
+                        s.rcpt_macros(&rcpt_macros)
+                    });
                 }
                 Step::Header { name, value } => {
                     self.sink_call("header", |s| s.header(&name, &value));

@@ -57,6 +57,16 @@ impl MacroTable {
             .map(|(_, p)| p.as_slice())
     }
 
+    /// One stage's set alone (empty when the MTA sent none), e.g. the RCPT set for the
+    /// recipient just received.
+    pub fn stage_macros(&self, stage: u8) -> Macros {
+        let mut out = Macros::default();
+        for (n, v) in self.stage(stage).unwrap_or_default() {
+            out.set_shared(n, v);
+        }
+        out
+    }
+
     /// Forget message-scoped sets (ABORT).
     pub fn clear_message(&mut self) {
         self.message.clear();
