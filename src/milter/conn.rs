@@ -129,6 +129,11 @@ where
                     let cmd =
                         Command::parse(&frame).map_err(|e| format!("bad command packet: {e}"))?;
                     trace!(peer = %self.peer, command = cmd.name(), "received");
+                    if let Command::Macro { stage, pairs } = &cmd {
+                        // What the MTA sends per stage, for comparing MTAs (README, Sendmail).
+                        trace!(peer = %self.peer, stage = %char::from(*stage),
+                            macros = %super::macros::Listed(pairs), "macros");
+                    }
                     if self.process(cmd).await? {
                         return Ok(());
                     }
