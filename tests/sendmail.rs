@@ -742,3 +742,178 @@ fn write_doc(version: &str, parts: Vec<(String, String)>) {
 
 /// The heading the Sendmail part of docs/enforcement-dialogs.md starts with.
 const SENDMAIL_HEADING: &str = "## Through Sendmail";
+
+// ---------------------------------------------------------------------------------------------
+// 4. Header indexes and tempfail texts, Sendmail beside Postfix, with one test handler.
+// ---------------------------------------------------------------------------------------------
+
+/// The same edits through both MTAs: the header order each delivers, and what a client hears
+/// when the milter answers tempfail with its own text. Printed, and checked against what the
+/// README's Sendmail section says.
+#[test]
+fn header_indexes_and_tempfail_sendmail_beside_postfix() {
+    use markgate::milter::{Modification, Outcome, SmtpReply, Verdict};
+    use support::markgate::{Milter, TestHandler};
+    use support::postfix::{Postfix, PostfixConfig};
+    if !ready("header_indexes_and_tempfail_sendmail_beside_postfix")
+        || !peers::available(
+            "header_indexes_and_tempfail_sendmail_beside_postfix",
+            support::postfix::TOOLS,
+            true,
+        )
+    {
+        return;
+    }
+    let handler = || {
+        TestHandler::new(markgate::transaction::SpillPolicy::default(), |tx| {
+            let subject = tx
+                .first_header("Subject")
+                .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+                .unwrap_or_default();
+            if subject.contains("tempfail") {
+                return Outcome {
+                    verdict: Verdict::Tempfail(Some(SmtpReply {
+                        code: 451,
+                        enhanced: Some("4.7.1".into()),
+                        lines: vec!["markgate test: try again later".into()],
+                    })),
+                    modifications: Vec::new(),
+                };
+            }
+            if subject.contains("insert one") {
+                return Outcome {
+                    verdict: Verdict::Continue,
+                    modifications: vec![Modification::InsertHeader {
+                        index: 1,
+                        name: "X-Ins-1".into(),
+                        value: b"alone".to_vec(),
+                    }],
+                };
+            }
+            let h = |index: u32, name: &str, value: &str| {
+                (index, name.to_owned(), value.as_bytes().to_vec())
+            };
+            let mut mods = Vec::new();
+            for (index, name, value) in [h(0, "X-Ins-0", "at 0"), h(1, "X-Ins-1", "at 1")] {
+                mods.push(Modification::InsertHeader { index, name, value });
+            }
+            for (index, name, value) in [
+                h(2, "X-Dup", "second, changed"),
+                h(1, "X-Dup", ""),
+                h(5, "X-Missing", "changed at 5 of 0"),
+            ] {
+                mods.push(Modification::ChangeHeader { index, name, value });
+            }
+            mods.push(Modification::AddHeader {
+                name: "X-Added".into(),
+                value: b"appended".to_vec(),
+            });
+            Outcome {
+                verdict: Verdict::Continue,
+                modifications: mods,
+            }
+        })
+    };
+    let msg = "Date: Sun, 06 Dec 2026 03:45:00 +0000\r\nFrom: a@example.org\r\nTo: b@example.net\r\n\
+Subject: header indexes\r\nMessage-ID: <hdr-index@example.org>\r\nX-Dup: first\r\nX-Dup: second\r\n\r\nbody\r\n";
+    let names = |d: &Delivered| -> Vec<String> {
+        let m = String::from_utf8_lossy(&d.message).into_owned();
+        m.split("\n\n")
+            .next()
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with([' ', '\t']))
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap_or((l, ""));
+                if n.starts_with("X-") {
+                    format!("{n}:{}", v.trim())
+                } else {
+                    n.to_owned()
+                }
+            })
+            .collect()
+    };
+
+    // Sendmail.
+    let sm_milter = Milter::start_tcp(handler());
+    let sm = Sendmail::start(&MilterSocket::Inet(sm_milter.port().expect("port")));
+    let r = sm.send_data_with("a@example.org", &["b@example.net"], msg.as_bytes(), &[]);
+    assert_eq!(r.code, 0, "{}", r.dialog);
+    let sm_order = names(
+        &sm.wait_for(1, WAIT, |d| {
+            String::from_utf8_lossy(&d.message).contains("hdr-index@")
+        })[0],
+    );
+    let t = sm.send_data_with(
+        "a@example.org",
+        &["b@example.net"],
+        msg.replace("header indexes", "tempfail")
+            .replace("hdr-index", "hdr-tf")
+            .as_bytes(),
+        &[],
+    );
+    let sm_tempfail = end_of_data_reply(&t);
+    let one = msg
+        .replace("header indexes", "insert one")
+        .replace("hdr-index", "hdr-one");
+    let r = sm.send_data_with("a@example.org", &["b@example.net"], one.as_bytes(), &[]);
+    assert_eq!(r.code, 0, "{}", r.dialog);
+    let sm_one = names(
+        &sm.wait_for(1, WAIT, |d| {
+            String::from_utf8_lossy(&d.message).contains("hdr-one@")
+        })[0],
+    );
+
+    // Postfix, the same handler.
+    let pf_milter = Milter::start_tcp(handler());
+    let pf = Postfix::start(PostfixConfig::with_milter(pf_milter.postfix_spec()));
+    let r = pf.send_data("a@example.org", &["b@example.net"], msg.as_bytes());
+    assert_eq!(r.code, 0, "{}", r.dialog);
+    let pf_order = names(&pf.wait_delivered(1, WAIT)[0]);
+    let t = pf.send_data(
+        "a@example.org",
+        &["b@example.net"],
+        msg.replace("header indexes", "tempfail")
+            .replace("hdr-index", "hdr-tf")
+            .as_bytes(),
+    );
+    let pf_tempfail = end_of_data_reply(&t);
+    let r = pf.send_data("a@example.org", &["b@example.net"], one.as_bytes());
+    assert_eq!(r.code, 0, "{}", r.dialog);
+    let pf_one = names(
+        &pf.wait_delivered(2, WAIT)
+            .into_iter()
+            .find(|d| String::from_utf8_lossy(&d.message).contains("hdr-one@"))
+            .expect("hdr-one delivered"),
+    );
+    eprintln!("insheader(1) alone, Sendmail: {sm_one:?}\ninsheader(1) alone, Postfix:  {pf_one:?}");
+
+    eprintln!("header order, Sendmail: {sm_order:?}\nheader order, Postfix:  {pf_order:?}");
+    eprintln!("tempfail, Sendmail: {sm_tempfail:?}\ntempfail, Postfix:  {pf_tempfail:?}");
+    // Both: the change of X-Dup #2 then the deletion of X-Dup #1 leave one X-Dup, changed;
+    // a change beyond the count appends; ADDHEADER appends.
+    for order in [&sm_order, &pf_order] {
+        assert!(
+            order.contains(&"X-Dup:second, changed".to_string()),
+            "{order:?}"
+        );
+        assert!(!order.iter().any(|h| h == "X-Dup:first"), "{order:?}");
+        assert_eq!(
+            order.last().map(String::as_str),
+            Some("X-Added:appended"),
+            "{order:?}"
+        );
+    }
+    // Measured (Sendmail 8.17.1.9, Postfix 3.7): the same order. INSHEADER counts the MTA's own
+    // Received (hidden from the milter) — index 1 lands just below it, index 0 above it, and
+    // once something is above it, it counts like any other header.
+    assert_eq!(sm_order, pf_order);
+    assert_eq!(sm_one, pf_one);
+    assert_eq!(&sm_one[..2], ["Received", "X-Ins-1:alone"]);
+    assert_eq!(&sm_order[..3], ["X-Ins-0:at 0", "X-Ins-1:at 1", "Received"]);
+    // Both pass the milter's own 451 text to the client.
+    for t in [&sm_tempfail, &pf_tempfail] {
+        assert!(t.starts_with("451 4.7.1"), "{t}");
+        assert!(t.contains("markgate test: try again later"), "{t}");
+    }
+}
