@@ -614,7 +614,7 @@ Q2Fmw6kgcm90YSBmb3IgbmV4dCB3ZWVrLg==\r\n";
     let has = |stage: char, name: &str| {
         stages
             .get(&stage)
-            .is_some_and(|v| v.iter().any(|n| n == name))
+            .is_some_and(|v| v.iter().any(|n| n.starts_with(&format!("{name}="))))
     };
     assert!(has('C', "{daemon_name}"), "{summary:?}");
     assert!(
@@ -629,9 +629,19 @@ Q2Fmw6kgcm90YSBmb3IgbmV4dCB3ZWVrLg==\r\n";
         log.contains("{daemon_name}=MTA"),
         "DAEMON_OPTIONS Name= is the daemon name"
     );
+    let pf = postfix_macros();
+    let pf_summary: Vec<String> = pf
+        .iter()
+        .map(|(s, names)| format!("{s}: {}", names.join(" ")))
+        .collect();
+    eprintln!("macros Postfix sent per stage:\n{}", pf_summary.join("\n"));
     doc.push((
-        format!("Macros {version} sent (markgate's trace log), by stage"),
-        fence(&summary.join("\n")),
+        format!("Macros {version} sent (markgate's trace log), by stage, beside Postfix's"),
+        format!(
+            "Sendmail (`DAEMON_OPTIONS(... Name=MTA)`, relaying through `SMART_HOST`):\n\n{}\nPostfix (the test harness's instance, relaying through `relayhost`):\n\n{}",
+            fence(&summary.join("\n")),
+            fence(&pf_summary.join("\n"))
+        ),
     ));
 
     // 8. The milter stopped: F=T makes Sendmail answer 4xx; nothing leaves. Then back up.
@@ -691,7 +701,8 @@ Q2Fmw6kgcm90YSBmb3IgbmV4dCB3ZWVrLg==\r\n";
     write_doc(&version, doc);
 }
 
-/// Stage letter → macro names, from `macros stage=X macros=…` trace lines (first seen order).
+/// Stage letter → `name=value` (the first value seen), from `macros stage=X macros=…` trace
+/// lines, in first-seen order. Values end at a space (enough for these tests' values).
 fn macros_by_stage(log: &str) -> BTreeMap<char, Vec<String>> {
     let mut out: BTreeMap<char, Vec<String>> = BTreeMap::new();
     for line in log.lines().filter(|l| l.contains(" macros ")) {
@@ -703,11 +714,13 @@ fn macros_by_stage(log: &str) -> BTreeMap<char, Vec<String>> {
         };
         let names = out.entry(stage).or_default();
         for pair in list.split(' ') {
-            if let Some((name, _)) = pair.split_once('=')
+            if let Some((name, value)) = pair.split_once('=')
                 && (name.len() == 1 || name.starts_with('{'))
-                && !names.iter().any(|n| n == name)
+                && !names
+                    .iter()
+                    .any(|n| n.split_once('=').map_or(n.as_str(), |x| x.0) == name)
             {
-                names.push(name.to_owned());
+                names.push(format!("{name}={value}"));
             }
         }
     }
@@ -916,4 +929,47 @@ Subject: header indexes\r\nMessage-ID: <hdr-index@example.org>\r\nX-Dup: first\r
         assert!(t.starts_with("451 4.7.1"), "{t}");
         assert!(t.contains("markgate test: try again later"), "{t}");
     }
+}
+
+/// The macros a private Postfix sends markgate (the binary, trace log) for one message with
+/// two recipients, by stage.
+fn postfix_macros() -> BTreeMap<char, Vec<String>> {
+    use support::postfix::{Postfix, PostfixConfig};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = ports::free_port();
+    let config = dir.path().join("markgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"inet:127.0.0.1:{port}\"\n\n[logging]\nlevel = \"trace\"\n\n[audit]\npath = \"{}\"\n\n[audit.syslog]\nenabled = false\n",
+            dir.path().join("audit.jsonl").display()
+        ),
+    )
+    .expect("config");
+    let log = dir.path().join("markgate.log");
+    let file = std::fs::File::create(&log).expect("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_markgate"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("dup"))
+        .stderr(file)
+        .spawn()
+        .expect("markgate");
+    assert!(ports::wait_listening(port, 30), "markgate did not listen");
+    let pf = Postfix::start(PostfixConfig::with_milter(format!("inet:127.0.0.1:{port}")));
+    let r = pf.swaks(&[
+        "--from",
+        COUNCIL,
+        "--to",
+        "bob.jones@partner.gcsx.gov.uk,erin@example-council.gcsx.gov.uk",
+        "--header",
+        "Subject: macros",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.dialog);
+    pf.wait_delivered(1, WAIT);
+    let _ = child.kill();
+    let _ = child.wait();
+    macros_by_stage(&std::fs::read_to_string(&log).unwrap_or_default())
 }
