@@ -110,7 +110,7 @@ impl Route {
             }
         }
         if let Some(h) = &self.header
-            && facts.route_headers.iter().any(|id| *id == self.id)
+            && facts.route_headers.contains(&self.id)
         {
             return Some(format!("header {}", h.name));
         }
