@@ -113,6 +113,7 @@ fn envelope() -> Envelope {
         client_ip: Some([127, 0, 0, 1].into()),
         auth_user: None,
         daemon_name: Some("ORIGINATING".into()),
+        next_hops: Vec::new(),
     }
 }
 

@@ -10,7 +10,8 @@
 # with swaks and play the MTA with OpenDKIM's miltertest. Postfix's master must start as root, so
 # this script needs root (it re-runs itself with sudo when it can). Missing peers are installed
 # with apt-get; the postfix package is preseeded to "No configuration" so installing it does not
-# set up or start a system mail server. Inside this script a missing peer fails the run instead
+# set up or start a system mail server. Sendmail's packages are downloaded (not installed: they
+# conflict with postfix) into target/sendmail-debs for tests/sendmail.rs. Inside this script a missing peer fails the run instead
 # of skipping the test (MARKGATE_REQUIRE_REAL_PEERS=1).
 set -euo pipefail
 self=$(realpath "$0")
@@ -64,6 +65,28 @@ if [ -f /etc/postfix/main.cf ] && postfix status >/dev/null 2>&1; then
 	else
 		echo "scripts/test.sh: note: a system Postfix is running; the tests do not use or touch it" >&2
 	fi
+fi
+
+# Sendmail (tests/sendmail.rs, packaging/sendmail/test-sendmail.sh): Debian's sendmail-bin
+# conflicts with postfix, so it is never installed. Its packages are downloaded into target/
+# (never committed) and unpacked per test; the unpacked binary needs m4 (to build sendmail.cf),
+# libwrap0, and unshare (util-linux) to run with a qualified host name of its own.
+need=()
+command -v m4 >/dev/null || need+=(m4)
+ldconfig -p | grep -q 'libwrap\.so\.0' || need+=(libwrap0)
+command -v unshare >/dev/null || need+=(util-linux)
+command -v dpkg >/dev/null || need+=(dpkg)
+if [ ${#need[@]} -gt 0 ]; then
+	echo "scripts/test.sh: installing for Sendmail: ${need[*]}" >&2
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}"; }
+fi
+debs=target/sendmail-debs
+if ! ls "$debs"/sendmail-bin_*.deb "$debs"/sendmail-base_*.deb "$debs"/sendmail-cf_*.deb >/dev/null 2>&1; then
+	echo "scripts/test.sh: downloading sendmail-bin sendmail-base sendmail-cf into $debs" >&2
+	mkdir -p "$debs"
+	(cd "$debs" && apt-get download sendmail-bin sendmail-base sendmail-cf) \
+		|| { apt-get update && (cd "$debs" && apt-get download sendmail-bin sendmail-base sendmail-cf); }
 fi
 
 [ "$install_only" = 1 ] && exit 0

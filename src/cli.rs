@@ -245,6 +245,7 @@ pub fn main() -> ExitCode {
                 client_ip,
                 auth_user: auth,
                 daemon_name,
+                next_hops: Vec::new(),
             };
             return ExitCode::from(policy_test(policy.as_deref(), &envelope, json, &messages));
         }

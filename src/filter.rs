@@ -1291,27 +1291,13 @@ impl MessageSink for Message {
     fn macros(&mut self, macros: Macros) -> io::Result<()> {
         MessageSink::macros(&mut self.tx, macros)
     }
+    fn rcpt_macros(&mut self, macros: &Macros) -> io::Result<()> {
+        MessageSink::rcpt_macros(&mut self.tx, macros)
+    }
 }
 
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
-}
-
-/// The envelope decide() needs, from the transaction and the MTA's macros.
-pub fn envelope_of(tx: &Transaction, conn: &ConnectionFacts) -> Envelope {
-    let macro_text = |name: &str| {
-        tx.macros()
-            .get(name)
-            .map(|v| String::from_utf8_lossy(v).trim().to_owned())
-            .filter(|s| !s.is_empty())
-    };
-    Envelope {
-        sender: tx.sender().map(|s| lossy(s.bare())).unwrap_or_default(),
-        recipients: tx.recipients().iter().map(|r| lossy(r.bare())).collect(),
-        client_ip: conn.addr,
-        auth_user: macro_text("auth_authen"),
-        daemon_name: macro_text("daemon_name"),
-    }
 }
 
 fn meta_of(tx: &Transaction, conn: &ConnectionFacts) -> MessageMeta {
@@ -1541,6 +1527,9 @@ fn verdict_name(v: &PolicyVerdict) -> &'static str {
     }
 }
 
+mod envelope;
 mod settle;
+pub use envelope::envelope_of;
+
 #[cfg(test)]
 mod tests;

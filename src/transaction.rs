@@ -60,6 +60,10 @@ const LOOK_BACK_HEADERS: usize = 32;
 pub struct EnvelopeAddress {
     pub address: Vec<u8>,
     pub args: Vec<Vec<u8>>,
+    /// Recipients only: `{rcpt_host}` and `{rcpt_mailer}` as the MTA sent them with this RCPT
+    /// (where it will hand the recipient; `policy::routes` matches them).
+    pub rcpt_host: Option<Vec<u8>>,
+    pub rcpt_mailer: Option<Vec<u8>>,
 }
 
 impl EnvelopeAddress {
@@ -315,6 +319,7 @@ impl MessageSink for Transaction {
         self.sender = Some(EnvelopeAddress {
             address: sender.to_vec(),
             args: args.to_vec(),
+            ..EnvelopeAddress::default()
         });
         Ok(())
     }
@@ -323,6 +328,7 @@ impl MessageSink for Transaction {
         self.recipients.push(EnvelopeAddress {
             address: recipient.to_vec(),
             args: args.to_vec(),
+            ..EnvelopeAddress::default()
         });
         Ok(())
     }
@@ -370,6 +376,14 @@ impl MessageSink for Transaction {
 
     fn macros(&mut self, macros: Macros) -> io::Result<()> {
         self.macros = macros;
+        Ok(())
+    }
+
+    fn rcpt_macros(&mut self, macros: &Macros) -> io::Result<()> {
+        if let Some(r) = self.recipients.last_mut() {
+            r.rcpt_host = macros.get("rcpt_host").map(<[u8]>::to_vec);
+            r.rcpt_mailer = macros.get("rcpt_mailer").map(<[u8]>::to_vec);
+        }
         Ok(())
     }
 }
@@ -532,6 +546,7 @@ mod tests {
         let a = |s: &[u8]| EnvelopeAddress {
             address: s.to_vec(),
             args: vec![],
+            ..EnvelopeAddress::default()
         };
         assert_eq!(a(b"<>").bare(), b"");
         assert_eq!(a(b"plain@example.org").bare(), b"plain@example.org");

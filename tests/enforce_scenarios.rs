@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 use markgate::config::Config;
 use markgate::filter::{self, Filter, Notices, RawSource};
 use markgate::policy::{Envelope, Policy};
-use serde::Deserialize;
+use support::enforce::{
+    Scenario, as_postfix_sends, end_of_data_reply, message_id, normalise, policy_path, scenarios,
+};
 use support::markgate::Milter;
 use support::postfix::{Delivered, Postfix, PostfixConfig, TOOLS, crlf_to_lf};
 use support::{peers, ports};
@@ -43,106 +45,6 @@ const WAIT: Duration = Duration::from_secs(60);
 /// never run).
 static ATTACHMENTS_CHECKED: AtomicUsize = AtomicUsize::new(0);
 static SIGNATURES_VERIFIED: AtomicUsize = AtomicUsize::new(0);
-
-/// `case.toml`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Case {
-    from: String,
-    to: Vec<String>,
-    /// SMTP client address (faked with XCLIENT); default 127.0.0.1, inside the policy's
-    /// networks, so outbound.
-    client: Option<String>,
-    /// A policy file in `tests/enforce/policies/`; default the shipped `policies/uk-gpms.toml`.
-    policy: Option<String>,
-    /// `deliver` or `reject` (the SMTP reply to DATA is 5xx).
-    expect: String,
-    /// Fragments the reply to DATA must contain.
-    #[serde(default)]
-    reply: Vec<String>,
-}
-
-struct Scenario {
-    name: String,
-    dir: PathBuf,
-    case: Case,
-    input: Vec<u8>,
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/enforce")
-}
-
-fn scenarios() -> Vec<Scenario> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(root()).expect("tests/enforce") {
-        let dir = entry.expect("entry").path();
-        let case_file = dir.join("case.toml");
-        if !case_file.exists() {
-            continue;
-        }
-        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
-        let text = std::fs::read_to_string(&case_file).expect("case.toml");
-        let case: Case =
-            toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", case_file.display()));
-        let input = std::fs::read(dir.join("in.eml")).expect("in.eml");
-        out.push(Scenario {
-            name,
-            dir,
-            case,
-            input,
-        });
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
-}
-
-fn policy_path(case: &Case) -> PathBuf {
-    match &case.policy {
-        Some(p) => root().join("policies").join(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/uk-gpms.toml"),
-    }
-}
-
-/// What Postfix hands the milter: the message with CRLF line ends.
-fn as_postfix_sends(input: &[u8]) -> Vec<u8> {
-    let lf = crlf_to_lf(input);
-    let mut out = Vec::with_capacity(lf.len() + lf.len() / 20);
-    for &b in &lf {
-        if b == b'\n' {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
-}
-
-/// The delivered message without Postfix's own Received header (the first header).
-fn normalise(d: &Delivered) -> Vec<u8> {
-    let m = &d.message;
-    assert!(m.starts_with(b"Received: "), "no Postfix Received first");
-    let mut pos = 0;
-    loop {
-        let end = m[pos..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(m.len(), |i| pos + i + 1);
-        pos = end;
-        if !matches!(m.get(pos), Some(b' ' | b'\t')) {
-            break;
-        }
-    }
-    m[pos..].to_vec()
-}
-
-fn message_id(input: &[u8]) -> String {
-    let text = String::from_utf8_lossy(input);
-    text.lines()
-        .find_map(|l| l.strip_prefix("Message-ID: "))
-        .expect("every in.eml has a Message-ID")
-        .trim()
-        .to_owned()
-}
 
 /// Wait for the delivered message(s) carrying this Message-ID.
 fn wait_for(pf: &Postfix, id: &str, n: usize) -> Vec<Delivered> {
@@ -235,6 +137,7 @@ fn check(st: &Stack, s: &Scenario, r: &support::postfix::SwaksResult) -> Vec<Str
         ),
         auth_user: None,
         daemon_name: None,
+        next_hops: Vec::new(),
     };
     let wire = as_postfix_sends(&s.input);
     let eval = filter::evaluate(&st.policy, envelope, &RawSource::new(&wire))
@@ -383,27 +286,6 @@ fn smime_verifies(message: &[u8]) -> Result<(), String> {
     }
 }
 
-/// The server's answer to the end of the message data: the last reply before QUIT's 221
-/// (all its lines joined with `\n`).
-fn end_of_data_reply(r: &support::postfix::SwaksResult) -> String {
-    let replies = r.replies();
-    let end = replies
-        .iter()
-        .rposition(|l| l.starts_with("221"))
-        .unwrap_or(replies.len());
-    let mut lines: Vec<&str> = Vec::new();
-    for l in replies[..end].iter().rev() {
-        // Lines of one multi-line reply: `550-…` continuations before the final `550 …`.
-        if lines.is_empty() || l.as_bytes().get(3) == Some(&b'-') {
-            lines.push(l);
-        } else {
-            break;
-        }
-    }
-    lines.reverse();
-    lines.join("\n")
-}
-
 fn wait_notice(pf: &Postfix, sender: &str) -> Delivered {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -462,9 +344,12 @@ fn every_scenario_through_postfix_and_markgate() {
         // One decision record per message, a chain that verifies.
         let records = std::fs::read_to_string(&st.audit).expect("audit file");
         let decisions = records.matches("\"event\":\"message_decision\"").count();
-        let notices = results
+        // Sender notices pass through the same gateway and are decided too.
+        let notices = st
+            .pf
+            .delivered()
             .iter()
-            .filter(|(s, _)| s.case.policy.as_deref() == Some("uk-gpms-remove.toml"))
+            .filter(|d| String::from_utf8_lossy(&d.message).contains("recipients of your message"))
             .count();
         if decisions < results.len() || decisions > results.len() + notices {
             failures.push(format!(

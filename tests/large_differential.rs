@@ -526,6 +526,7 @@ fn envelope() -> Envelope {
         client_ip: Some("127.0.0.1".parse().expect("ip")),
         auth_user: None,
         daemon_name: None,
+        next_hops: Vec::new(),
     }
 }
 

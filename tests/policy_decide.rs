@@ -25,6 +25,7 @@ fn facts(p: &Policy, headers: &[(&str, &str)]) -> Facts {
         forward: forward::evidence(p, hs.iter().copied()),
         disclaimer_present: false,
         signed_or_encrypted: false,
+        route_headers: Vec::new(),
     }
 }
 
@@ -35,6 +36,7 @@ fn out(from: &str, rcpts: &[&str]) -> Envelope {
         client_ip: Some("127.0.0.1".parse().unwrap()),
         auth_user: None,
         daemon_name: Some("ORIGINATING".into()),
+        next_hops: Vec::new(),
     }
 }
 

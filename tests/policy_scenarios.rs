@@ -108,6 +108,10 @@ fn run(dir: &Path) -> Result<(), String> {
         forward: forward::evidence(&policy, pairs()),
         disclaimer_present: env.facts.disclaimer_present,
         signed_or_encrypted: env.facts.signed_or_encrypted,
+        route_headers: markgate::inspect::routes::header_routes(
+            &policy,
+            &pairs().collect::<Vec<_>>(),
+        ),
     };
     let envelope = Envelope {
         sender: env.from,
@@ -119,6 +123,7 @@ fn run(dir: &Path) -> Result<(), String> {
             .transpose()?,
         auth_user: env.auth,
         daemon_name: None,
+        next_hops: Vec::new(),
     };
     let decision = decide(&policy, &facts, &envelope);
     let actual = summary(&facts, &decision);

@@ -374,6 +374,7 @@ fn a_large_labelled_message_gets_the_streamed_body_the_in_memory_path_makes() {
         client_ip: Some("127.0.0.1".parse().expect("ip")),
         auth_user: None,
         daemon_name: None,
+        next_hops: Vec::new(),
     };
     let eval =
         markgate::filter::evaluate(&policy, envelope, &markgate::filter::RawSource::new(&msg))

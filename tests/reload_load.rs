@@ -599,6 +599,7 @@ fn reload_under_load_never_tempfails_never_loses_and_follows_the_policy_in_force
             client_ip: rec.client_addr.as_deref().map(|a| a.parse().expect("ip")),
             auth_user: rec.auth_user.clone(),
             daemon_name: None,
+            next_hops: Vec::new(),
         };
         assert_eq!(envelope.sender, SENDER);
         let eval = filter::evaluate(policy, envelope, &RawSource::new(sent.as_bytes()))

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Prove packaging/sendmail/markgate.mc with a real Sendmail, beside Postfix.
+# Prove packaging/sendmail/markgate.mc with a real Sendmail, beside Postfix: the quick check of
+# the snippet with the `markgate run` binary. The enforcement scenarios themselves run through
+# Sendmail in tests/sendmail.rs (same packages, same snippet line).
 #
 # Debian's sendmail-bin conflicts with postfix (both are the mail-transport-agent), so it is
 # never installed here: `apt-get download` fetches sendmail-bin, sendmail-base and sendmail-cf,
@@ -32,7 +34,7 @@ while [ $# -gt 0 ]; do
 	esac
 done
 export PATH=$PATH:/usr/sbin:/sbin
-for t in swaks smtp-sink ss; do command -v "$t" >/dev/null || die "$t not found (apt-get install -y postfix swaks iproute2)"; done
+for t in swaks smtp-sink ss unshare; do command -v "$t" >/dev/null || die "$t not found (apt-get install -y postfix swaks iproute2)"; done
 need=
 command -v m4 >/dev/null || need="$need m4"
 [ -e /usr/lib/x86_64-linux-gnu/libwrap.so.0 ] || ldconfig -p | grep -q 'libwrap\.so\.0' || need="$need libwrap0"
@@ -66,9 +68,14 @@ trap cleanup EXIT
 keep=yes
 
 for d in "$debs"/*.deb; do dpkg -x "$d" "$T/root"; done
-sm=$T/root/usr/libexec/sendmail/sendmail
-[ -x "$sm" ] || die "no sendmail binary in the unpacked tree"
-version=$({ "$sm" -d0.1 -bt -C /dev/null </dev/null 2>/dev/null || true; } | sed -n "s/^Version //p" | head -1)
+smbin=$T/root/usr/libexec/sendmail/sendmail
+[ -x "$smbin" ] || die "no sendmail binary in the unpacked tree"
+# Sendmail insists on a fully qualified name for itself before it reads sendmail.cf; on a machine
+# whose host name has no dot it sleeps a minute ("My unqualified host name ... unknown; sleeping
+# for retry"), at start and in the daemon. Run it in a UTS namespace of its own with a dotted
+# name; the machine's host name stays as it is.
+sm() { unshare --uts sh -c 'hostname sendmail.markgate.test && exec "$0" "$@"' "$smbin" "$@"; }
+version=$({ sm -d0.1 -bt -C /dev/null </dev/null 2>/dev/null || true; } | sed -n "s/^Version //p" | head -1)
 say "Sendmail $version from $(basename "$debs"/sendmail-bin_*.deb)"
 
 free_port() {
@@ -146,7 +153,7 @@ grep -q "^Xmarkgate, S=inet:$MILTER_PORT@127.0.0.1, F=T, T=C:10s;S:10s;R:30s;E:5
 	|| { grep '^X' "$T/sendmail.cf"; die "the filter did not reach sendmail.cf as written"; }
 
 say "sendmail -bd on 127.0.0.1:$SM_PORT, milter inet:$MILTER_PORT@127.0.0.1, sink :$SINK_PORT"
-"$sm" -C "$T/sendmail.cf" -bd -q1m -L sm-mta-test -O LogLevel=14 >"$T/sendmail.out" 2>&1 \
+sm -C "$T/sendmail.cf" -bd -q1m -L sm-mta-test -O LogLevel=14 >"$T/sendmail.out" 2>&1 \
 	|| { cat "$T/sendmail.out"; die "sendmail -bd failed"; }
 wait_port "$SM_PORT" 30 || { cat "$T/sendmail.out"; die "sendmail did not listen"; }
 

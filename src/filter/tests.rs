@@ -37,6 +37,7 @@ fn outbound(from: &str, to: &[&str]) -> Envelope {
         client_ip: Some("127.0.0.1".parse().unwrap()),
         auth_user: None,
         daemon_name: None,
+        next_hops: Vec::new(),
     }
 }
 

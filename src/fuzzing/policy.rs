@@ -67,12 +67,24 @@ fn exercise(policy: &Policy, headers: &[(&[u8], &[u8])]) {
         forward: forward::evidence(policy, headers.iter().copied()),
         disclaimer_present: headers.len().is_multiple_of(2),
         signed_or_encrypted: headers.len().is_multiple_of(3),
+        route_headers: crate::inspect::routes::header_routes(policy, headers),
     };
     for env in [
         Envelope {
             sender: "a@example-council.gcsx.gov.uk".into(),
             recipients: vec!["b@partner.gcsx.gov.uk".into(), "c@example.com".into()],
             client_ip: "127.0.0.1".parse().ok(),
+            // What the MTA said about where each recipient goes ([[route]] relays/mailers).
+            next_hops: vec![
+                crate::policy::NextHop {
+                    host: Some("[mdm.example.gov.uk]:25".into()),
+                    mailer: Some("relay".into()),
+                },
+                crate::policy::NextHop {
+                    host: Some("2001:db8::1".into()),
+                    mailer: None,
+                },
+            ],
             ..Envelope::default()
         },
         Envelope {
@@ -95,10 +107,11 @@ pub fn policy_toml(data: &[u8]) {
     match Policy::from_str("fuzz.toml", &text) {
         Ok(policy) => {
             let subject: &[u8] = b"RE: PROTECT - PERSONAL: x [SEC=OFFICIAL]";
-            let headers: [(&[u8], &[u8]); 3] = [
+            let headers: [(&[u8], &[u8]); 4] = [
                 (b"Subject", subject),
                 (b"X-Protective-Marking", b"RESTRICTED"),
                 (b"X-Forwarded-To", b"c@example.com"),
+                (b"X-Mobile-Gateway", b"sync device=7"),
             ];
             exercise(&policy, &headers);
         }

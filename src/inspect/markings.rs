@@ -374,6 +374,7 @@ pub fn header_facts<'a>(policy: &Policy, headers: &[(&'a [u8], &'a [u8])]) -> cr
         forward: super::forward::evidence(policy, headers.iter().copied()),
         disclaimer_present: false,
         signed_or_encrypted: false,
+        route_headers: super::routes::header_routes(policy, headers),
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`forward`]: auto-forward evidence from the policy's configured header signals.
 //! - [`mime`]: the MIME shape (parts, roles, transfer encodings, charsets), disclaimer already
 //!   present, signed or encrypted parts.
+//! - [`routes`]: which `[[route]]`s the headers select (a header a mobile gateway sets).
 //! - [`stream`]: the same text facts computed line by line, for a part too large to hold (the
 //!   bounded path of `crate::large`).
 //!
@@ -15,4 +16,5 @@
 pub mod forward;
 pub mod markings;
 pub mod mime;
+pub mod routes;
 pub mod stream;

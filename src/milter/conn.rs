@@ -136,6 +136,11 @@ where
                     let cmd =
                         Command::parse(&frame).map_err(|e| format!("bad command packet: {e}"))?;
                     trace!(peer = %self.peer, command = cmd.name(), "received");
+                    if let Command::Macro { stage, pairs } = &cmd {
+                        // What the MTA sends per stage, for comparing MTAs (README, Sendmail).
+                        trace!(peer = %self.peer, stage = %char::from(*stage),
+                            macros = %super::macros::Listed(pairs), "macros");
+                    }
                     if self.process(cmd).await? {
                         return Ok(());
                     }
@@ -238,7 +243,11 @@ where
                 }
                 Step::Recipient { recipient, args } => {
                     let args = to_vecs(&args);
-                    self.sink_call("rcpt_to", |s| s.rcpt_to(&recipient, &args));
+                    let rcpt_macros = self.session.macro_table().stage_macros(b'R');
+                    self.sink_call("rcpt_to", |s| {
+                        s.rcpt_to(&recipient, &args)?;
+                        s.rcpt_macros(&rcpt_macros)
+                    });
                 }
                 Step::Header { name, value } => {
                     self.sink_call("header", |s| s.header(&name, &value));

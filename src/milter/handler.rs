@@ -108,6 +108,13 @@ pub trait MessageSink: Send + 'static {
     /// macros included). Handed over by value: they are built for this call, so a sink that
     /// keeps them need not copy them.
     fn macros(&mut self, macros: Macros) -> io::Result<()>;
+    /// Called right after [`rcpt_to`](Self::rcpt_to) with the macros the MTA sent for that
+    /// RCPT (`{rcpt_host}`, `{rcpt_mailer}`, …). Each RCPT replaces the previous RCPT's set, so
+    /// by end-of-message only the last recipient's would be left: a sink that needs them per
+    /// recipient keeps them here. Default: ignored.
+    fn rcpt_macros(&mut self, _macros: &Macros) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// SMTP reply text for reject/tempfail: code, optional enhanced status, and lines of text.

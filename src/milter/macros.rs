@@ -14,6 +14,26 @@ use super::handler::Macros;
 /// Order in which stages are flattened: later ones override earlier ones.
 const ORDER: &[u8] = b"CHUMRTLNBE";
 
+/// One stage's pairs as `name=value` text, for trace logs.
+pub struct Listed<'a>(pub &'a [(Bytes, Bytes)]);
+
+impl std::fmt::Display for Listed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (n, v)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(
+                f,
+                "{}={}",
+                String::from_utf8_lossy(n),
+                String::from_utf8_lossy(v).escape_debug()
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// Macro sets by stage.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MacroTable {
@@ -55,6 +75,16 @@ impl MacroTable {
             .chain(self.message.iter())
             .find(|(s, _)| *s == stage)
             .map(|(_, p)| p.as_slice())
+    }
+
+    /// One stage's set alone (empty when the MTA sent none), e.g. the RCPT set for the
+    /// recipient just received.
+    pub fn stage_macros(&self, stage: u8) -> Macros {
+        let mut out = Macros::default();
+        for (n, v) in self.stage(stage).unwrap_or_default() {
+            out.set_shared(n, v);
+        }
+        out
     }
 
     /// Forget message-scoped sets (ABORT).

@@ -18,6 +18,8 @@ use super::labels::{self, Grammar, QualifierKind, VocabLevel, VocabQualifier, Vo
 use super::model::*;
 use super::raw::{self, TableReader, quote_list};
 
+mod routes;
+
 /// Compile policy text. `name` is used in messages (normally the file path) and is what
 /// `include` paths are relative to; `identity` is the file's identity as `read` reports
 /// identities (for include cycles); `read` reads fragments.
@@ -71,6 +73,7 @@ const TOP_KEYS: &[&str] = &[
     "rule",
     "disclaimer",
     "inbound",
+    "route",
 ];
 
 /// SHA-256 (hex) of the policy text; with fragments, of the policy text and each fragment's
@@ -141,6 +144,7 @@ impl<'a> Compiler<'a> {
         let rules_t = top.tables("rule", &mut p);
         let disclaimer_t = top.table("disclaimer", &mut p);
         let inbound_t = top.table("inbound", &mut p);
+        let routes_t = top.tables("route", &mut p);
         for (key, missing) in [
             ("policy", meta.is_none()),
             ("scheme", scheme_t.is_none()),
@@ -162,6 +166,7 @@ impl<'a> Compiler<'a> {
         let rules = self.rules(rules_t, &scheme, domains.as_ref(), forward.as_ref());
         let disclaimer = disclaimer_t.map(|t| self.disclaimer(t));
         let inbound = self.inbound(inbound_t);
+        let routes = self.routes(routes_t, &rules, &scheme);
 
         let scheme = scheme?;
         Some(Policy {
@@ -182,6 +187,7 @@ impl<'a> Compiler<'a> {
             rules,
             disclaimer: disclaimer.flatten(),
             inbound,
+            routes,
             scheme,
             warnings: Vec::new(),
         })

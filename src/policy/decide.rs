@@ -417,30 +417,49 @@ pub fn decide(policy: &Policy, facts: &Facts, envelope: &Envelope) -> Decision {
         }
         recipients.push(outcome);
     }
+    // Low-assurance routes hold marked mail back from their recipients only.
+    let routes = super::routes::hold_back(
+        policy,
+        facts,
+        envelope,
+        direction,
+        &effective,
+        &mut recipients,
+        &mut hits,
+    );
+    let removers: Vec<(&str, Option<&Reply>)> = first_remove
+        .map(|r| (r.id.as_str(), r.reply.as_ref()))
+        .into_iter()
+        .chain(routes.iter().map(|r| (r.id.as_str(), Some(&r.reply))))
+        .collect();
     let removed: Vec<String> = recipients
         .iter()
         .filter(|r| r.delivery == Delivery::Remove)
         .map(|r| r.address.clone())
         .collect();
     let mut sender_notice = None;
-    if let Some(rule) = first_remove {
-        let text = rule
-            .reply
-            .as_ref()
-            .map_or_else(String::new, |r| r.text.clone());
+    if let Some(&(id, reply)) = removers.first() {
         if !recipients.is_empty() && removed.len() == recipients.len() {
             // Nobody left to deliver to: refuse the message instead of accepting it for no one.
-            if let Some(reply) = &rule.reply {
+            if let Some(reply) = reply {
                 verdicts.push((
                     3,
                     Verdict::Reject {
                         reply: reply.clone(),
-                        rule: rule.id.clone(),
+                        rule: id.to_owned(),
                     },
                 ));
             }
         } else {
-            sender_notice = Some(text);
+            // One line per distinct text (a ceiling rule's and each route's, in that order).
+            let mut texts: Vec<&str> = Vec::new();
+            for (_, r) in &removers {
+                let t = r.map_or("", |r| r.text.as_str());
+                if !texts.contains(&t) {
+                    texts.push(t);
+                }
+            }
+            sender_notice = Some(texts.join("\n"));
         }
     }
 

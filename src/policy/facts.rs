@@ -27,6 +27,29 @@ pub struct Envelope {
     pub auth_user: Option<String>,
     /// The MTA's `{daemon_name}` macro (which smtpd instance received the mail), when sent.
     pub daemon_name: Option<String>,
+    /// Where the MTA hands each recipient (its RCPT-stage macros), in the order of
+    /// `recipients`; shorter than `recipients` (or empty) when the MTA did not say.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub next_hops: Vec<NextHop>,
+}
+
+impl Envelope {
+    /// What the MTA said about the next hop of recipient `i`, if anything.
+    pub fn next_hop(&self, i: usize) -> Option<&NextHop> {
+        self.next_hops.get(i)
+    }
+}
+
+/// The MTA's routing facts for one recipient, from the macros it sends with that RCPT. Used by
+/// `[[route]]` selectors (`policy::routes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NextHop {
+    /// `{rcpt_host}`: Postfix the next-hop destination (`[mdm.example]:25`, a domain), Sendmail
+    /// the host of the mailer triple.
+    pub host: Option<String>,
+    /// `{rcpt_mailer}`: the Postfix transport (`smtp`, `relay`, a master.cf service) or the
+    /// Sendmail mailer (`esmtp`, `relay`, `local`).
+    pub mailer: Option<String>,
 }
 
 /// Where a marking was found.
@@ -147,4 +170,8 @@ pub struct Facts {
     /// The message is signed or encrypted (multipart/signed, application/pkcs7-mime,
     /// multipart/encrypted, inline PGP). Filled by the integrator from `inspect::mime`.
     pub signed_or_encrypted: bool,
+    /// Ids of the `[[route]]`s whose `header` selector matched a header of the message
+    /// (`inspect::routes`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub route_headers: Vec<String>,
 }

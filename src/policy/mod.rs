@@ -23,13 +23,15 @@ pub mod labels;
 pub mod model;
 mod raw;
 pub mod render;
+pub mod routes;
 
 use std::path::Path;
 
 pub use decide::{Decision, Direction, decide};
 pub use error::{LoadErrors, Problem, Severity};
 pub use facts::{
-    Envelope, Facts, ForwardEvidence, ForwardHit, FoundMarking, Label, MarkingSource, MarkingStatus,
+    Envelope, Facts, ForwardEvidence, ForwardHit, FoundMarking, Label, MarkingSource,
+    MarkingStatus, NextHop,
 };
 pub use model::*;
 

@@ -35,6 +35,8 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     pub disclaimer: Option<Disclaimer>,
     pub inbound: Inbound,
+    /// `[[route]]`: low-assurance routes, in file order (`policy::routes`).
+    pub routes: Vec<super::routes::Route>,
     /// Warnings from loading (a policy with warnings still loads).
     pub warnings: Vec<super::error::Problem>,
 }

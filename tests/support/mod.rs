@@ -6,8 +6,10 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod enforce;
 pub mod markgate;
 pub mod peers;
 pub mod ports;
 pub mod postfix;
+pub mod sendmail;
 pub mod smtp;

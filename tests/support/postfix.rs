@@ -45,7 +45,7 @@ pub struct PostfixConfig {
     pub protocol: u8,
     /// `milter_connect_timeout`, `milter_command_timeout`, `milter_content_timeout`.
     pub timeouts: (String, String, String),
-    /// Any other main.cf settings, applied last.
+    /// Any other main.cf settings, applied last; `{sink_port}` in a value becomes the sink's port.
     pub extra: Vec<(String, String)>,
 }
 
@@ -631,6 +631,8 @@ milter_content_timeout = {t_content}
             t_content = c.timeouts.2,
         );
         for (k, v) in &c.extra {
+            // `{sink_port}` in a value: the sink's port, known only now (e.g. transport maps).
+            let v = v.replace("{sink_port}", &self.sink_port.to_string());
             writeln!(cf, "{k} = {v}").unwrap();
         }
         fs::write(self.etc.join("main.cf"), cf).expect("write main.cf");
