@@ -25,6 +25,7 @@ fn facts(p: &Policy, headers: &[(&str, &str)]) -> Facts {
         forward: forward::evidence(p, hs.iter().copied()),
         disclaimer_present: false,
         signed_or_encrypted: false,
+        ..Facts::default()
     }
 }
 

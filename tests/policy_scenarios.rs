@@ -108,6 +108,7 @@ fn run(dir: &Path) -> Result<(), String> {
         forward: forward::evidence(&policy, pairs()),
         disclaimer_present: env.facts.disclaimer_present,
         signed_or_encrypted: env.facts.signed_or_encrypted,
+        ..Facts::default()
     };
     let envelope = Envelope {
         sender: env.from,

@@ -67,6 +67,7 @@ fn exercise(policy: &Policy, headers: &[(&[u8], &[u8])]) {
         forward: forward::evidence(policy, headers.iter().copied()),
         disclaimer_present: headers.len().is_multiple_of(2),
         signed_or_encrypted: headers.len().is_multiple_of(3),
+        ..Facts::default()
     };
     for env in [
         Envelope {

@@ -31,6 +31,8 @@ pub enum Direction {
 pub enum LevelSource {
     Header,
     Subject,
+    /// A vendor label (`inspect::vendor`).
+    Vendor,
     /// No readable marking: the scheme's lowest level, assumed (never written as a label).
     Assumed,
 }
@@ -45,6 +47,9 @@ pub struct Effective {
     /// Its qualifiers (descriptors, caveats, handling instructions, ACCESS values).
     pub qualifiers: Vec<String>,
     pub source: LevelSource,
+    /// Set when the marking's EPMS EXPIRES has passed and `level` is its DOWNTO.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expired: Option<super::expiry::Expired>,
 }
 
 /// One rule that fired.
@@ -146,6 +151,9 @@ pub struct Labels {
     pub header: Option<HeaderLabel>,
     pub subject: Option<SubjectLabel>,
     pub reason: String,
+    /// Further label headers to ensure (the Purview `msip_labels` of `[write.purview]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<HeaderLabel>,
 }
 
 /// The disclaimer decision.
@@ -217,12 +225,16 @@ pub struct Decision {
 pub fn decide(policy: &Policy, facts: &Facts, envelope: &Envelope) -> Decision {
     let (direction, direction_reason) = direction(policy, envelope);
     let mut hits: Vec<RuleHit> = Vec::new();
+    let trusted = super::vendor::trusted(policy, facts, direction);
+    let facts: &Facts = &trusted;
 
     let markings = &facts.markings;
     let labelled: Vec<&FoundMarking> = markings.iter().filter(|m| m.label.is_some()).collect();
 
     // Effective level first: min_level conditions need it.
+    let chosen = choose_label(policy, &labelled).map(|(l, _)| l);
     let effective = effective(policy, &labelled);
+    let effective = super::expiry::apply(policy, facts.now, chosen, effective, &mut hits);
 
     // Message-level situations.
     let mut situations: Vec<(Situation, String)> = Vec::new();
@@ -257,7 +269,7 @@ pub fn decide(policy: &Policy, facts: &Facts, envelope: &Envelope) -> Decision {
     let header_count = markings.iter().filter(|m| m.source.is_header()).count();
     let subject_labels: Vec<&Label> = markings
         .iter()
-        .filter(|m| !m.source.is_header())
+        .filter(|m| m.source.is_subject())
         .filter_map(|m| m.label.as_ref())
         .collect();
     let subject_disagree = subject_labels.windows(2).any(|w| !w[0].same_marking(w[1]));
@@ -269,27 +281,10 @@ pub fn decide(policy: &Policy, facts: &Facts, envelope: &Envelope) -> Decision {
         };
         situations.push((Situation::Multiple, what));
     }
-    let header_label = labelled
-        .iter()
-        .filter(|m| m.source.is_header())
-        .filter_map(|m| m.label.as_ref())
-        .max_by_key(|l| l.level);
-    let subject_label = labelled
-        .iter()
-        .filter(|m| !m.source.is_header())
-        .filter_map(|m| m.label.as_ref())
-        .max_by_key(|l| l.level);
-    if let (Some(h), Some(s)) = (header_label, subject_label)
-        && !h.same_marking(s)
-    {
-        situations.push((
-            Situation::Conflict,
-            format!(
-                "header says `{}`, subject says `{}`",
-                h.canonical, s.canonical
-            ),
-        ));
+    if let Some(detail) = super::agreement::conflict(&labelled) {
+        situations.push((Situation::Conflict, detail));
     }
+    situations.extend(super::origin::check(policy, facts, envelope, direction));
     let forged = direction == Direction::Inbound && forged_label(policy, markings, envelope);
     if forged {
         situations.push((
@@ -379,6 +374,7 @@ pub fn decide(policy: &Policy, facts: &Facts, envelope: &Envelope) -> Decision {
                 ),
             ));
         }
+        checks.extend(super::release::check(policy, &effective, &domain));
         for (situation, detail) in checks {
             let Some(rule) = find_rule(
                 policy,
@@ -455,15 +451,22 @@ pub fn decide(policy: &Policy, facts: &Facts, envelope: &Envelope) -> Decision {
     {
         verdict = v.clone();
     }
+    super::release::name_caveat(&effective, &hits, &mut verdict, &mut sender_notice);
     let refused = matches!(verdict, Verdict::Reject { .. } | Verdict::Tempfail { .. });
 
     // Labels.
     let chosen = choose_label(policy, &labelled);
-    let labels = if refused {
+    let mut labels = if refused {
         no_labels("the message is refused")
     } else {
         labels_to_write(policy, facts, envelope, direction, &effective, chosen)
     };
+    if !refused {
+        let label = chosen.map(|(l, _)| l);
+        labels.extra = super::vendor::purview_header(policy, facts, direction, label)
+            .into_iter()
+            .collect();
+    }
 
     // Inbound label stripping.
     let mut strip_headers = Vec::new();
@@ -643,6 +646,7 @@ fn no_labels(reason: &str) -> Labels {
         header: None,
         subject: None,
         reason: reason.to_owned(),
+        extra: Vec::new(),
     }
 }
 
@@ -658,6 +662,7 @@ fn source_name(s: &MarkingSource) -> String {
     match s {
         MarkingSource::Header { name, .. } => format!("header {name}"),
         MarkingSource::Subject { .. } => "subject".to_owned(),
+        MarkingSource::Vendor { vendor, .. } => format!("{vendor} label"),
     }
 }
 
@@ -732,6 +737,7 @@ fn effective(policy: &Policy, labelled: &[&FoundMarking]) -> Effective {
             marking: Some(label.canonical.clone()),
             qualifiers: label.qualifiers.clone(),
             source,
+            expired: None,
         },
         None => Effective {
             level: 0,
@@ -739,6 +745,7 @@ fn effective(policy: &Policy, labelled: &[&FoundMarking]) -> Effective {
             marking: None,
             qualifiers: Vec::new(),
             source: LevelSource::Assumed,
+            expired: None,
         },
     }
 }
@@ -751,7 +758,7 @@ fn choose_label<'a>(
     let best = |header: Option<bool>| -> Option<&'a FoundMarking> {
         let mut best: Option<&'a FoundMarking> = None;
         for m in labelled.iter().copied() {
-            if header.is_some_and(|h| m.source.is_header() != h) {
+            if header.is_some_and(|h| m.source.is_subject() == h) {
                 continue;
             }
             let lvl = m.label.as_ref().map_or(0, |l| l.level);
@@ -766,10 +773,10 @@ fn choose_label<'a>(
         Precedence::Subject => best(Some(false)).or_else(|| best(Some(true))),
         Precedence::Highest => best(None),
     }?;
-    let source = if m.source.is_header() {
-        LevelSource::Header
-    } else {
-        LevelSource::Subject
+    let source = match m.source {
+        MarkingSource::Header { .. } => LevelSource::Header,
+        MarkingSource::Subject { .. } => LevelSource::Subject,
+        MarkingSource::Vendor { .. } => LevelSource::Vendor,
     };
     m.label.as_ref().map(|l| (l, source))
 }
@@ -924,7 +931,7 @@ fn labels_to_write(
         let existing = facts
             .markings
             .iter()
-            .filter(|m| !m.source.is_header())
+            .filter(|m| m.source.is_subject())
             .filter_map(|m| m.range.clone())
             .collect();
         SubjectLabel {
@@ -950,6 +957,7 @@ fn labels_to_write(
         header,
         subject,
         reason,
+        extra: Vec::new(),
     }
 }
 
@@ -968,7 +976,7 @@ fn rewrite_subject(current: &str, facts: &Facts, form: SubjectForm, marking: &st
     let mut ranges: Vec<std::ops::Range<usize>> = facts
         .markings
         .iter()
-        .filter(|m| !m.source.is_header())
+        .filter(|m| m.source.is_subject())
         .filter_map(|m| m.remove_range.clone())
         .filter(|r| {
             r.start <= r.end

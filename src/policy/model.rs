@@ -35,6 +35,14 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     pub disclaimer: Option<Disclaimer>,
     pub inbound: Inbound,
+    /// `[read.vendor.*]`: vendor label sources, in the order the policy lists them.
+    pub vendors: Vec<super::vendor::VendorRead>,
+    /// `[write.purview]`.
+    pub purview_write: Option<super::vendor::PurviewWrite>,
+    /// `[release]`: countries and groups of recipient domains.
+    pub release: super::release::Release,
+    /// `[origin]`: check EPMS ORIGIN against the sender.
+    pub origin: Option<super::origin::OriginCheck>,
     /// Warnings from loading (a policy with warnings still loads).
     pub warnings: Vec<super::error::Problem>,
 }
@@ -258,6 +266,10 @@ pub enum Situation {
     AboveCeiling,
     AutoForwardDown,
     ForgedLabel,
+    /// A releasability caveat does not allow this recipient (`policy::release`).
+    NotReleasable,
+    /// EPMS ORIGIN is not the sender (`policy::origin`).
+    OriginMismatch,
 }
 
 impl Situation {
@@ -270,8 +282,10 @@ impl Situation {
         "above-ceiling",
         "auto-forward-down",
         "forged-label",
+        "not-releasable",
+        "origin-mismatch",
     ];
-    pub const ALL: [Situation; 8] = [
+    pub const ALL: [Situation; 10] = [
         Situation::Unmarked,
         Situation::Malformed,
         Situation::Unknown,
@@ -280,6 +294,8 @@ impl Situation {
         Situation::AboveCeiling,
         Situation::AutoForwardDown,
         Situation::ForgedLabel,
+        Situation::NotReleasable,
+        Situation::OriginMismatch,
     ];
     pub fn name(self) -> &'static str {
         Self::NAMES[Self::ALL.iter().position(|s| *s == self).unwrap_or(0)]
@@ -292,7 +308,10 @@ impl Situation {
     }
     /// Situations decided for each recipient rather than for the message.
     pub fn per_recipient(self) -> bool {
-        matches!(self, Situation::AboveCeiling | Situation::AutoForwardDown)
+        matches!(
+            self,
+            Situation::AboveCeiling | Situation::AutoForwardDown | Situation::NotReleasable
+        )
     }
 }
 
