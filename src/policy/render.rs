@@ -118,6 +118,16 @@ pub fn text(message: &str, facts: &Facts, d: &Decision) -> String {
             }
         }
     }
+    for h in &d.labels.extra {
+        let _ = writeln!(o, "vendor label header (add): {}: {}", h.name, h.value);
+    }
+    if let Some(e) = &d.effective.expired {
+        let _ = writeln!(
+            o,
+            "expired: EXPIRES={} passed, {} treated as {}",
+            e.expires, e.from, e.to
+        );
+    }
     for h in &d.strip_headers {
         let _ = writeln!(o, "strip header: {h}");
     }

@@ -167,6 +167,6 @@ fn diag(code: &'static str, at: usize, message: String) -> Diagnostic {
 pub fn render(guid: &str, site_id: &str, name: &str) -> String {
     let p = format!("MSIP_Label_{guid}");
     format!(
-        "{p}_Enabled=true; {p}_SiteId={site_id}; {p}_Method=Privileged; {p}_Name={name}; {p}_ContentBits=0;"
+        "{p}_Enabled=true; {p}_SiteId={site_id}; {p}_Method=Privileged; {p}_Name={name}; {p}_ContentBits=0"
     )
 }
