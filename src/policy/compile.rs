@@ -545,7 +545,14 @@ impl<'a> Compiler<'a> {
                         Some(_) => !info.code.starts_with("uk."),
                         None => false,
                     };
-                    if wrong_family {
+                    if info.code.contains(".near-miss.") {
+                        self.err(
+                            a.span(),
+                            "read.accept",
+                            format!("`{}`, a near-miss, which is never accepted", a.get_ref()),
+                            "a diagnostic code of a variant or violation the grammar reports".into(),
+                        );
+                    } else if wrong_family {
                         self.err(
                             a.span(),
                             "read.accept",
