@@ -1,7 +1,10 @@
-//! ORIGIN against the sender, end to end: a message through a real Postfix whose milter is
-//! markgate's production filter with `[origin]` configured, carrying an EPMS ORIGIN copied from
-//! someone else. The decision raises an `origin_mismatch` incident, and the alert mail (sent by
-//! markgate's alert task through the same Postfix) reaches the test's SMTP sink.
+//! Issue-13 checks that need more than a scenario folder, end to end through a real Postfix
+//! whose milter is markgate's production filter (with an audit trail and alerts):
+//!
+//! - ORIGIN against the sender: a message carrying an EPMS ORIGIN copied from someone else
+//!   raises an `origin_mismatch` incident, and the alert mail (sent by markgate's alert task
+//!   through the same Postfix) reaches the test's SMTP sink.
+//! - EXPIRES/DOWNTO: the audit record of an expired marking states both levels.
 
 mod support;
 
@@ -18,10 +21,14 @@ use support::{peers, ports};
 const WAIT: Duration = Duration::from_secs(60);
 
 fn message(id: &str, origin: &str) -> Vec<u8> {
+    message_marked(id, "SEC=OFFICIAL", origin)
+}
+
+fn message_marked(id: &str, marking: &str, origin: &str) -> Vec<u8> {
     format!(
         "From: alice@agency.gov.au\r\nTo: bob@agency.gov.au\r\nDate: Sun, 22 Nov 2026 10:00:00 +0000\r\n\
-         Message-ID: <{id}@enforce.test>\r\nSubject: Minutes [SEC=OFFICIAL]\r\n\
-         X-Protective-Marking: VER=2024.1, NS=gov.au, SEC=OFFICIAL, ORIGIN={origin}\r\n\r\nMinutes.\r\n"
+         Message-ID: <{id}@enforce.test>\r\nSubject: Minutes [{marking}]\r\n\
+         X-Protective-Marking: VER=2024.1, NS=gov.au, {marking}, ORIGIN={origin}\r\n\r\nMinutes.\r\n"
     )
     .into_bytes()
 }
@@ -55,6 +62,7 @@ fn origin_mismatch_alert_reaches_the_sink() {
     settings.relay_port = pf.smtp_port;
     settings.relay_timeout = Duration::from_secs(10);
     let alerts = AlertHandle::spawn(settings, None);
+    let audit_path = config.audit.path.clone();
     let filter = Filter::fixed(policy, config, Some(audit)).with_alerts(alerts);
     let _milter = Milter::start_tcp_on(port, filter);
 
@@ -96,4 +104,41 @@ fn origin_mismatch_alert_reaches_the_sink() {
         assert!(Instant::now() < deadline, "message not delivered");
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // An expired marking: delivered to the internet at its DOWNTO level; the audit record says
+    // both levels.
+    let r = pf.send_data_with(
+        "alice@agency.gov.au",
+        &["someone@example.com"],
+        &message_marked(
+            "expired-marking",
+            "SEC=PROTECTED, EXPIRES=2020-07-01, DOWNTO=OFFICIAL",
+            "alice@agency.gov.au",
+        ),
+        &["--xclient", "ADDR=127.0.0.1 NAME=client.test"],
+    );
+    assert_eq!(r.code, 0, "{}", r.dialog);
+    let deadline = Instant::now() + WAIT;
+    let record = loop {
+        let text = std::fs::read_to_string(&audit_path).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains("<expired-marking@enforce.test>") && l.contains("message_decision"))
+        {
+            break line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no audit record for the expired message");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let v: serde_json::Value = serde_json::from_str(&record).expect("json record");
+    let data = &v["data"];
+    assert_eq!(data["effective_level"], "OFFICIAL", "{record}");
+    let findings = data["findings"].as_array().expect("findings");
+    assert!(
+        findings.iter().any(|f| f["rule"] == "expires"
+            && f["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("treated as OFFICIAL (DOWNTO) instead of PROTECTED"))),
+        "{record}"
+    );
 }
