@@ -73,7 +73,11 @@ fn origin_mismatch_alert_reaches_the_sink() {
         &message("origin-copied", "mallory@agency.gov.au"),
         &["--xclient", "ADDR=127.0.0.1 NAME=client.test"],
     );
-    assert_eq!(r.code, 0, "accepted (the rule alerts, it does not refuse): {}", r.dialog);
+    assert_eq!(
+        r.code, 0,
+        "accepted (the rule alerts, it does not refuse): {}",
+        r.dialog
+    );
 
     let deadline = Instant::now() + WAIT;
     let alert = loop {
@@ -121,13 +125,15 @@ fn origin_mismatch_alert_reaches_the_sink() {
     let deadline = Instant::now() + WAIT;
     let record = loop {
         let text = std::fs::read_to_string(&audit_path).unwrap_or_default();
-        if let Some(line) = text
-            .lines()
-            .find(|l| l.contains("<expired-marking@enforce.test>") && l.contains("message_decision"))
-        {
+        if let Some(line) = text.lines().find(|l| {
+            l.contains("<expired-marking@enforce.test>") && l.contains("message_decision")
+        }) {
             break line.to_owned();
         }
-        assert!(Instant::now() < deadline, "no audit record for the expired message");
+        assert!(
+            Instant::now() < deadline,
+            "no audit record for the expired message"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let v: serde_json::Value = serde_json::from_str(&record).expect("json record");

@@ -30,7 +30,10 @@ const TARGETS: &[(&str, Body)] = &[
         "vendor_boldon_james",
         markgate::fuzzing::vendor::vendor_boldon_james,
     ),
-    ("vendor_janusseal", markgate::fuzzing::vendor::vendor_janusseal),
+    (
+        "vendor_janusseal",
+        markgate::fuzzing::vendor::vendor_janusseal,
+    ),
 ];
 
 fn inputs(dir: &Path) -> Vec<std::path::PathBuf> {

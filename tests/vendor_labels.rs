@@ -83,13 +83,33 @@ fn purview_labels_of_two_tenants_and_a_removed_one() {
 #[test]
 fn purview_diagnostics_for_broken_values() {
     for (value, code) in [
-        (format!("MSIP_Label_{GUID}_SiteId={SITE}"), "vendor.purview.enabled"),
-        (format!("MSIP_Label_{GUID}_Enabled=yes; MSIP_Label_{GUID}_SiteId={SITE}"), "vendor.purview.enabled"),
-        (format!("MSIP_Label_{GUID}_Enabled=true"), "vendor.purview.site"),
-        (format!("MSIP_Label_{GUID}_Enabled=true; MSIP_Label_{GUID}_SiteId={SITE}; MSIP_Label_{GUID}_Method=Auto-ish"), "vendor.purview.method"),
-        (format!("MSIP_Label_not-a-guid_Enabled=true; MSIP_Label_not-a-guid_SiteId={SITE}"), "vendor.purview.guid"),
+        (
+            format!("MSIP_Label_{GUID}_SiteId={SITE}"),
+            "vendor.purview.enabled",
+        ),
+        (
+            format!("MSIP_Label_{GUID}_Enabled=yes; MSIP_Label_{GUID}_SiteId={SITE}"),
+            "vendor.purview.enabled",
+        ),
+        (
+            format!("MSIP_Label_{GUID}_Enabled=true"),
+            "vendor.purview.site",
+        ),
+        (
+            format!(
+                "MSIP_Label_{GUID}_Enabled=true; MSIP_Label_{GUID}_SiteId={SITE}; MSIP_Label_{GUID}_Method=Auto-ish"
+            ),
+            "vendor.purview.method",
+        ),
+        (
+            format!("MSIP_Label_not-a-guid_Enabled=true; MSIP_Label_not-a-guid_SiteId={SITE}"),
+            "vendor.purview.guid",
+        ),
         ("Sensitivity=Restricted".to_owned(), "vendor.purview.syntax"),
-        ("MSIP_Label_nounderscore".to_owned(), "vendor.purview.syntax"),
+        (
+            "MSIP_Label_nounderscore".to_owned(),
+            "vendor.purview.syntax",
+        ),
     ] {
         let labels = purview::read("msip_labels", &value);
         let codes: Vec<&str> = labels
@@ -107,27 +127,50 @@ fn purview_render_reads_back_as_the_same_label() {
     assert_eq!(labels.len(), 1);
     assert_eq!(labels[0].key, GUID);
     assert_eq!(labels[0].user_chosen, Some(true));
-    assert!(labels[0].diagnostics.is_empty(), "{:?}", labels[0].diagnostics);
+    assert!(
+        labels[0].diagnostics.is_empty(),
+        "{:?}",
+        labels[0].diagnostics
+    );
 }
 
 #[test]
 fn purview_mapping_tenants_and_unknown_labels() {
     let p = vendor_policy();
     // Mapped, our tenant: a valid RESTRICTED marking.
-    let f = facts(&p, &[("msip_labels", &msip(GUID, SITE, "Restricted", "Privileged"))]);
+    let f = facts(
+        &p,
+        &[("msip_labels", &msip(GUID, SITE, "Restricted", "Privileged"))],
+    );
     assert_eq!(f.markings.len(), 1);
     let m = &f.markings[0];
     assert_eq!(m.status, MarkingStatus::Valid);
     assert_eq!(m.label.as_ref().unwrap().level_name, "RESTRICTED");
-    assert!(matches!(&m.source, MarkingSource::Vendor { vendor, key, .. } if vendor == "purview" && key == GUID));
+    assert!(
+        matches!(&m.source, MarkingSource::Vendor { vendor, key, .. } if vendor == "purview" && key == GUID)
+    );
     assert_eq!(f.vendor_headers, vec!["msip_labels".to_owned()]);
     // Another tenant's label: not ours to read.
-    let f = facts(&p, &[("msip_labels", &msip(GUID, OTHER_SITE, "Restricted", "Privileged"))]);
+    let f = facts(
+        &p,
+        &[(
+            "msip_labels",
+            &msip(GUID, OTHER_SITE, "Restricted", "Privileged"),
+        )],
+    );
     assert!(f.markings.is_empty(), "{:?}", f.markings);
     // Our tenant, a label the policy does not map: unknown, never guessed.
     let f = facts(
         &p,
-        &[("msip_labels", &msip("0e0e0e0e-1111-4222-8333-444455556666", SITE, "Secret", "Privileged"))],
+        &[(
+            "msip_labels",
+            &msip(
+                "0e0e0e0e-1111-4222-8333-444455556666",
+                SITE,
+                "Secret",
+                "Privileged",
+            ),
+        )],
     );
     assert_eq!(f.markings[0].status, MarkingStatus::Unknown);
     assert_eq!(f.markings[0].diagnostics[0].code, "vendor.unmapped");
@@ -159,28 +202,51 @@ fn titus_metadata_and_classifications() {
     assert_eq!(labels.len(), 1);
     assert_eq!(labels[0].key, "Classification=RESTRICTED");
     assert_eq!(labels[0].alt_keys, vec!["Export=No".to_owned()]);
-    assert_eq!(labels[0].tenant.as_deref(), Some("http://www.titus.com/ns/Example"));
+    assert_eq!(
+        labels[0].tenant.as_deref(),
+        Some("http://www.titus.com/ns/Example")
+    );
     let labels = titus::read(
         "X-TitusLabs-Classifications-30",
         "TLPropertyRoot=Example;Classification=PROTECT;",
     );
     assert_eq!(labels[0].key, "TLPropertyRoot=Example");
-    assert_eq!(labels[0].alt_keys, vec!["Classification=PROTECT".to_owned()]);
+    assert_eq!(
+        labels[0].alt_keys,
+        vec!["Classification=PROTECT".to_owned()]
+    );
     assert!(titus::read("x-titus-version", "3.5.15.2").is_empty());
-    assert!(titus::read("x-titus-metadata-", &v).is_empty(), "needs the number");
+    assert!(
+        titus::read("x-titus-metadata-", &v).is_empty(),
+        "needs the number"
+    );
 }
 
 #[test]
 fn titus_diagnostics() {
     for (name, value, code) in [
-        ("x-titus-metadata-40", "%%% not base64 %%%", "vendor.titus.base64"),
+        (
+            "x-titus-metadata-40",
+            "%%% not base64 %%%",
+            "vendor.titus.base64",
+        ),
         ("x-titus-metadata-40", "bm90IGpzb24=", "vendor.titus.json"),
-        ("x-titus-metadata-40", "eyJNZXRhZGF0YSI6e319", "vendor.titus.json"),
-        ("x-tituslabs-classifications-30", "Classification", "vendor.titus.syntax"),
+        (
+            "x-titus-metadata-40",
+            "eyJNZXRhZGF0YSI6e319",
+            "vendor.titus.json",
+        ),
+        (
+            "x-tituslabs-classifications-30",
+            "Classification",
+            "vendor.titus.syntax",
+        ),
     ] {
         let labels = titus::read(name, value);
         assert!(
-            labels.iter().any(|l| l.diagnostics.iter().any(|d| d.code == code)),
+            labels
+                .iter()
+                .any(|l| l.diagnostics.iter().any(|d| d.code == code)),
             "{value}: {labels:?}"
         );
     }
@@ -194,12 +260,18 @@ fn titus_headers_merge_into_one_marking() {
         &p,
         &[
             ("x-titus-metadata-40", &meta),
-            ("x-tituslabs-classifications-30", "Classification=RESTRICTED;"),
+            (
+                "x-tituslabs-classifications-30",
+                "Classification=RESTRICTED;",
+            ),
         ],
     );
     assert_eq!(f.markings.len(), 1, "{:?}", f.markings);
     assert_eq!(f.markings[0].status, MarkingStatus::Valid);
-    assert_eq!(f.markings[0].label.as_ref().unwrap().level_name, "RESTRICTED");
+    assert_eq!(
+        f.markings[0].label.as_ref().unwrap().level_name,
+        "RESTRICTED"
+    );
 }
 
 // --- Boldon James ------------------------------------------------------------------------
@@ -216,7 +288,10 @@ fn sisl(origin: &str, uid: &str) -> String {
 #[test]
 fn boldon_james_sisl_and_display_text() {
     let uid = "6c0e1f3a-52b7-4d8e-a1f9-3e7c5b2d4a60";
-    let labels = boldon_james::read("x-bjprotectivemarking", &sisl("userSelected", uid).replace('\n', ""));
+    let labels = boldon_james::read(
+        "x-bjprotectivemarking",
+        &sisl("userSelected", uid).replace('\n', ""),
+    );
     assert_eq!(labels.len(), 1);
     let l = &labels[0];
     assert_eq!(l.key, uid);
@@ -227,7 +302,10 @@ fn boldon_james_sisl_and_display_text() {
             "11111111-2222-4333-8444-555555555555".to_owned()
         ]
     );
-    assert_eq!(l.tenant.as_deref(), Some("9d3b7a21-4e6f-4c58-b0a2-7f1e3d5c8b94"));
+    assert_eq!(
+        l.tenant.as_deref(),
+        Some("9d3b7a21-4e6f-4c58-b0a2-7f1e3d5c8b94")
+    );
     assert_eq!(l.user_chosen, Some(true));
     let l = &boldon_james::read("x-bjprotectivemarking", &sisl("defaultValue", uid))[0];
     assert_eq!(l.user_chosen, Some(false));
@@ -236,7 +314,10 @@ fn boldon_james_sisl_and_display_text() {
     for (v, code) in [
         ("plain text", "vendor.boldon_james.syntax"),
         ("<sisl policy=\"x\"></sisl>", "vendor.boldon_james.syntax"),
-        ("<sisl origin=\"guessed\"><element uid=\"a\"/></sisl>", "vendor.boldon_james.origin"),
+        (
+            "<sisl origin=\"guessed\"><element uid=\"a\"/></sisl>",
+            "vendor.boldon_james.origin",
+        ),
     ] {
         let l = &boldon_james::read("x-bjprotectivemarking", v)[0];
         assert!(l.diagnostics.iter().any(|d| d.code == code), "{v}: {l:?}");
@@ -258,7 +339,11 @@ fn boldon_james_default_label_is_malformed_when_a_person_must_choose() {
     let uid = "6c0e1f3a-52b7-4d8e-a1f9-3e7c5b2d4a60";
     let f = facts(&p, &[("x-bjprotectivemarking", &sisl("defaultValue", uid))]);
     assert_eq!(f.markings[0].status, MarkingStatus::Malformed);
-    assert!(f.markings[0].rejected_codes.contains(&"vendor.not-user-chosen"));
+    assert!(
+        f.markings[0]
+            .rejected_codes
+            .contains(&"vendor.not-user-chosen")
+    );
     let f = facts(&p, &[("x-bjprotectivemarking", &sisl("userSelected", uid))]);
     assert_eq!(f.markings[0].status, MarkingStatus::Valid);
 }
@@ -279,19 +364,38 @@ fn janusseal_private_namespace_and_guid() {
     assert_eq!(l.tenant.as_deref(), Some(JNS));
     // Not one of the configured namespaces: not Janusseal's (an EPMS header, or a stranger's).
     assert!(janusseal::read("x-protective-marking", &v, &[]).is_empty());
-    assert!(janusseal::read("x-protective-marking", "VER=2024.1, NS=gov.au, SEC=OFFICIAL", &ns).is_empty());
-    let l = &janusseal::read("x-janusnet-pm-uuid", "v=2024.1;g=4F2A9C1E-7B3D-4E8F-A6C5-1D9E0B2F7A38", &ns)[0];
+    assert!(
+        janusseal::read(
+            "x-protective-marking",
+            "VER=2024.1, NS=gov.au, SEC=OFFICIAL",
+            &ns
+        )
+        .is_empty()
+    );
+    let l = &janusseal::read(
+        "x-janusnet-pm-uuid",
+        "v=2024.1;g=4F2A9C1E-7B3D-4E8F-A6C5-1D9E0B2F7A38",
+        &ns,
+    )[0];
     assert_eq!(l.key, "4f2a9c1e-7b3d-4e8f-a6c5-1d9e0b2f7a38");
     let l = &janusseal::read("x-janusnet-pm-uuid", "v=2024.1", &ns)[0];
     assert_eq!(l.diagnostics[0].code, "vendor.janusseal.syntax");
     let merged = janusseal::merge(vec![
-        janusseal::read("x-janusnet-pm-uuid", "v=1;g=4F2A9C1E-7B3D-4E8F-A6C5-1D9E0B2F7A38", &ns).remove(0),
+        janusseal::read(
+            "x-janusnet-pm-uuid",
+            "v=1;g=4F2A9C1E-7B3D-4E8F-A6C5-1D9E0B2F7A38",
+            &ns,
+        )
+        .remove(0),
         janusseal::read("x-janusnet-pmconfirmed", "True", &ns).remove(0),
         janusseal::read("x-protective-marking", &v, &ns).remove(0),
     ])
     .unwrap();
     assert_eq!(merged.key, "A7C31E09", "the SEC token first");
-    assert_eq!(merged.alt_keys, vec!["4f2a9c1e-7b3d-4e8f-a6c5-1d9e0b2f7a38".to_owned()]);
+    assert_eq!(
+        merged.alt_keys,
+        vec!["4f2a9c1e-7b3d-4e8f-a6c5-1d9e0b2f7a38".to_owned()]
+    );
     assert_eq!(merged.user_chosen, Some(true));
 }
 
@@ -302,8 +406,13 @@ fn janusseal_header_is_claimed_not_read_as_a_foreign_epms_marking() {
     assert!(vendor::claims(&p, "X-Protective-Marking", &v));
     let f = facts(&p, &[("x-protective-marking", &v)]);
     assert_eq!(f.markings.len(), 1, "{:?}", f.markings);
-    assert!(matches!(&f.markings[0].source, MarkingSource::Vendor { vendor, .. } if vendor == "janusseal"));
-    assert_eq!(f.markings[0].label.as_ref().unwrap().level_name, "RESTRICTED");
+    assert!(
+        matches!(&f.markings[0].source, MarkingSource::Vendor { vendor, .. } if vendor == "janusseal")
+    );
+    assert_eq!(
+        f.markings[0].label.as_ref().unwrap().level_name,
+        "RESTRICTED"
+    );
     // The shipped policy configures no Janusseal: the same header is an unknown marking there.
     let shipped = Policy::from_str("uk-gpms", markgate::policy::BUILTIN_POLICY).unwrap();
     let f = facts(&shipped, &[("x-protective-marking", &v)]);
@@ -334,10 +443,24 @@ fn agreeing_sources_label_once_and_disagreeing_ones_are_all_named() {
     );
     assert_eq!(f.markings.len(), 4);
     let d = decide(&p, &f, &env);
-    assert!(d.hits.iter().all(|h| h.situation != "conflict"), "{:?}", d.hits);
-    assert_eq!(d.labels.subject.as_ref().unwrap().new_subject, None, "no stacking");
-    assert_eq!(d.labels.header.as_ref().unwrap().action, markgate::policy::decide::HeaderAction::Keep);
-    assert!(d.labels.extra.is_empty(), "msip_labels present: not written again");
+    assert!(
+        d.hits.iter().all(|h| h.situation != "conflict"),
+        "{:?}",
+        d.hits
+    );
+    assert_eq!(
+        d.labels.subject.as_ref().unwrap().new_subject,
+        None,
+        "no stacking"
+    );
+    assert_eq!(
+        d.labels.header.as_ref().unwrap().action,
+        markgate::policy::decide::HeaderAction::Keep
+    );
+    assert!(
+        d.labels.extra.is_empty(),
+        "msip_labels present: not written again"
+    );
     // The Titus label says PROTECT: a conflict naming every source.
     let meta = titus_metadata("Classification", "PROTECT");
     let f = facts(
@@ -350,8 +473,17 @@ fn agreeing_sources_label_once_and_disagreeing_ones_are_all_named() {
         ],
     );
     let d = decide(&p, &f, &env);
-    let hit = d.hits.iter().find(|h| h.situation == "conflict").expect("conflict");
-    for source in ["header says `RESTRICTED`", "subject says `RESTRICTED`", "purview label says `RESTRICTED`", "titus label says `PROTECT - POLICY`"] {
+    let hit = d
+        .hits
+        .iter()
+        .find(|h| h.situation == "conflict")
+        .expect("conflict");
+    for source in [
+        "header says `RESTRICTED`",
+        "subject says `RESTRICTED`",
+        "purview label says `RESTRICTED`",
+        "titus label says `PROTECT - POLICY`",
+    ] {
         assert!(hit.detail.contains(source), "{}", hit.detail);
     }
 }
@@ -368,14 +500,25 @@ fn purview_label_is_written_from_the_policy_mapping_only() {
     let d = decide(&p, &facts(&p, &[("Subject", "RESTRICTED: papers")]), &env);
     assert_eq!(d.labels.extra.len(), 1);
     assert_eq!(d.labels.extra[0].name, "msip_labels");
-    assert_eq!(d.labels.extra[0].value, purview::render(GUID, SITE, "Restricted"));
+    assert_eq!(
+        d.labels.extra[0].value,
+        purview::render(GUID, SITE, "Restricted")
+    );
     // PROTECT has no Purview label in the mapping: nothing is invented.
-    let d = decide(&p, &facts(&p, &[("Subject", "PROTECT - PERSONAL: papers")]), &env);
+    let d = decide(
+        &p,
+        &facts(&p, &[("Subject", "PROTECT - PERSONAL: papers")]),
+        &env,
+    );
     assert!(d.labels.extra.is_empty());
     // Unmarked mail gets no label of any kind.
     let d = decide(&p, &facts(&p, &[("Subject", "papers")]), &env);
     assert!(d.labels.extra.is_empty());
     // A malformed marking is not validated: nothing written.
-    let d = decide(&p, &facts(&p, &[("Subject", "RESTRICTED - NOSUCH: papers")]), &env);
+    let d = decide(
+        &p,
+        &facts(&p, &[("Subject", "RESTRICTED - NOSUCH: papers")]),
+        &env,
+    );
     assert!(d.labels.extra.is_empty());
 }

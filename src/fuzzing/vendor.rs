@@ -89,7 +89,11 @@ pub fn vendor_purview(data: &[u8]) {
             let again = purview::read("msip_labels", &purview::render(&l.key, site, "Name"));
             assert_eq!(again.len(), 1);
             assert_eq!(again[0].key, l.key);
-            assert!(again[0].diagnostics.is_empty(), "{:?}", again[0].diagnostics);
+            assert!(
+                again[0].diagnostics.is_empty(),
+                "{:?}",
+                again[0].diagnostics
+            );
         }
     }
     through_decide("msip_labels", &value);

@@ -140,7 +140,11 @@ fn rejected(policy: &Policy, diags: &[Diagnostic]) -> Vec<&'static str> {
 /// A vendor label's mapped marking (`read.vendor.*.labels`) as a found marking: the scheme's
 /// header grammar, but EPMS in its medium form (a mapping names SEC and caveats, never VER,
 /// NS or ORIGIN).
-pub(crate) fn header_marking_text(policy: &Policy, source: MarkingSource, text: &str) -> FoundMarking {
+pub(crate) fn header_marking_text(
+    policy: &Policy,
+    source: MarkingSource,
+    text: &str,
+) -> FoundMarking {
     header_marking_form(policy, source, text.to_owned(), Form::Subject)
 }
 

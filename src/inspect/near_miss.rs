@@ -30,7 +30,9 @@ pub fn find(policy: &Policy, subject: &str, found: &mut Vec<FoundMarking>) {
         return;
     }
     if let Some(start) = subject.find("[SEC=") {
-        let end = subject[start..].find(']').map_or(subject.len(), |e| start + e + 1);
+        let end = subject[start..]
+            .find(']')
+            .map_or(subject.len(), |e| start + e + 1);
         found.push(near(
             SubjectForm::Bracketed,
             subject,
@@ -97,7 +99,13 @@ fn lower_case(policy: &Policy, subject: &str, found: &mut Vec<FoundMarking>) {
         format!(
             "`{text}` is a {} marking in lower case; markings are written in capitals ({})",
             policy.scheme.name,
-            uk::render(m.uk_prefix, m.level, &m.qualifiers, &policy.scheme.vocab, style)
+            uk::render(
+                m.uk_prefix,
+                m.level,
+                &m.qualifiers,
+                &policy.scheme.vocab,
+                style
+            )
         ),
     ));
 }

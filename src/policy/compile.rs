@@ -550,7 +550,8 @@ impl<'a> Compiler<'a> {
                             a.span(),
                             "read.accept",
                             format!("`{}`, a near-miss, which is never accepted", a.get_ref()),
-                            "a diagnostic code of a variant or violation the grammar reports".into(),
+                            "a diagnostic code of a variant or violation the grammar reports"
+                                .into(),
                         );
                     } else if wrong_family {
                         self.err(
@@ -1298,7 +1299,10 @@ impl<'a> Compiler<'a> {
             }
         }
         let root = 0..0;
-        for s in Situation::ALL.into_iter().filter(|s| !labels_ext::optional(*s)) {
+        for s in Situation::ALL
+            .into_iter()
+            .filter(|s| !labels_ext::optional(*s))
+        {
             if !rules.iter().any(|r| r.when == s) {
                 self.warn(
                     root.clone(),

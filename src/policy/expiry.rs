@@ -59,9 +59,7 @@ pub fn apply(
         situation: "expired".into(),
         action: Action::Accept,
         recipient: None,
-        detail: format!(
-            "EXPIRES={expires} has passed: treated as {to} (DOWNTO) instead of {from}"
-        ),
+        detail: format!("EXPIRES={expires} has passed: treated as {to} (DOWNTO) instead of {from}"),
     });
     effective.level = level;
     effective.level_name = to.clone();

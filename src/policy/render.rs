@@ -23,7 +23,11 @@ pub fn text(message: &str, facts: &Facts, d: &Decision) -> String {
             let place = match &m.source {
                 MarkingSource::Header { name, index } => format!("header {name} #{index}"),
                 MarkingSource::Subject { form } => format!("subject ({form:?})"),
-                MarkingSource::Vendor { vendor, header, key } => {
+                MarkingSource::Vendor {
+                    vendor,
+                    header,
+                    key,
+                } => {
                     format!("vendor {vendor} ({header}, label {key})")
                 }
             };

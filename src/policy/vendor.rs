@@ -91,7 +91,11 @@ pub struct PurviewWrite {
 
 /// The facts without the vendor markings the policy does not trust in this direction
 /// (a label arriving from the internet may be forged).
-pub fn trusted<'a>(policy: &super::Policy, facts: &'a Facts, direction: Direction) -> Cow<'a, Facts> {
+pub fn trusted<'a>(
+    policy: &super::Policy,
+    facts: &'a Facts,
+    direction: Direction,
+) -> Cow<'a, Facts> {
     let untrusted = |vendor: &str| {
         policy
             .vendors
@@ -99,9 +103,7 @@ pub fn trusted<'a>(policy: &super::Policy, facts: &'a Facts, direction: Directio
             .find(|v| v.vendor.name() == vendor)
             .is_none_or(|v| !v.trust.includes(direction))
     };
-    let drop = |m: &super::FoundMarking| {
-        matches!(&m.source, super::MarkingSource::Vendor { vendor, .. } if untrusted(vendor))
-    };
+    let drop = |m: &super::FoundMarking| matches!(&m.source, super::MarkingSource::Vendor { vendor, .. } if untrusted(vendor));
     if !facts.markings.iter().any(drop) {
         return Cow::Borrowed(facts);
     }

@@ -16,10 +16,10 @@ pub mod janusseal;
 pub mod purview;
 pub mod titus;
 
+use crate::policy::Policy;
 use crate::policy::facts::{FoundMarking, MarkingSource, MarkingStatus};
 use crate::policy::labels::Diagnostic;
 use crate::policy::vendor::{Vendor, VendorRead};
-use crate::policy::Policy;
 
 /// One label a product wrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -36,7 +36,11 @@ pub fn read(name: &str, value: &str) -> Vec<VendorLabel> {
             continue;
         }
         let Some((key, val)) = item.split_once('=') else {
-            loose.push(diag("vendor.purview.syntax", start, format!("`{item}` has no `=`")));
+            loose.push(diag(
+                "vendor.purview.syntax",
+                start,
+                format!("`{item}` has no `=`"),
+            ));
             continue;
         };
         let (key, val) = (key.trim(), val.trim());

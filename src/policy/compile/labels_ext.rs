@@ -6,9 +6,9 @@
 use toml::Spanned;
 
 use super::super::domains::{DomainMap, check_domain_pattern};
+use super::super::labels::Grammar;
 use super::super::labels::au_epms::{self, Form};
 use super::super::labels::uk::{self, UkStyle};
-use super::super::labels::Grammar;
 use super::super::model::{Directions, Rule, Scheme, Situation};
 use super::super::origin::{OriginAgainst, OriginCheck};
 use super::super::release::Release;
@@ -60,7 +60,10 @@ impl<'a> Compiler<'a> {
                     0..0,
                     "rule",
                     format!("{table} but no rule for `{}`", s.name()),
-                    format!("a rule with when = \"{}\" (without one, such mail is accepted)", s.name()),
+                    format!(
+                        "a rule with when = \"{}\" (without one, such mail is accepted)",
+                        s.name()
+                    ),
                 );
             }
         }
@@ -180,7 +183,11 @@ impl<'a> Compiler<'a> {
     pub(super) fn purview_write(&mut self) -> Option<PurviewWrite> {
         let mut t = self.pending.purview.take()?;
         let mut p = std::mem::take(&mut self.problems);
-        let site = t.required_string("site_id", "the tenant id (a GUID) written as SiteId", &mut p);
+        let site = t.required_string(
+            "site_id",
+            "the tenant id (a GUID) written as SiteId",
+            &mut p,
+        );
         let labels = t.table("labels", &mut p);
         let direction = t.string("direction", &mut p);
         let span = t.span();
@@ -243,7 +250,11 @@ impl<'a> Compiler<'a> {
                 continue;
             }
             if let (Some(level), Some(id), Some(name)) = (level, id, name) {
-                out.push((level, id.into_inner().to_ascii_lowercase(), name.into_inner()));
+                out.push((
+                    level,
+                    id.into_inner().to_ascii_lowercase(),
+                    name.into_inner(),
+                ));
             }
         }
         Some(PurviewWrite {
@@ -360,7 +371,12 @@ impl<'a> Compiler<'a> {
         t.finish(&["check", "direction"], &mut p);
         self.problems = p;
         let against = check.and_then(|c| {
-            self.keyword(&c, "origin.check", OriginAgainst::NAMES, OriginAgainst::from_name)
+            self.keyword(
+                &c,
+                "origin.check",
+                OriginAgainst::NAMES,
+                OriginAgainst::from_name,
+            )
         })?;
         let direction = self.directions(direction, "origin.direction", Directions::Outbound);
         Some(OriginCheck { against, direction })
