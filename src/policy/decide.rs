@@ -451,7 +451,14 @@ pub fn decide(policy: &Policy, facts: &Facts, envelope: &Envelope) -> Decision {
     {
         verdict = v.clone();
     }
-    super::release::name_caveat(&effective, &hits, &mut verdict, &mut sender_notice);
+    let notice_rule = first_remove.map(|r| r.id.as_str());
+    super::release::name_caveat(
+        &effective,
+        &hits,
+        &mut verdict,
+        &mut sender_notice,
+        notice_rule,
+    );
     let refused = matches!(verdict, Verdict::Reject { .. } | Verdict::Tempfail { .. });
 
     // Labels.

@@ -89,12 +89,14 @@ pub fn check(
 }
 
 /// Put the caveat into the reply and the sender notice of a `not-releasable` rule
-/// (`{caveat}` in the rule's text; appended when the text does not say where).
+/// (`{caveat}` in the rule's text; appended when the text does not say where). `notice_rule`:
+/// the rule whose text the sender notice is; another rule's notice is left alone.
 pub fn name_caveat(
     effective: &Effective,
     hits: &[RuleHit],
     verdict: &mut Verdict,
     notice: &mut Option<String>,
+    notice_rule: Option<&str>,
 ) {
     let Some(hit) = hits
         .iter()
@@ -121,7 +123,9 @@ pub fn name_caveat(
     {
         fill(&mut reply.text);
     }
-    if let Some(n) = notice.as_mut() {
+    if notice_rule == Some(hit.rule.as_str())
+        && let Some(n) = notice.as_mut()
+    {
         fill(n);
     }
 }
