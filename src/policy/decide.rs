@@ -2,9 +2,12 @@
 //!
 //! Total: any facts and any envelope give a decision, never a panic. Every outcome cites the
 //! rule ids behind it so audit records and SMTP replies can say why. What it decides, in order:
-//! direction → situations (unmarked, malformed, unknown, multiple, conflict, forged label) →
-//! effective level → per-recipient ceilings and auto-forward → verdict → labels to write →
-//! disclaimer → shadow-mode rewrite of all of that into "would have".
+//! direction → vendor labels trusted from it (`vendor`) → effective level, after EPMS
+//! EXPIRES/DOWNTO (`expiry`) → situations (unmarked, malformed, unknown, multiple, conflict
+//! across every source (`agreement`), forged label, ORIGIN mismatch (`origin`)) →
+//! per-recipient ceilings, auto-forward and releasability caveats (`release`) → verdict →
+//! labels to write (and the Purview label, `vendor`) → disclaimer → shadow-mode rewrite of all
+//! of that into "would have". The steps of their own live in those sibling modules.
 //!
 //! Hard rule (ISM-0271): labels are only written from a valid marking a person chose; mail
 //! accepted as unmarked is never given a marking.
