@@ -491,12 +491,25 @@ fn agreeing_sources_label_once_and_disagreeing_ones_are_all_named() {
 #[test]
 fn purview_label_is_written_from_the_policy_mapping_only() {
     let p = vendor_policy();
+    // The test policy writes the Purview label on inbound mail (for Outlook here).
     let env = markgate::policy::Envelope {
+        sender: "bob@partner.gcsx.gov.uk".into(),
+        recipients: vec!["alice@example-council.gcsx.gov.uk".into()],
+        client_ip: "198.51.100.25".parse().ok(),
+        ..Default::default()
+    };
+    let outbound = markgate::policy::Envelope {
         sender: "alice@example-council.gcsx.gov.uk".into(),
         recipients: vec!["bob@partner.gcsx.gov.uk".into()],
         client_ip: "127.0.0.1".parse().ok(),
         ..Default::default()
     };
+    let d = decide(
+        &p,
+        &facts(&p, &[("Subject", "RESTRICTED: papers")]),
+        &outbound,
+    );
+    assert!(d.labels.extra.is_empty(), "not on outbound mail here");
     let d = decide(&p, &facts(&p, &[("Subject", "RESTRICTED: papers")]), &env);
     assert_eq!(d.labels.extra.len(), 1);
     assert_eq!(d.labels.extra[0].name, "msip_labels");
