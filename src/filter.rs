@@ -53,7 +53,7 @@ use crate::milter::handler::{
 use crate::policy::decide::{
     Decision, Delivery, Direction, DisclaimerDecision, LevelSource, Verdict as PolicyVerdict,
 };
-use crate::policy::{self, Envelope, Facts, MarkingSource, MarkingStatus, Mode, Policy, Reply};
+use crate::policy::{self, Envelope, Facts, MarkingStatus, Mode, Policy, Reply};
 use crate::reload::{Live, Swap};
 use crate::rewrite::{
     self, DisclaimerEdit, DisclaimerOutcome, EditPlan, HeaderOp, LabelHeader, RewriteRequest,
@@ -348,7 +348,8 @@ fn evaluate_once(
     reduce: bool,
 ) -> Result<Result<Evaluation, String>, PipelineError> {
     let headers = source.headers();
-    let mut facts = inspect::markings::header_facts(policy, &headers);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut facts = inspect::markings::header_facts(policy, &headers).at(now);
     let mut decision = policy::decide(policy, &facts, &envelope);
 
     // The body is read only when the decision needs it; then its facts may change the
@@ -494,7 +495,7 @@ pub fn request_for(policy: &Policy, d: &Decision) -> RewriteRequest {
         strip_headers: d.strip_headers.clone(),
         subject,
         disclaimer,
-        extra_headers: Vec::new(),
+        extra_headers: d.labels.extra.iter().map(LabelHeader::from).collect(),
     }
 }
 
@@ -698,10 +699,7 @@ pub fn audit_record(policy: &Policy, eval: &Evaluation, meta: &MessageMeta) -> M
         .markings
         .iter()
         .map(|m| MarkingFound {
-            location: match &m.source {
-                MarkingSource::Header { name, .. } => format!("header:{name}"),
-                MarkingSource::Subject { .. } => "subject".into(),
-            },
+            location: m.source.location(),
             raw: m.raw.clone(),
             scheme: Some(policy.scheme.name.clone()),
             level: m.label.as_ref().map(|l| l.level_name.clone()),
@@ -957,13 +955,9 @@ pub fn incidents(eval: &Evaluation, meta: &MessageMeta) -> Vec<Incident> {
     let d = &eval.decision;
     let mut out: Vec<Incident> = Vec::new();
     for h in &d.hits {
-        let kind = match h.situation.as_str() {
-            "auto-forward-down" if h.action != policy::Action::Accept => {
-                IncidentKind::BlockedAutoForward
-            }
-            "above-ceiling" if h.action != policy::Action::Accept => IncidentKind::AboveCeiling,
-            "forged-label" => IncidentKind::ForgedLabel,
-            _ => continue,
+        let accepted = h.action == policy::Action::Accept;
+        let Some(kind) = IncidentKind::for_hit(&h.situation, accepted) else {
+            continue;
         };
         if let Some(i) = out.iter_mut().find(|i| i.kind == kind) {
             if let Some(r) = &h.recipient

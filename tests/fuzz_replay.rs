@@ -24,6 +24,16 @@ const TARGETS: &[(&str, Body)] = &[
         markgate::fuzzing::rewrite::fuzz_rewrite_roundtrip,
     ),
     ("large", markgate::fuzzing::large::fuzz_large),
+    ("vendor_purview", markgate::fuzzing::vendor::vendor_purview),
+    ("vendor_titus", markgate::fuzzing::vendor::vendor_titus),
+    (
+        "vendor_boldon_james",
+        markgate::fuzzing::vendor::vendor_boldon_james,
+    ),
+    (
+        "vendor_janusseal",
+        markgate::fuzzing::vendor::vendor_janusseal,
+    ),
 ];
 
 fn inputs(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -26,6 +26,7 @@ fn facts(p: &Policy, headers: &[(&str, &str)]) -> Facts {
         disclaimer_present: false,
         signed_or_encrypted: false,
         route_headers: Vec::new(),
+        ..Facts::default()
     }
 }
 

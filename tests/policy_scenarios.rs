@@ -112,6 +112,7 @@ fn run(dir: &Path) -> Result<(), String> {
             &policy,
             &pairs().collect::<Vec<_>>(),
         ),
+        ..Facts::default()
     };
     let envelope = Envelope {
         sender: env.from,

@@ -24,6 +24,8 @@ pub enum IncidentKind {
     AuditFailure,
     /// Internal errors repeated beyond a threshold within a window.
     RepeatedInternalErrors,
+    /// An EPMS ORIGIN named someone other than the sender (a copied or forged label).
+    OriginMismatch,
 }
 
 impl IncidentKind {
@@ -35,7 +37,20 @@ impl IncidentKind {
             IncidentKind::ForgedLabel,
             IncidentKind::AuditFailure,
             IncidentKind::RepeatedInternalErrors,
+            IncidentKind::OriginMismatch,
         ]
+    }
+
+    /// The incident a decision's rule hit raises, by its situation (`None`: not an incident).
+    /// Blocking situations only count when the rule did not simply accept.
+    pub fn for_hit(situation: &str, accepted: bool) -> Option<IncidentKind> {
+        match situation {
+            "auto-forward-down" if !accepted => Some(IncidentKind::BlockedAutoForward),
+            "above-ceiling" if !accepted => Some(IncidentKind::AboveCeiling),
+            "forged-label" => Some(IncidentKind::ForgedLabel),
+            "origin-mismatch" => Some(IncidentKind::OriginMismatch),
+            _ => None,
+        }
     }
 
     /// A short title for people.
@@ -46,6 +61,7 @@ impl IncidentKind {
             IncidentKind::ForgedLabel => "forged label from outside",
             IncidentKind::AuditFailure => "audit trail failure",
             IncidentKind::RepeatedInternalErrors => "repeated internal errors",
+            IncidentKind::OriginMismatch => "label ORIGIN is not the sender",
         }
     }
 
@@ -57,6 +73,7 @@ impl IncidentKind {
             IncidentKind::ForgedLabel => "forged_label",
             IncidentKind::AuditFailure => "audit_failure",
             IncidentKind::RepeatedInternalErrors => "repeated_internal_errors",
+            IncidentKind::OriginMismatch => "origin_mismatch",
         }
     }
 }

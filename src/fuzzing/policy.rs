@@ -68,6 +68,7 @@ fn exercise(policy: &Policy, headers: &[(&[u8], &[u8])]) {
         disclaimer_present: headers.len().is_multiple_of(2),
         signed_or_encrypted: headers.len().is_multiple_of(3),
         route_headers: crate::inspect::routes::header_routes(policy, headers),
+        ..Facts::default()
     };
     for env in [
         Envelope {

@@ -63,6 +63,9 @@ where
         let raw = au_epms::unfold(&String::from_utf8_lossy(value))
             .trim()
             .to_owned();
+        if super::vendor::claims(policy, name, &raw) {
+            continue; // a vendor's label in EPMS shape (Janusseal), read by inspect::vendor
+        }
         let source = MarkingSource::Header {
             name: configured.clone(),
             index,
@@ -71,6 +74,7 @@ where
     }
     if let Some(subject) = &out.subject {
         out.markings.extend(subject_markings(policy, subject));
+        super::near_miss::find(policy, subject, &mut out.markings);
     }
     out
 }
@@ -133,11 +137,31 @@ fn rejected(policy: &Policy, diags: &[Diagnostic]) -> Vec<&'static str> {
     out
 }
 
+/// A vendor label's mapped marking (`read.vendor.*.labels`) as a found marking: the scheme's
+/// header grammar, but EPMS in its medium form (a mapping names SEC and caveats, never VER,
+/// NS or ORIGIN).
+pub(crate) fn header_marking_text(
+    policy: &Policy,
+    source: MarkingSource,
+    text: &str,
+) -> FoundMarking {
+    header_marking_form(policy, source, text.to_owned(), Form::Subject)
+}
+
 fn header_marking(policy: &Policy, source: MarkingSource, raw: String) -> FoundMarking {
+    header_marking_form(policy, source, raw, Form::Header)
+}
+
+fn header_marking_form(
+    policy: &Policy,
+    source: MarkingSource,
+    raw: String,
+    form: Form,
+) -> FoundMarking {
     let vocab = &policy.scheme.vocab;
     match policy.scheme.grammar {
         Grammar::AuEpms => {
-            let m = au_epms::parse(&raw, Form::Header);
+            let m = au_epms::parse(&raw, form);
             epms_found(policy, source, raw, None, None, m)
         }
         g => match uk::parse_header(&raw, vocab, uk_style(g)) {
@@ -367,7 +391,10 @@ pub fn header_fields(raw: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
 ///
 /// [`Facts`]: crate::policy::Facts
 pub fn header_facts<'a>(policy: &Policy, headers: &[(&'a [u8], &'a [u8])]) -> crate::policy::Facts {
-    let found = find(policy, headers.iter().copied());
+    let mut found = find(policy, headers.iter().copied());
+    found
+        .markings
+        .extend(super::vendor::markings(policy, headers.iter().copied()));
     crate::policy::Facts {
         subject: found.subject,
         markings: found.markings,
@@ -375,6 +402,8 @@ pub fn header_facts<'a>(policy: &Policy, headers: &[(&'a [u8], &'a [u8])]) -> cr
         disclaimer_present: false,
         signed_or_encrypted: false,
         route_headers: super::routes::header_routes(policy, headers),
+        now: None,
+        vendor_headers: super::vendor::headers_present(policy, headers.iter().copied()),
     }
 }
 

@@ -7,6 +7,10 @@
 //! - [`mime`]: the MIME shape (parts, roles, transfer encodings, charsets), disclaimer already
 //!   present, signed or encrypted parts.
 //! - [`routes`]: which `[[route]]`s the headers select (a header a mobile gateway sets).
+//! - [`near_miss`]: subject text real clients write that resembles a marking (lower-case
+//!   GPMS, an EPMS marking under a UK scheme, duplicated markers): malformed, never read.
+//! - [`vendor`]: labels written by desktop products (Purview, Titus, Boldon James,
+//!   Janusseal) in their own headers, mapped through the policy to markings.
 //! - [`stream`]: the same text facts computed line by line, for a part too large to hold (the
 //!   bounded path of `crate::large`).
 //!
@@ -17,4 +21,6 @@ pub mod forward;
 pub mod markings;
 pub mod mime;
 pub mod routes;
+pub mod near_miss;
 pub mod stream;
+pub mod vendor;

@@ -19,6 +19,7 @@ use super::model::*;
 use super::raw::{self, TableReader, quote_list};
 
 mod routes;
+mod labels_ext;
 
 /// Compile policy text. `name` is used in messages (normally the file path) and is what
 /// `include` paths are relative to; `identity` is the file's identity as `read` reports
@@ -40,6 +41,7 @@ pub(crate) fn compile(
         src: &src,
         problems,
         level_names: Vec::new(),
+        pending: labels_ext::Pending::default(),
     };
     let policy = c.policy(&root);
     let mut problems = c.problems;
@@ -60,6 +62,8 @@ struct Compiler<'a> {
     problems: Vec<Problem>,
     /// Level names and aliases → level index, for resolving references.
     level_names: Vec<(String, usize)>,
+    /// `[read.vendor]` and `[write.purview]`, read with their parents, compiled later.
+    pending: labels_ext::Pending<'a>,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -74,6 +78,8 @@ const TOP_KEYS: &[&str] = &[
     "disclaimer",
     "inbound",
     "route",
+    "release",
+    "origin",
 ];
 
 /// SHA-256 (hex) of the policy text; with fragments, of the policy text and each fragment's
@@ -145,6 +151,8 @@ impl<'a> Compiler<'a> {
         let disclaimer_t = top.table("disclaimer", &mut p);
         let inbound_t = top.table("inbound", &mut p);
         let routes_t = top.tables("route", &mut p);
+        let release_t = top.table("release", &mut p);
+        let origin_t = top.table("origin", &mut p);
         for (key, missing) in [
             ("policy", meta.is_none()),
             ("scheme", scheme_t.is_none()),
@@ -167,6 +175,11 @@ impl<'a> Compiler<'a> {
         let disclaimer = disclaimer_t.map(|t| self.disclaimer(t));
         let inbound = self.inbound(inbound_t);
         let routes = self.routes(routes_t, &rules, &scheme);
+        let vendors = self.vendors(scheme.as_ref());
+        let purview_write = self.purview_write();
+        let release = self.release(release_t);
+        let origin = self.origin(origin_t);
+        self.feature_rules(&rules, &release, origin.as_ref());
 
         let scheme = scheme?;
         Some(Policy {
@@ -189,6 +202,10 @@ impl<'a> Compiler<'a> {
             inbound,
             routes,
             scheme,
+            vendors,
+            purview_write,
+            release,
+            origin,
             warnings: Vec::new(),
         })
     }
@@ -445,9 +462,17 @@ impl<'a> Compiler<'a> {
                 let c = t.string("subject_case", &mut p);
                 let pr = t.string("precedence", &mut p);
                 let a = t.strings("accept", &mut p);
+                self.pending.vendor = t.table("vendor", &mut p);
                 let span = t.span();
                 t.finish(
-                    &["headers", "subject", "subject_case", "precedence", "accept"],
+                    &[
+                        "headers",
+                        "subject",
+                        "subject_case",
+                        "precedence",
+                        "accept",
+                        "vendor",
+                    ],
                     &mut p,
                 );
                 (h, s, c, pr, a, span)
@@ -525,7 +550,15 @@ impl<'a> Compiler<'a> {
                         Some(_) => !info.code.starts_with("uk."),
                         None => false,
                     };
-                    if wrong_family {
+                    if info.code.contains(".near-miss.") {
+                        self.err(
+                            a.span(),
+                            "read.accept",
+                            format!("`{}`, a near-miss, which is never accepted", a.get_ref()),
+                            "a diagnostic code of a variant or violation the grammar reports"
+                                .into(),
+                        );
+                    } else if wrong_family {
                         self.err(
                             a.span(),
                             "read.accept",
@@ -603,8 +636,16 @@ impl<'a> Compiler<'a> {
         let header = t.string("header", &mut p);
         let subject = t.string("subject", &mut p);
         let origin = t.string("origin", &mut p);
+        self.pending.purview = t.table("purview", &mut p);
         t.finish(
-            &["from_level", "direction", "header", "subject", "origin"],
+            &[
+                "from_level",
+                "direction",
+                "header",
+                "subject",
+                "origin",
+                "purview",
+            ],
             &mut p,
         );
         self.problems = p;
@@ -1263,7 +1304,10 @@ impl<'a> Compiler<'a> {
             }
         }
         let root = 0..0;
-        for s in Situation::ALL {
+        for s in Situation::ALL
+            .into_iter()
+            .filter(|s| !labels_ext::optional(*s))
+        {
             if !rules.iter().any(|r| r.when == s) {
                 self.warn(
                     root.clone(),

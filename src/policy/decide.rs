@@ -2,9 +2,12 @@
 //!
 //! Total: any facts and any envelope give a decision, never a panic. Every outcome cites the
 //! rule ids behind it so audit records and SMTP replies can say why. What it decides, in order:
-//! direction → situations (unmarked, malformed, unknown, multiple, conflict, forged label) →
-//! effective level → per-recipient ceilings and auto-forward → verdict → labels to write →
-//! disclaimer → shadow-mode rewrite of all of that into "would have".
+//! direction → vendor labels trusted from it (`vendor`) → effective level, after EPMS
+//! EXPIRES/DOWNTO (`expiry`) → situations (unmarked, malformed, unknown, multiple, conflict
+//! across every source (`agreement`), forged label, ORIGIN mismatch (`origin`)) →
+//! per-recipient ceilings, auto-forward and releasability caveats (`release`) → verdict →
+//! labels to write (and the Purview label, `vendor`) → disclaimer → shadow-mode rewrite of all
+//! of that into "would have". The steps of their own live in those sibling modules.
 //!
 //! Hard rule (ISM-0271): labels are only written from a valid marking a person chose; mail
 //! accepted as unmarked is never given a marking.
@@ -31,6 +34,8 @@ pub enum Direction {
 pub enum LevelSource {
     Header,
     Subject,
+    /// A vendor label (`inspect::vendor`).
+    Vendor,
     /// No readable marking: the scheme's lowest level, assumed (never written as a label).
     Assumed,
 }
@@ -45,6 +50,9 @@ pub struct Effective {
     /// Its qualifiers (descriptors, caveats, handling instructions, ACCESS values).
     pub qualifiers: Vec<String>,
     pub source: LevelSource,
+    /// Set when the marking's EPMS EXPIRES has passed and `level` is its DOWNTO.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expired: Option<super::expiry::Expired>,
 }
 
 /// One rule that fired.
@@ -146,6 +154,9 @@ pub struct Labels {
     pub header: Option<HeaderLabel>,
     pub subject: Option<SubjectLabel>,
     pub reason: String,
+    /// Further label headers to ensure (the Purview `msip_labels` of `[write.purview]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<HeaderLabel>,
 }
 
 /// The disclaimer decision.
@@ -217,12 +228,16 @@ pub struct Decision {
 pub fn decide(policy: &Policy, facts: &Facts, envelope: &Envelope) -> Decision {
     let (direction, direction_reason) = direction(policy, envelope);
     let mut hits: Vec<RuleHit> = Vec::new();
+    let trusted = super::vendor::trusted(policy, facts, direction);
+    let facts: &Facts = &trusted;
 
     let markings = &facts.markings;
     let labelled: Vec<&FoundMarking> = markings.iter().filter(|m| m.label.is_some()).collect();
 
     // Effective level first: min_level conditions need it.
+    let chosen = choose_label(policy, &labelled).map(|(l, _)| l);
     let effective = effective(policy, &labelled);
+    let effective = super::expiry::apply(policy, facts.now, chosen, effective, &mut hits);
 
     // Message-level situations.
     let mut situations: Vec<(Situation, String)> = Vec::new();
@@ -257,7 +272,7 @@ pub fn decide(policy: &Policy, facts: &Facts, envelope: &Envelope) -> Decision {
     let header_count = markings.iter().filter(|m| m.source.is_header()).count();
     let subject_labels: Vec<&Label> = markings
         .iter()
-        .filter(|m| !m.source.is_header())
+        .filter(|m| m.source.is_subject())
         .filter_map(|m| m.label.as_ref())
         .collect();
     let subject_disagree = subject_labels.windows(2).any(|w| !w[0].same_marking(w[1]));
@@ -269,27 +284,10 @@ pub fn decide(policy: &Policy, facts: &Facts, envelope: &Envelope) -> Decision {
         };
         situations.push((Situation::Multiple, what));
     }
-    let header_label = labelled
-        .iter()
-        .filter(|m| m.source.is_header())
-        .filter_map(|m| m.label.as_ref())
-        .max_by_key(|l| l.level);
-    let subject_label = labelled
-        .iter()
-        .filter(|m| !m.source.is_header())
-        .filter_map(|m| m.label.as_ref())
-        .max_by_key(|l| l.level);
-    if let (Some(h), Some(s)) = (header_label, subject_label)
-        && !h.same_marking(s)
-    {
-        situations.push((
-            Situation::Conflict,
-            format!(
-                "header says `{}`, subject says `{}`",
-                h.canonical, s.canonical
-            ),
-        ));
+    if let Some(detail) = super::agreement::conflict(&labelled) {
+        situations.push((Situation::Conflict, detail));
     }
+    situations.extend(super::origin::check(policy, facts, envelope, direction));
     let forged = direction == Direction::Inbound && forged_label(policy, markings, envelope);
     if forged {
         situations.push((
@@ -379,6 +377,7 @@ pub fn decide(policy: &Policy, facts: &Facts, envelope: &Envelope) -> Decision {
                 ),
             ));
         }
+        checks.extend(super::release::check(policy, &effective, &domain));
         for (situation, detail) in checks {
             let Some(rule) = find_rule(
                 policy,
@@ -474,15 +473,29 @@ pub fn decide(policy: &Policy, facts: &Facts, envelope: &Envelope) -> Decision {
     {
         verdict = v.clone();
     }
+    let notice_rule = first_remove.map(|r| r.id.as_str());
+    super::release::name_caveat(
+        &effective,
+        &hits,
+        &mut verdict,
+        &mut sender_notice,
+        notice_rule,
+    );
     let refused = matches!(verdict, Verdict::Reject { .. } | Verdict::Tempfail { .. });
 
     // Labels.
     let chosen = choose_label(policy, &labelled);
-    let labels = if refused {
+    let mut labels = if refused {
         no_labels("the message is refused")
     } else {
         labels_to_write(policy, facts, envelope, direction, &effective, chosen)
     };
+    if !refused {
+        let label = chosen.map(|(l, _)| l);
+        labels.extra = super::vendor::purview_header(policy, facts, direction, label)
+            .into_iter()
+            .collect();
+    }
 
     // Inbound label stripping.
     let mut strip_headers = Vec::new();
@@ -662,6 +675,7 @@ fn no_labels(reason: &str) -> Labels {
         header: None,
         subject: None,
         reason: reason.to_owned(),
+        extra: Vec::new(),
     }
 }
 
@@ -677,6 +691,7 @@ fn source_name(s: &MarkingSource) -> String {
     match s {
         MarkingSource::Header { name, .. } => format!("header {name}"),
         MarkingSource::Subject { .. } => "subject".to_owned(),
+        MarkingSource::Vendor { vendor, .. } => format!("{vendor} label"),
     }
 }
 
@@ -751,6 +766,7 @@ fn effective(policy: &Policy, labelled: &[&FoundMarking]) -> Effective {
             marking: Some(label.canonical.clone()),
             qualifiers: label.qualifiers.clone(),
             source,
+            expired: None,
         },
         None => Effective {
             level: 0,
@@ -758,6 +774,7 @@ fn effective(policy: &Policy, labelled: &[&FoundMarking]) -> Effective {
             marking: None,
             qualifiers: Vec::new(),
             source: LevelSource::Assumed,
+            expired: None,
         },
     }
 }
@@ -770,7 +787,7 @@ fn choose_label<'a>(
     let best = |header: Option<bool>| -> Option<&'a FoundMarking> {
         let mut best: Option<&'a FoundMarking> = None;
         for m in labelled.iter().copied() {
-            if header.is_some_and(|h| m.source.is_header() != h) {
+            if header.is_some_and(|h| m.source.is_subject() == h) {
                 continue;
             }
             let lvl = m.label.as_ref().map_or(0, |l| l.level);
@@ -785,10 +802,10 @@ fn choose_label<'a>(
         Precedence::Subject => best(Some(false)).or_else(|| best(Some(true))),
         Precedence::Highest => best(None),
     }?;
-    let source = if m.source.is_header() {
-        LevelSource::Header
-    } else {
-        LevelSource::Subject
+    let source = match m.source {
+        MarkingSource::Header { .. } => LevelSource::Header,
+        MarkingSource::Subject { .. } => LevelSource::Subject,
+        MarkingSource::Vendor { .. } => LevelSource::Vendor,
     };
     m.label.as_ref().map(|l| (l, source))
 }
@@ -943,7 +960,7 @@ fn labels_to_write(
         let existing = facts
             .markings
             .iter()
-            .filter(|m| !m.source.is_header())
+            .filter(|m| m.source.is_subject())
             .filter_map(|m| m.range.clone())
             .collect();
         SubjectLabel {
@@ -969,6 +986,7 @@ fn labels_to_write(
         header,
         subject,
         reason,
+        extra: Vec::new(),
     }
 }
 
@@ -987,7 +1005,7 @@ fn rewrite_subject(current: &str, facts: &Facts, form: SubjectForm, marking: &st
     let mut ranges: Vec<std::ops::Range<usize>> = facts
         .markings
         .iter()
-        .filter(|m| !m.source.is_header())
+        .filter(|m| m.source.is_subject())
         .filter_map(|m| m.remove_range.clone())
         .filter(|r| {
             r.start <= r.end

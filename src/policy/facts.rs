@@ -61,11 +61,35 @@ pub enum MarkingSource {
     Header { name: String, index: usize },
     /// The (RFC 2047-decoded) Subject, in the given form.
     Subject { form: SubjectForm },
+    /// A desktop labelling product's own header (`inspect::vendor`): `vendor` is its policy
+    /// name (`purview`, `titus`, `boldon_james`, `janusseal`), `header` the header it was
+    /// read from, `key` the label's identity the policy maps (GUID, name or value).
+    Vendor {
+        vendor: String,
+        header: String,
+        key: String,
+    },
 }
 
 impl MarkingSource {
+    /// Our own label header (`read.headers`); vendor headers are not.
     pub fn is_header(&self) -> bool {
         matches!(self, MarkingSource::Header { .. })
+    }
+    pub fn is_subject(&self) -> bool {
+        matches!(self, MarkingSource::Subject { .. })
+    }
+    pub fn is_vendor(&self) -> bool {
+        matches!(self, MarkingSource::Vendor { .. })
+    }
+    /// Short name for audit records and conflict messages: `header:X-Protective-Marking`,
+    /// `subject`, `vendor:purview`.
+    pub fn location(&self) -> String {
+        match self {
+            MarkingSource::Header { name, .. } => format!("header:{name}"),
+            MarkingSource::Subject { .. } => "subject".into(),
+            MarkingSource::Vendor { vendor, .. } => format!("vendor:{vendor}"),
+        }
     }
 }
 
@@ -174,4 +198,21 @@ pub struct Facts {
     /// (`inspect::routes`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub route_headers: Vec<String>,
+    /// The time of the decision (Unix seconds, UTC), for EPMS `EXPIRES`. Handed in by the
+    /// filter (`Facts::at`) so `decide` stays pure and tests set their own clock; `None`
+    /// means no expiry is evaluated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub now: Option<i64>,
+    /// Names of the vendor label headers present (configured products only), whether or not
+    /// a label was read from them: `msip_labels` is never written over one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vendor_headers: Vec<String>,
+}
+
+impl Facts {
+    /// The same facts observed at `now` (Unix seconds, UTC).
+    pub fn at(mut self, now: i64) -> Facts {
+        self.now = Some(now);
+        self
+    }
 }

@@ -13,17 +13,22 @@
 //! it includes), log, or touch the message. The language is documented key by key
 //! in `docs/markgate-policy.5.md`; the shipped policies are in `policies/`.
 
+pub mod agreement;
 mod compile;
 pub mod decide;
 pub mod domains;
 pub mod error;
+pub mod expiry;
 pub mod facts;
 mod include;
 pub mod labels;
 pub mod model;
+pub mod origin;
 mod raw;
+pub mod release;
 pub mod render;
 pub mod routes;
+pub mod vendor;
 
 use std::path::Path;
 

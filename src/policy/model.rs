@@ -37,6 +37,14 @@ pub struct Policy {
     pub inbound: Inbound,
     /// `[[route]]`: low-assurance routes, in file order (`policy::routes`).
     pub routes: Vec<super::routes::Route>,
+    /// `[read.vendor.*]`: vendor label sources, in the order the policy lists them.
+    pub vendors: Vec<super::vendor::VendorRead>,
+    /// `[write.purview]`.
+    pub purview_write: Option<super::vendor::PurviewWrite>,
+    /// `[release]`: countries and groups of recipient domains.
+    pub release: super::release::Release,
+    /// `[origin]`: check EPMS ORIGIN against the sender.
+    pub origin: Option<super::origin::OriginCheck>,
     /// Warnings from loading (a policy with warnings still loads).
     pub warnings: Vec<super::error::Problem>,
 }
@@ -260,6 +268,10 @@ pub enum Situation {
     AboveCeiling,
     AutoForwardDown,
     ForgedLabel,
+    /// A releasability caveat does not allow this recipient (`policy::release`).
+    NotReleasable,
+    /// EPMS ORIGIN is not the sender (`policy::origin`).
+    OriginMismatch,
 }
 
 impl Situation {
@@ -272,8 +284,10 @@ impl Situation {
         "above-ceiling",
         "auto-forward-down",
         "forged-label",
+        "not-releasable",
+        "origin-mismatch",
     ];
-    pub const ALL: [Situation; 8] = [
+    pub const ALL: [Situation; 10] = [
         Situation::Unmarked,
         Situation::Malformed,
         Situation::Unknown,
@@ -282,6 +296,8 @@ impl Situation {
         Situation::AboveCeiling,
         Situation::AutoForwardDown,
         Situation::ForgedLabel,
+        Situation::NotReleasable,
+        Situation::OriginMismatch,
     ];
     pub fn name(self) -> &'static str {
         Self::NAMES[Self::ALL.iter().position(|s| *s == self).unwrap_or(0)]
@@ -294,7 +310,10 @@ impl Situation {
     }
     /// Situations decided for each recipient rather than for the message.
     pub fn per_recipient(self) -> bool {
-        matches!(self, Situation::AboveCeiling | Situation::AutoForwardDown)
+        matches!(
+            self,
+            Situation::AboveCeiling | Situation::AutoForwardDown | Situation::NotReleasable
+        )
     }
 }
 

@@ -23,6 +23,13 @@ pub fn text(message: &str, facts: &Facts, d: &Decision) -> String {
             let place = match &m.source {
                 MarkingSource::Header { name, index } => format!("header {name} #{index}"),
                 MarkingSource::Subject { form } => format!("subject ({form:?})"),
+                MarkingSource::Vendor {
+                    vendor,
+                    header,
+                    key,
+                } => {
+                    format!("vendor {vendor} ({header}, label {key})")
+                }
             };
             let level = m
                 .label
@@ -114,6 +121,16 @@ pub fn text(message: &str, facts: &Facts, d: &Decision) -> String {
                 }
             }
         }
+    }
+    for h in &d.labels.extra {
+        let _ = writeln!(o, "vendor label header (add): {}: {}", h.name, h.value);
+    }
+    if let Some(e) = &d.effective.expired {
+        let _ = writeln!(
+            o,
+            "expired: EXPIRES={} passed, {} treated as {}",
+            e.expires, e.from, e.to
+        );
     }
     for h in &d.strip_headers {
         let _ = writeln!(o, "strip header: {h}");

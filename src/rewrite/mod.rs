@@ -36,6 +36,16 @@ pub struct LabelHeader {
     pub value: String,
 }
 
+impl From<&crate::policy::decide::HeaderLabel> for LabelHeader {
+    /// A further label header the decision asks for (the Purview `msip_labels`).
+    fn from(h: &crate::policy::decide::HeaderLabel) -> Self {
+        LabelHeader {
+            name: h.name.clone(),
+            value: h.value.clone(),
+        }
+    }
+}
+
 /// What the decision asks rewrite to do to one message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RewriteRequest {

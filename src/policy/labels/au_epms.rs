@@ -282,7 +282,17 @@ pub fn parse(text: &str, form: Form) -> EpmsMarking {
             }
             "EXPIRES" => {
                 dup(&m.expires, d);
-                if !is_date(&value) {
+                if looks_like_date(&value) {
+                    // A date that does not exist (2025-02-30, month 13, hour 25) is a mistake,
+                    // not an event description.
+                    if !is_date(&value) || crate::policy::expiry::expiry_time(&value).is_none() {
+                        d.push(Diagnostic::new(
+                            "epms.expires.date",
+                            f.value_at,
+                            format!("EXPIRES=`{value}` is not a real date (YYYY-MM-DD or YYYY-MM-DDThh:mm:ssZ)"),
+                        ));
+                    }
+                } else if !is_date(&value) {
                     check_text(&value, f.value_at, d);
                 }
                 m.expires.get_or_insert(value);
@@ -776,6 +786,17 @@ fn valid_version(v: &str) -> bool {
 }
 
 /// full-date ["T" full-time] (RFC 3339), checked for shape and ranges.
+/// Starts like a date (`dddd-dd-dd`): then it must be one, not event text.
+fn looks_like_date(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.len() >= 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && [0, 1, 2, 3, 5, 6, 8, 9]
+            .iter()
+            .all(|&i| b[i].is_ascii_digit())
+}
+
 fn is_date(v: &str) -> bool {
     let (date, time) = match v.split_once('T') {
         Some((d, t)) => (d, Some(t)),

@@ -329,6 +329,12 @@ pub const CODES: &[CodeInfo] = &[
         meaning: "ACCESS on a marking below OFFICIAL:Sensitive",
     },
     CodeInfo {
+        code: "epms.expires.date",
+        rule: "Expires",
+        variant: false,
+        meaning: "EXPIRES written as a date that does not exist (2025-02-30, month 13, hour 25)",
+    },
+    CodeInfo {
         code: "epms.expires.without-downto",
         rule: "Expires",
         variant: false,
@@ -369,6 +375,109 @@ pub const CODES: &[CodeInfo] = &[
         rule: "protective-mark-medium-form",
         variant: false,
         meaning: "a 2012 `[DLM=…]` marking (no SEC)",
+    },
+    // Near-misses (inspect::near_miss) and vendor labels (inspect::vendor): never accepted.
+    CodeInfo {
+        code: "uk.near-miss.case",
+        rule: "near-miss",
+        variant: false,
+        meaning: "a whole GPMS/GSC marking in lower case where the policy reads capitals (`restricted: ...` from an Outlook rule); malformed, never read as the level",
+    },
+    CodeInfo {
+        code: "uk.near-miss.epms",
+        rule: "near-miss",
+        variant: false,
+        meaning: "an Australian `[SEC=...]` marking in the subject of mail under a UK scheme; malformed, never read",
+    },
+    CodeInfo {
+        code: "uk.near-miss.duplicate",
+        rule: "near-miss",
+        variant: false,
+        meaning: "the same subject marking twice in a row with no reply prefix between (`RESTRICTED: RESTRICTED: ...`); malformed",
+    },
+    CodeInfo {
+        code: "epms.near-miss.duplicate",
+        rule: "near-miss",
+        variant: false,
+        meaning: "the same `[SEC=...]` marking twice in a row in the subject (`... [SEC=OFFICIAL] [SEC=OFFICIAL]`); malformed",
+    },
+    CodeInfo {
+        code: "vendor.unmapped",
+        rule: "vendor",
+        variant: false,
+        meaning: "a vendor label the policy's `read.vendor.<product>.labels` does not map (the marking is unknown)",
+    },
+    CodeInfo {
+        code: "vendor.not-user-chosen",
+        rule: "vendor",
+        variant: false,
+        meaning: "a vendor label applied by default, not chosen by a person, where `require_user_choice` is set",
+    },
+    CodeInfo {
+        code: "vendor.purview.syntax",
+        rule: "vendor",
+        variant: false,
+        meaning: "an `msip_labels` item that is not `MSIP_Label_<GUID>_<attribute>=<value>`",
+    },
+    CodeInfo {
+        code: "vendor.purview.guid",
+        rule: "vendor",
+        variant: false,
+        meaning: "a Purview label id that is not a GUID",
+    },
+    CodeInfo {
+        code: "vendor.purview.enabled",
+        rule: "vendor",
+        variant: false,
+        meaning: "a Purview label without its mandatory `Enabled`, or `Enabled` neither True nor False",
+    },
+    CodeInfo {
+        code: "vendor.purview.method",
+        rule: "vendor",
+        variant: false,
+        meaning: "a Purview `Method` other than Standard or Privileged",
+    },
+    CodeInfo {
+        code: "vendor.purview.site",
+        rule: "vendor",
+        variant: false,
+        meaning: "a Purview label without its mandatory `SiteId`",
+    },
+    CodeInfo {
+        code: "vendor.titus.syntax",
+        rule: "vendor",
+        variant: false,
+        meaning: "an `x-tituslabs-classifications-*` item that is not `Name=Value`",
+    },
+    CodeInfo {
+        code: "vendor.titus.base64",
+        rule: "vendor",
+        variant: false,
+        meaning: "`x-titus-metadata-*` that is not base64",
+    },
+    CodeInfo {
+        code: "vendor.titus.json",
+        rule: "vendor",
+        variant: false,
+        meaning: "`x-titus-metadata-*` whose decoded text is not the JSON metadata object",
+    },
+    CodeInfo {
+        code: "vendor.boldon_james.syntax",
+        rule: "vendor",
+        variant: false,
+        meaning: "`x-bjprotectivemarking` without a `<sisl>` label or its `<element uid=...>` selectors",
+    },
+    CodeInfo {
+        code: "vendor.boldon_james.origin",
+        rule: "vendor",
+        variant: false,
+        meaning: "a Boldon James `origin` other than userSelected or defaultValue",
+    },
+    CodeInfo {
+        code: "vendor.janusseal.syntax",
+        rule: "vendor",
+        variant: false,
+        meaning: "a Janusseal header without its SEC token or `g=<GUID>`",
     },
 ];
 
