@@ -11,6 +11,7 @@ use regex::Regex;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
+use super::controls;
 use super::domains::{DomainMap, Network, check_domain_pattern, normalise_domain};
 use super::error::{LoadErrors, Problem, Severity, SourceText};
 use super::include;
@@ -38,9 +39,14 @@ pub(crate) fn compile(
         src: &src,
         problems,
         level_names: Vec::new(),
+        name_span: 0..0,
+        version: None,
     };
     let policy = c.policy(&root);
     let mut problems = c.problems;
+    if let Some(p) = &policy {
+        problems.extend(controls::template_gaps(&src, p, c.name_span.clone()));
+    }
     // The policy file first, then each fragment in load order; by position within a file.
     problems.sort_by_key(|p| (src.rank(&p.file), p.line, p.column));
     if problems.iter().any(|p| p.severity == Severity::Error) {
@@ -58,6 +64,10 @@ struct Compiler<'a> {
     problems: Vec<Problem>,
     /// Level names and aliases → level index, for resolving references.
     level_names: Vec<(String, usize)>,
+    /// Where `policy.name` is written (for warnings about the policy as a whole).
+    name_span: Range<usize>,
+    /// `policy.version`, if given.
+    version: Option<String>,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -167,6 +177,7 @@ impl<'a> Compiler<'a> {
         Some(Policy {
             name: name?,
             description: description.unwrap_or_default(),
+            version: self.version.take(),
             source: self.src.main().name.clone(),
             fragments: self.src.files()[1..]
                 .iter()
@@ -195,13 +206,17 @@ impl<'a> Compiler<'a> {
             return (None, None, Mode::Enforce, DEFAULT_SHADOW_HEADER.to_owned());
         };
         let mut p = std::mem::take(&mut self.problems);
-        let name = t
-            .required_string("name", "a short name for this policy", &mut p)
-            .map(Spanned::into_inner);
+        let name = t.required_string("name", "a short name for this policy", &mut p);
+        self.name_span = name.as_ref().map_or(0..0, Spanned::span);
+        let name = name.map(Spanned::into_inner);
         let description = t.string("description", &mut p).map(Spanned::into_inner);
         let mode = t.string("mode", &mut p);
         let shadow = t.string("shadow_header", &mut p);
-        t.finish(&["name", "description", "mode", "shadow_header"], &mut p);
+        self.version = t.string("version", &mut p).map(Spanned::into_inner);
+        t.finish(
+            &["name", "description", "mode", "shadow_header", "version"],
+            &mut p,
+        );
         self.problems = p;
         let mode = match mode {
             None => Mode::Enforce,
@@ -588,6 +603,7 @@ impl<'a> Compiler<'a> {
                     header: None,
                     subject: None,
                     origin: OriginSource::AuthUser,
+                    controls: Vec::new(),
                 });
             }
         };
@@ -597,8 +613,16 @@ impl<'a> Compiler<'a> {
         let header = t.string("header", &mut p);
         let subject = t.string("subject", &mut p);
         let origin = t.string("origin", &mut p);
+        let controls = controls::read(self.src, &mut t, &mut p);
         t.finish(
-            &["from_level", "direction", "header", "subject", "origin"],
+            &[
+                "from_level",
+                "direction",
+                "header",
+                "subject",
+                "origin",
+                "controls",
+            ],
             &mut p,
         );
         self.problems = p;
@@ -652,6 +676,7 @@ impl<'a> Compiler<'a> {
             header,
             subject,
             origin,
+            controls,
         })
     }
 
@@ -1095,6 +1120,7 @@ impl<'a> Compiler<'a> {
             });
             let mut p = std::mem::take(&mut self.problems);
             let reply = self.reply(&mut rt, action_v, &path, &mut p);
+            let controls = controls::read(self.src, &mut rt, &mut p);
             let rspan = rt.span();
             rt.finish(
                 &[
@@ -1107,6 +1133,7 @@ impl<'a> Compiler<'a> {
                     "code",
                     "enhanced",
                     "text",
+                    "controls",
                 ],
                 &mut p,
             );
@@ -1177,6 +1204,7 @@ impl<'a> Compiler<'a> {
                     action,
                     reply,
                     line,
+                    controls,
                 });
             }
         }
@@ -1280,6 +1308,7 @@ impl<'a> Compiler<'a> {
         let marker = t.string("marker", &mut p);
         let signed = t.string("signed", &mut p);
         let mut signed_t = t.table("signed_reply", &mut p);
+        let controls = controls::read(self.src, &mut t, &mut p);
         let span = t.span();
         t.finish(
             &[
@@ -1292,6 +1321,7 @@ impl<'a> Compiler<'a> {
                 "marker",
                 "signed",
                 "signed_reply",
+                "controls",
             ],
             &mut p,
         );
@@ -1411,6 +1441,7 @@ impl<'a> Compiler<'a> {
             marker: marker_v,
             signed: signed_v,
             signed_reply,
+            controls,
         })
     }
 

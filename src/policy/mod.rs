@@ -14,6 +14,7 @@
 //! in `docs/markgate-policy.5.md`; the shipped policies are in `policies/`.
 
 mod compile;
+pub mod controls;
 pub mod decide;
 pub mod domains;
 pub mod error;
@@ -26,6 +27,7 @@ pub mod render;
 
 use std::path::Path;
 
+pub use controls::{Control, ControlMap};
 pub use decide::{Decision, Direction, decide};
 pub use error::{LoadErrors, Problem, Severity};
 pub use facts::{
