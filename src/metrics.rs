@@ -775,6 +775,7 @@ mod tests {
                         digest: "d".into(),
                         trigger: "start".into(),
                         policy_name: None,
+                        ..Default::default()
                     },
                 ))
                 .await
