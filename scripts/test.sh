@@ -66,6 +66,15 @@ if [ -f /etc/postfix/main.cf ] && postfix status >/dev/null 2>&1; then
 	fi
 fi
 
+# Headless Chromium renders the evidence report's HTML in tests/audit_evidence.rs (DOM figures
+# and a screenshot); DejaVu gives it fonts to draw text with.
+if ! command -v chromium >/dev/null || [ ! -d /usr/share/fonts/truetype/dejavu ]; then
+	echo "scripts/test.sh: installing chromium and fonts (headless browser for the evidence report test)" >&2
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium fonts-dejavu-core
+fi
+command -v chromium >/dev/null || { echo "scripts/test.sh: chromium still missing after install" >&2; exit 1; }
+
 [ "$install_only" = 1 ] && exit 0
 
 export MARKGATE_REQUIRE_REAL_PEERS=1
