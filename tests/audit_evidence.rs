@@ -622,6 +622,29 @@ fn a_broken_chain_is_reported_first_in_every_format_and_exits_1() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
+fn a_missing_file_is_a_chain_problem_not_a_missing_report() {
+    let dir = tmpdir("missing");
+    let trail = dir.join("audit.jsonl");
+    known_trail().write(&trail);
+    let gone = dir.join("audit.jsonl.1");
+    let (code, out, _) = markgate(&[
+        "audit",
+        "report",
+        "--evidence",
+        "--format",
+        "json",
+        gone.to_str().expect("path"),
+        trail.to_str().expect("path"),
+    ]);
+    assert_eq!(code, 1);
+    let j: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(j["chain"]["intact"], false);
+    assert_eq!(j["chain"]["problems"][0]["kind"], "unreadable");
+    assert_eq!(j["messages"], 22, "the readable file still counts");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// The cells of the controls-table row of `id` in a DOM, by class: `messages` → "3".
 fn dom_cells(dom: &str, id: &str) -> BTreeMap<String, String> {
     let start = dom

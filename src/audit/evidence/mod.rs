@@ -305,8 +305,9 @@ impl Evidence {
 }
 
 /// Verify the chain of `paths` (oldest first), then stream them into the evidence for the
-/// period `since` (inclusive) .. `until` (exclusive). A file that cannot be read is an error
-/// (the chain result names it too).
+/// period `since` (inclusive) .. `until` (exclusive). A file that cannot be read is named as a
+/// chain problem (`unreadable`) and left out of the figures; an error only if the chain check
+/// could read it and the pass cannot.
 pub fn evidence<P: AsRef<Path>>(
     paths: &[P],
     since: Option<OffsetDateTime>,
@@ -316,7 +317,13 @@ pub fn evidence<P: AsRef<Path>>(
     let chain = ChainResult::from_verify(verify_files(paths));
     let mut c = Collector::new(since, until, known);
     for p in paths {
-        c.read_file(p.as_ref())?;
+        // A file the verification could not read is already a chain problem at the top of
+        // the report; the figures come from the files that could be read.
+        if let Err(e) = c.read_file(p.as_ref())
+            && chain.intact
+        {
+            return Err(e);
+        }
     }
     Ok(c.finish(chain))
 }
