@@ -299,8 +299,7 @@ fn check_row(
     id: &str,
     messages: u64,
     incidents: u64,
-    p50: Option<f64>,
-    max: Option<f64>,
+    (p50, max): (Option<f64>, Option<f64>),
     bound: &str,
     status: &str,
 ) {
@@ -323,8 +322,7 @@ fn check_full_json(j: &serde_json::Value) {
         "CoCo-4.1-labels",
         10,
         0,
-        None,
-        None,
+        (None, None),
         "no incidents",
         "enforced",
     );
@@ -333,8 +331,7 @@ fn check_full_json(j: &serde_json::Value) {
         "CoCo-4.1-disclaimer",
         10,
         0,
-        None,
-        None,
+        (None, None),
         "no incidents",
         "enforced",
     );
@@ -343,8 +340,7 @@ fn check_full_json(j: &serde_json::Value) {
         "CoCo-4.1-autoforward",
         3,
         3,
-        Some(30.0),
-        Some(90.0),
+        (Some(30.0), Some(90.0)),
         "pending",
         "enforced",
     );
@@ -353,8 +349,7 @@ fn check_full_json(j: &serde_json::Value) {
         "CoCo-4.1-awareness",
         4,
         1,
-        Some(93_600.0),
-        Some(93_600.0),
+        (Some(93_600.0), Some(93_600.0)),
         "not met",
         "exceptions",
     );
@@ -363,8 +358,7 @@ fn check_full_json(j: &serde_json::Value) {
         "CoCo-4.1-audit",
         22,
         0,
-        None,
-        None,
+        (None, None),
         "no incidents",
         "enforced",
     );
@@ -373,12 +367,11 @@ fn check_full_json(j: &serde_json::Value) {
         "CoCo-11",
         4,
         4,
-        Some(90.0),
-        Some(93_600.0),
+        (Some(90.0), Some(93_600.0)),
         "not met",
         "exceptions",
     );
-    check_row(j, "ISM-0565", 0, 0, None, None, "no incidents", "no rule");
+    check_row(j, "ISM-0565", 0, 0, (None, None), "no incidents", "no rule");
     assert_eq!(row(j, "CoCo-4.1-autoforward")["pending"], 1);
     assert_eq!(
         row(j, "CoCo-4.1-awareness")["rules"],
@@ -497,8 +490,7 @@ fn a_period_counts_only_its_days_but_late_alerts_still_count() {
         "CoCo-11",
         1,
         1,
-        Some(93_600.0),
-        Some(93_600.0),
+        (Some(93_600.0), Some(93_600.0)),
         "not met",
         "exceptions",
     );
@@ -507,8 +499,7 @@ fn a_period_counts_only_its_days_but_late_alerts_still_count() {
         "CoCo-4.1-labels",
         0,
         0,
-        None,
-        None,
+        (None, None),
         "no incidents",
         "no activity",
     );

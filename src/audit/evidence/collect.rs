@@ -2,11 +2,13 @@
 //! number of distinct days, levels, rules, senders (capped) and open incidents, never on the
 //! number of records.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 
+use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -15,8 +17,8 @@ use super::{
     TOP_N, TrailHealth, percentile,
 };
 use crate::alert::IncidentKind;
-use crate::audit::event::{AuditEvent, IncidentRef};
-use crate::audit::record::{Cause, Edit, MessageRecord, Mode, RecipientStatus, Record, Verdict};
+use crate::audit::event::IncidentRef;
+use crate::audit::record::{Cause, Mode, RecipientStatus, Verdict};
 use crate::policy::Control;
 
 /// Distinct refused senders tallied exactly; later new ones count as `(others)`, so a trail
@@ -114,6 +116,113 @@ struct Period {
     order: u64,
 }
 
+/// The fields of a record the report reads, borrowed from the line where possible: the
+/// report streams a million records, and parsing each into the full owned [`Record`] would
+/// allocate every string of every decision. One `data` shape covers every event kind (the
+/// fields it needs have the same type wherever they appear); everything else is skipped.
+///
+/// [`Record`]: crate::audit::record::Record
+#[derive(Deserialize)]
+struct Lean<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    time: Cow<'a, str>,
+    #[serde(borrow, default)]
+    host: Cow<'a, str>,
+    #[serde(default)]
+    security_event: bool,
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(borrow, default)]
+    data: Data<'a>,
+}
+
+#[derive(Deserialize, Default)]
+struct Data<'a> {
+    // message_decision
+    #[serde(borrow, default)]
+    sender: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    recipients: Vec<LeanRecipient<'a>>,
+    #[serde(borrow, default)]
+    effective_level: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    findings: Vec<LeanFinding<'a>>,
+    #[serde(borrow, default)]
+    edits: Vec<LeanEdit<'a>>,
+    #[serde(default)]
+    verdict: Option<Verdict>,
+    #[serde(borrow, default)]
+    verdict_rules: Vec<Cow<'a, str>>,
+    #[serde(default)]
+    mode: Option<Mode>,
+    #[serde(borrow, default)]
+    policy_digest: Option<Cow<'a, str>>,
+    // policy_loaded, reload_failed
+    #[serde(borrow, default)]
+    path: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    digest: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    trigger: Option<Cow<'a, str>>,
+    #[serde(default)]
+    policy_name: Option<String>,
+    #[serde(default)]
+    policy_version: Option<String>,
+    #[serde(default)]
+    controls: BTreeMap<String, Vec<String>>,
+    #[serde(borrow, default)]
+    error: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kept_digest: Option<Cow<'a, str>>,
+    // audit_sink_recovered, alerts_dropped
+    #[serde(default)]
+    failed_records: Option<u64>,
+    #[serde(default)]
+    count: Option<u64>,
+    // alert_delivered, alert_undeliverable
+    #[serde(default)]
+    incident_refs: Vec<IncidentRef>,
+    #[serde(default)]
+    incident: Option<LeanIncident>,
+}
+
+#[derive(Deserialize)]
+struct LeanRecipient<'a> {
+    #[serde(default)]
+    status: RecipientStatus,
+    #[serde(default)]
+    cause: Option<Cause>,
+    #[serde(borrow, default)]
+    rule: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct LeanFinding<'a> {
+    #[serde(default)]
+    cause: Option<Cause>,
+    #[serde(borrow, default)]
+    rule: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct LeanEdit<'a> {
+    #[serde(borrow, default)]
+    rule: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct LeanIncident {
+    #[serde(default)]
+    kind: Option<IncidentKind>,
+    #[serde(default)]
+    time: String,
+    #[serde(default)]
+    audit_seq: Option<u64>,
+    #[serde(default)]
+    rule: Option<String>,
+}
+
 /// Running tallies for one report.
 pub struct Collector {
     since: Option<OffsetDateTime>,
@@ -202,16 +311,21 @@ impl Collector {
             if reader.read_until(b'\n', &mut buf)? == 0 {
                 break;
             }
-            match Record::from_line(&buf) {
-                Ok(r) => self.record(r),
-                Err(_) => self.health.unparsed_lines += 1,
-            }
+            self.line(&buf);
         }
         Ok(())
     }
 
-    /// Take one record.
-    pub fn record(&mut self, rec: Record) {
+    /// Take one line of an audit file (with or without its newline).
+    pub fn line(&mut self, line: &[u8]) {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        match serde_json::from_slice::<Lean<'_>>(line) {
+            Ok(r) => self.record(r),
+            Err(_) => self.health.unparsed_lines += 1,
+        }
+    }
+
+    fn record(&mut self, rec: Lean<'_>) {
         let Ok(at) = OffsetDateTime::parse(&rec.time, &Rfc3339) else {
             self.health.unparsed_lines += 1;
             return;
@@ -220,39 +334,48 @@ impl Collector {
         self.trail_end = Some(self.trail_end.map_or(t, |e: f64| e.max(t)));
         let in_period =
             !(self.since.is_some_and(|s| at < s) || self.until.is_some_and(|u| at >= u));
+        let d = rec.data;
         // Maps and alert matching look at the whole trail: a policy loaded before the period
         // is in force during it, and an alert sent after it still answers an incident in it.
-        match rec.event {
-            AuditEvent::PolicyLoaded(p) => {
+        match rec.event.as_ref() {
+            "policy_loaded" => {
+                let digest = d.digest.map(Cow::into_owned).unwrap_or_default();
                 self.maps.insert(
-                    p.digest.clone(),
-                    MapInfo::new(p.policy_name.clone(), p.policy_version.clone(), &p.controls),
+                    digest.clone(),
+                    MapInfo::new(d.policy_name.clone(), d.policy_version.clone(), &d.controls),
                 );
-                self.latest = Some(p.digest.clone());
+                self.latest = Some(digest.clone());
                 if in_period {
                     self.policy_events.push(PolicyEvent {
-                        time: rec.time.clone(),
+                        time: rec.time.to_string(),
                         seq: rec.seq,
-                        trigger: p.trigger,
-                        path: p.path,
-                        digest: p.digest,
-                        name: p.policy_name,
-                        version: p.policy_version,
-                        mapped_rules: p.controls.len(),
+                        trigger: d.trigger.map(Cow::into_owned).unwrap_or_default(),
+                        path: d.path.map(Cow::into_owned).unwrap_or_default(),
+                        digest,
+                        name: d.policy_name,
+                        version: d.policy_version,
+                        mapped_rules: d.controls.len(),
                         error: None,
                     });
                 }
                 self.tally_record(in_period, &rec.time, &rec.host, rec.security_event);
             }
-            AuditEvent::AlertDelivered(a) => {
-                for r in &a.incident_refs {
+            "alert_delivered" => {
+                for r in &d.incident_refs {
                     self.alerted(r, t);
                 }
                 self.tally_record(in_period, &rec.time, &rec.host, rec.security_event);
             }
-            AuditEvent::AlertUndeliverable(u) => {
-                let r = IncidentRef::of(&u.incident);
-                self.undeliverable(&r);
+            "alert_undeliverable" => {
+                if let Some(i) = d.incident {
+                    let r = IncidentRef {
+                        kind: i.kind,
+                        raised: i.time,
+                        audit_seq: i.audit_seq,
+                        rule: i.rule,
+                    };
+                    self.undeliverable(&r);
+                }
                 self.tally_record(in_period, &rec.time, &rec.host, rec.security_event);
             }
             event => {
@@ -261,25 +384,36 @@ impl Collector {
                 }
                 self.tally_record(true, &rec.time, &rec.host, rec.security_event);
                 match event {
-                    AuditEvent::MessageDecision(m) => self.message(rec.seq, &rec.time, t, &m),
-                    AuditEvent::ReloadFailed(f) => self.policy_events.push(PolicyEvent {
-                        time: rec.time.clone(),
-                        seq: rec.seq,
-                        trigger: "reload failed".into(),
-                        path: f.path,
-                        name: self.maps.get(&f.kept_digest).and_then(|m| m.name.clone()),
-                        version: None,
-                        digest: f.kept_digest,
-                        mapped_rules: 0,
-                        error: Some(f.error),
-                    }),
-                    AuditEvent::AuditSinkTrouble(_) => self.health.outages += 1,
-                    AuditEvent::AuditSinkRecovered(s) => {
-                        self.health.refused_during_outages += s.failed_records
+                    "message_decision" => self.message(rec.seq, &rec.time, t, &d),
+                    "reload_failed" => {
+                        let kept = d.kept_digest.map(Cow::into_owned).unwrap_or_default();
+                        self.policy_events.push(PolicyEvent {
+                            time: rec.time.to_string(),
+                            seq: rec.seq,
+                            trigger: "reload failed".into(),
+                            path: d.path.map(Cow::into_owned).unwrap_or_default(),
+                            name: self.maps.get(&kept).and_then(|m| m.name.clone()),
+                            version: None,
+                            digest: kept,
+                            mapped_rules: 0,
+                            error: Some(d.error.map(Cow::into_owned).unwrap_or_default()),
+                        });
                     }
-                    AuditEvent::AuditChainResumed(_) => self.health.chain_resumed += 1,
-                    AuditEvent::InternalError(_) => self.health.internal_errors += 1,
-                    AuditEvent::AlertsDropped(d) => self.health.alerts_dropped += d.count,
+                    "audit_sink_trouble" => self.health.outages += 1,
+                    "audit_sink_recovered" => {
+                        self.health.refused_during_outages = self
+                            .health
+                            .refused_during_outages
+                            .saturating_add(d.failed_records.unwrap_or(0))
+                    }
+                    "audit_chain_resumed" => self.health.chain_resumed += 1,
+                    "internal_error" => self.health.internal_errors += 1,
+                    "alerts_dropped" => {
+                        self.health.alerts_dropped = self
+                            .health
+                            .alerts_dropped
+                            .saturating_add(d.count.unwrap_or(0))
+                    }
                     _ => {}
                 }
             }
@@ -300,12 +434,15 @@ impl Collector {
         if self.first.is_none() {
             self.first = Some(time.to_string());
         }
-        self.last = Some(time.to_string());
+        let last = self.last.get_or_insert_with(String::new);
+        last.clear();
+        last.push_str(time);
     }
 
-    fn message(&mut self, seq: u64, time: &str, t: f64, m: &MessageRecord) {
+    fn message(&mut self, seq: u64, time: &str, t: f64, m: &Data<'_>) {
         self.messages += 1;
-        let enforced = m.mode == Mode::Enforce;
+        let enforced = m.mode != Some(Mode::Shadow);
+        let verdict = m.verdict.unwrap_or_default();
         let removed = m
             .recipients
             .iter()
@@ -313,7 +450,7 @@ impl Collector {
         let outcome = if !enforced {
             6
         } else {
-            match m.verdict {
+            match verdict {
                 Verdict::Accept if removed => 1,
                 Verdict::Accept => 0,
                 Verdict::Reject => 2,
@@ -342,13 +479,13 @@ impl Collector {
         // Refusals: the whole message (enforced reject, discard, quarantine) or recipients.
         let whole = enforced
             && matches!(
-                m.verdict,
+                verdict,
                 Verdict::Reject | Verdict::Discard | Verdict::Quarantine
             );
         if whole || (enforced && removed) {
             let mut rules: Vec<&str> = Vec::new();
             if whole {
-                rules.extend(m.verdict_rules.iter().map(String::as_str));
+                rules.extend(m.verdict_rules.iter().map(AsRef::as_ref));
             }
             rules.extend(
                 m.recipients
@@ -361,7 +498,10 @@ impl Collector {
             for r in rules {
                 bump(&mut self.refused_rules, r);
             }
-            let sender = if m.sender.is_empty() { "<>" } else { &m.sender };
+            let sender = match m.sender.as_deref() {
+                None | Some("") => "<>",
+                Some(s) => s,
+            };
             if let Some(n) = self.refused_senders.get_mut(sender) {
                 *n += 1;
             } else if self.refused_senders.len() < SENDER_CAP {
@@ -373,15 +513,17 @@ impl Collector {
         }
 
         // Policy period.
-        match self.periods.get_mut(&m.policy_digest) {
+        let digest = m.policy_digest.as_deref().unwrap_or("");
+        match self.periods.get_mut(digest) {
             Some(p) => {
-                p.to = time.to_string();
+                p.to.clear();
+                p.to.push_str(time);
                 p.messages += 1;
             }
             None => {
                 let order = self.periods.len() as u64;
                 self.periods.insert(
-                    m.policy_digest.clone(),
+                    digest.to_string(),
                     Period {
                         from: time.to_string(),
                         to: time.to_string(),
@@ -393,7 +535,7 @@ impl Collector {
         }
 
         // Controls: every rule the decision cites, mapped under its own policy's digest.
-        let map = self.maps.get(&m.policy_digest);
+        let map = self.maps.get(digest);
         if map.is_none() {
             self.unmapped += 1;
         }
@@ -402,15 +544,16 @@ impl Collector {
                 .copied()
                 .unwrap_or_default()
         };
-        let mut cited: Vec<&str> = m.verdict_rules.iter().map(String::as_str).collect();
-        cited.extend(m.recipients.iter().filter_map(|x| x.rule.as_deref()));
-        cited.extend(m.findings.iter().filter_map(|x| x.rule.as_deref()));
-        cited.extend(m.edits.iter().filter_map(edit_rule));
-        cited.sort_unstable();
-        cited.dedup();
         // The audit trail itself acts on every decision it records.
         let mut mask = Mask::default().with(Control::CocoAudit);
-        for rule in cited {
+        for rule in m
+            .verdict_rules
+            .iter()
+            .map(AsRef::as_ref)
+            .chain(m.recipients.iter().filter_map(|x| x.rule.as_deref()))
+            .chain(m.findings.iter().filter_map(|x| x.rule.as_deref()))
+            .chain(m.edits.iter().filter_map(|x| x.rule.as_deref()))
+        {
             mask = mask.union(rule_mask(rule));
         }
         for c in mask.controls() {
@@ -435,7 +578,11 @@ impl Collector {
                 kinds.push((kind, r.rule.as_deref()));
             }
         }
-        if let Some(f) = m.findings.iter().find(|f| f.cause == Cause::ForgedLabel) {
+        if let Some(f) = m
+            .findings
+            .iter()
+            .find(|f| f.cause == Some(Cause::ForgedLabel))
+        {
             kinds.push((IncidentKind::ForgedLabel, f.rule.as_deref()));
         }
         for (kind, rule) in kinds {
@@ -708,15 +855,4 @@ fn top(map: HashMap<String, u64>, n: usize) -> Vec<(String, u64)> {
     v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     v.truncate(n);
     v
-}
-
-fn edit_rule(e: &Edit) -> Option<&str> {
-    match e {
-        Edit::LabelHeader { rule, .. }
-        | Edit::Subject { rule, .. }
-        | Edit::Disclaimer { rule, .. }
-        | Edit::DisclaimerPresent { rule }
-        | Edit::DisclaimerSkipped { rule, .. }
-        | Edit::Header { rule, .. } => rule.as_deref(),
-    }
 }

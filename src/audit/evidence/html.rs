@@ -36,9 +36,11 @@ th{background:#f0f0f0}td.n{text-align:right;font-variant-numeric:tabular-nums}
 #chain.broken{background:#fdecea;border:2px solid #c0392b;color:#8b1a10}
 #chain h2{border:none;margin:0 0 6px}
 .met,.enforced{color:#2e6b36;font-weight:bold}
-.not-met,.exceptions,.no-rule{color:#b03020;font-weight:bold}
-.pending,.no-activity,.no-incidents{color:#777}
+.not-met,.exceptions{color:#b03020;font-weight:bold}
+.pending,.no-activity,.no-incidents,.no-rule{color:#777}
 code,.mono{font-family:"DejaVu Sans Mono",monospace;font-size:12px;word-break:break-all}
+td.rules{word-break:normal;overflow-wrap:break-word}
+td.status small{color:#555;font-weight:normal}
 .chart{display:block;margin:8px 0 18px}.ct{font-size:14px;font-weight:bold}.cl{font-size:11px;fill:#333}
 dl.totals{display:grid;grid-template-columns:max-content auto;gap:2px 14px;font-size:14px}
 dl.totals dt{color:#555}dl.totals dd{margin:0;font-weight:bold}

@@ -308,24 +308,34 @@ impl Evidence {
 /// period `since` (inclusive) .. `until` (exclusive). A file that cannot be read is named as a
 /// chain problem (`unreadable`) and left out of the figures; an error only if the chain check
 /// could read it and the pass cannot.
-pub fn evidence<P: AsRef<Path>>(
+pub fn evidence<P: AsRef<Path> + Sync>(
     paths: &[P],
     since: Option<OffsetDateTime>,
     until: Option<OffsetDateTime>,
     known: &[KnownPolicy],
 ) -> std::io::Result<Evidence> {
-    let chain = ChainResult::from_verify(verify_files(paths));
-    let mut c = Collector::new(since, until, known);
-    for p in paths {
-        // A file the verification could not read is already a chain problem at the top of
-        // the report; the figures come from the files that could be read.
-        if let Err(e) = c.read_file(p.as_ref())
-            && chain.intact
-        {
-            return Err(e);
+    // The chain check and the figures each read the files; they run side by side (the check
+    // is mostly hashing, the figures mostly parsing), and the report waits for both.
+    std::thread::scope(|scope| {
+        let check = scope.spawn(|| verify_files(paths));
+        let mut c = Collector::new(since, until, known);
+        let mut read_error = None;
+        for p in paths {
+            if let Err(e) = c.read_file(p.as_ref()) {
+                read_error.get_or_insert(e);
+            }
         }
-    }
-    Ok(c.finish(chain))
+        let verified = check
+            .join()
+            .map_err(|_| std::io::Error::other("the chain check panicked"))?;
+        let chain = ChainResult::from_verify(verified);
+        // A file the check could not read either is a chain problem at the top of the
+        // report; the figures come from the files that could be read.
+        match read_error {
+            Some(e) if chain.intact => Err(e),
+            _ => Ok(c.finish(chain)),
+        }
+    })
 }
 
 /// Nearest-rank percentile of sorted values.

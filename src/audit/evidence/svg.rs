@@ -18,13 +18,13 @@ fn nice_max(max: u64) -> u64 {
         return 5;
     }
     let mag = 10u64.pow((max as f64).log10().floor() as u32);
-    for step in [1, 2, 5, 10] {
-        let top = step * mag;
+    for step in [1u64, 2, 5, 10] {
+        let top = step.saturating_mul(mag);
         if top >= max {
             return top;
         }
     }
-    10 * mag
+    u64::MAX
 }
 
 /// Decisions per day, stacked by outcome, with a legend.
@@ -58,7 +58,7 @@ pub fn per_day(title: &str, days: &[(String, Vec<(String, u64)>)]) -> String {
     let plot_w = WIDTH - left - 10.0;
     // Axis and grid: 5 steps.
     for i in 0..=5 {
-        let v = ymax * i / 5;
+        let v = (u128::from(ymax) * i as u128 / 5) as u64;
         let y = top + plot_h - plot_h * i as f64 / 5.0;
         let _ = write!(
             s,
