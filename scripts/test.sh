@@ -88,6 +88,14 @@ if ! ls "$debs"/sendmail-bin_*.deb "$debs"/sendmail-base_*.deb "$debs"/sendmail-
 	(cd "$debs" && apt-get download sendmail-bin sendmail-base sendmail-cf) \
 		|| { apt-get update && (cd "$debs" && apt-get download sendmail-bin sendmail-base sendmail-cf); }
 fi
+# Headless Chromium renders the evidence report's HTML in tests/audit_evidence.rs (DOM figures
+# and a screenshot); DejaVu gives it fonts to draw text with.
+if ! command -v chromium >/dev/null || [ ! -d /usr/share/fonts/truetype/dejavu ]; then
+	echo "scripts/test.sh: installing chromium and fonts (headless browser for the evidence report test)" >&2
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium fonts-dejavu-core
+fi
+command -v chromium >/dev/null || { echo "scripts/test.sh: chromium still missing after install" >&2; exit 1; }
 
 [ "$install_only" = 1 ] && exit 0
 

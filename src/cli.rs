@@ -152,6 +152,22 @@ enum AuditCommand {
         /// JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// The compliance evidence report for an assessor: the hash chain verified first, then
+        /// the controls table (rules, messages, incidents, incident-to-alert time, the 24 h
+        /// bound), charts, and the policy in force with each reload. Exit 1 if the chain is
+        /// broken (the report is still written, with the first bad record at the top).
+        #[arg(long, conflicts_with = "json")]
+        evidence: bool,
+        /// With --evidence: html (one self-contained page), md or json.
+        #[arg(long, value_name = "FORMAT", default_value = "html", value_parser = ["html", "md", "json"], requires = "evidence")]
+        format: String,
+        /// With --evidence: write the report to this file instead of standard output.
+        #[arg(long, short = 'o', value_name = "OUT", requires = "evidence")]
+        output: Option<PathBuf>,
+        /// With --evidence: a policy file whose rule-to-control map applies to decisions made
+        /// under its digest (for files with no policy_loaded record of it).
+        #[arg(long, value_name = "POLICY", requires = "evidence")]
+        policy: Vec<PathBuf>,
         #[arg(value_name = "FILE", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
     },
@@ -261,8 +277,39 @@ pub fn main() -> ExitCode {
                 AuditCommand::Report {
                     since,
                     until,
+                    evidence: true,
+                    format,
+                    output,
+                    policy,
+                    files,
+                    ..
+                },
+        } => {
+            return ExitCode::from(
+                match audit_evidence(
+                    since.as_deref(),
+                    until.as_deref(),
+                    &format,
+                    output.as_deref(),
+                    &policy,
+                    &files,
+                ) {
+                    Ok(code) => code,
+                    Err(f) => {
+                        eprintln!("markgate: {:#}", f.error);
+                        f.code
+                    }
+                },
+            );
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Report {
+                    since,
+                    until,
                     json,
                     files,
+                    ..
                 },
         } => audit_report(since.as_deref(), until.as_deref(), json, &files),
         Command::Manpage => manpage()
@@ -470,6 +517,8 @@ async fn serve(
             digest: live.policy_digest.clone(),
             trigger: "start".into(),
             policy_name: Some(live.policy.name.clone()),
+            policy_version: live.policy.version.clone(),
+            controls: live.policy.control_map(),
         }),
     ] {
         if let Err(e) = audit.record(event).await {
@@ -720,6 +769,64 @@ fn audit_report(
         }
     }
     Ok(())
+}
+
+/// `markgate audit report --evidence`: exit 0 with an intact chain, 1 with a broken one (the
+/// report is written either way), 2 for a usage error.
+fn audit_evidence(
+    since: Option<&str>,
+    until: Option<&str>,
+    format: &str,
+    output: Option<&Path>,
+    policies: &[PathBuf],
+    files: &[PathBuf],
+) -> Result<u8, Failure> {
+    use crate::audit::evidence::{self, Format, KnownPolicy};
+    let since = since
+        .map(|t| crate::audit::parse_time_bound(t, false))
+        .transpose()
+        .map_err(|e| usage(anyhow::anyhow!("--since: {e}")))?;
+    let until = until
+        .map(|t| crate::audit::parse_time_bound(t, true))
+        .transpose()
+        .map_err(|e| usage(anyhow::anyhow!("--until: {e}")))?;
+    let format = Format::from_name(format)
+        .ok_or_else(|| usage(anyhow::anyhow!("--format: expected html, md or json")))?;
+    let mut known = Vec::new();
+    for path in policies {
+        let p = crate::policy::Policy::from_file(path)
+            .map_err(|e| usage(anyhow::anyhow!("--policy {}:\n{e}", path.display())))?;
+        known.push(KnownPolicy {
+            digest: p.digest.clone(),
+            name: Some(p.name.clone()),
+            version: p.version.clone(),
+            controls: p.control_map(),
+        });
+    }
+    let report = evidence::evidence(files, since, until, &known)
+        .context("cannot read the audit files")
+        .map_err(runtime)?;
+    let text = report.render(format);
+    match output {
+        Some(path) => std::fs::write(path, text.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))
+            .map_err(runtime)?,
+        None => {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .context("cannot write the report")
+                .map_err(runtime)?;
+        }
+    }
+    if !report.chain_intact() {
+        eprintln!(
+            "markgate: the audit hash chain is broken; the report shows the first bad record"
+        );
+        return Ok(EXIT_RUNTIME);
+    }
+    Ok(EXIT_OK)
 }
 
 /// A future that completes with the signal's name on the first SIGTERM or SIGINT. The handlers

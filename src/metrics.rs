@@ -75,6 +75,8 @@ struct Inner {
     message_series: AtomicUsize,
     rule_hits: Family<RuleLabels, Counter>,
     rule_series: AtomicUsize,
+    refusals: Family<RuleLabels, Counter>,
+    refusal_series: AtomicUsize,
     latency: Histogram,
     connections_open: Gauge,
     connections: Counter,
@@ -117,6 +119,12 @@ impl Metrics {
             "rule_hits",
             "Decisions that cited each policy rule id (a message can cite several)",
             rule_hits.clone(),
+        );
+        let refusals = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "refusals",
+            "Messages refused whole (reject, discard, quarantine), by each rule id the decision cites",
+            refusals.clone(),
         );
         // 0.5 ms .. ~16 s: a decision is normally well under a millisecond; the top buckets
         // catch spills, slow fsyncs and the eom timeout.
@@ -180,6 +188,8 @@ impl Metrics {
                 message_series: AtomicUsize::new(0),
                 rule_hits,
                 rule_series: AtomicUsize::new(0),
+                refusals,
+                refusal_series: AtomicUsize::new(0),
                 latency,
                 connections_open,
                 connections,
@@ -217,7 +227,16 @@ impl Metrics {
             };
         }
         i.messages.get_or_create(&labels).inc();
+        // Whole-message refusals, by rule: what a dashboard shows as "refusals by rule".
+        let refused = matches!(verdict, "reject" | "discard" | "quarantine");
         for rule in rules {
+            if refused {
+                let mut l = RuleLabels { rule: label(rule) };
+                if !admit(&i.refusals, &l, &i.refusal_series) {
+                    l.rule = "other".into();
+                }
+                i.refusals.get_or_create(&l).inc();
+            }
             let mut l = RuleLabels { rule: label(rule) };
             if !admit(&i.rule_hits, &l, &i.rule_series) {
                 l.rule = "other".into();
@@ -775,6 +794,7 @@ mod tests {
                         digest: "d".into(),
                         trigger: "start".into(),
                         policy_name: None,
+                        ..Default::default()
                     },
                 ))
                 .await

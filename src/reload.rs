@@ -73,6 +73,34 @@ pub trait PolicySource: Send + Sync + 'static {
     /// with `include`, of the policy and its fragments).
     /// The error is for people: file:line:column, what was found, what was expected.
     fn load(&self, config: &Config) -> Result<(Self::Policy, String), String>;
+
+    /// What the `policy_loaded` audit record says about a loaded policy besides its digest
+    /// (name, version, rule → control map). Nothing by default.
+    fn about(&self, _policy: &Self::Policy) -> PolicyAbout {
+        PolicyAbout::default()
+    }
+}
+
+/// A loaded policy's name, version and rule → control map, for its `policy_loaded` record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyAbout {
+    /// `policy.name`.
+    pub name: Option<String>,
+    /// `policy.version`.
+    pub version: Option<String>,
+    /// Rule id → control ids (`controls` in the policy).
+    pub controls: crate::policy::ControlMap,
+}
+
+impl PolicyAbout {
+    /// What a compiled policy says about itself.
+    pub fn of(policy: &crate::policy::Policy) -> Self {
+        PolicyAbout {
+            name: Some(policy.name.clone()),
+            version: policy.version.clone(),
+            controls: policy.control_map(),
+        }
+    }
 }
 
 /// The production [`PolicySource`]: `policy::Policy` from the file the config names (and the
@@ -83,6 +111,10 @@ pub struct PolicyFiles;
 
 impl PolicySource for PolicyFiles {
     type Policy = crate::policy::Policy;
+
+    fn about(&self, policy: &crate::policy::Policy) -> PolicyAbout {
+        PolicyAbout::of(policy)
+    }
 
     fn load(&self, config: &Config) -> Result<(crate::policy::Policy, String), String> {
         use crate::policy::{BUILTIN_NAME, BUILTIN_POLICY, Policy};
@@ -141,6 +173,16 @@ pub struct Live<P> {
 pub trait ReloadObserver: Send + Sync + 'static {
     /// A new config and policy are in force.
     fn applied(&self, policy_path: &str, digest: &str, generation: u64);
+    /// The same, with what the policy says about itself; by default only [`Self::applied`].
+    fn applied_policy(
+        &self,
+        policy_path: &str,
+        digest: &str,
+        generation: u64,
+        _about: &PolicyAbout,
+    ) {
+        self.applied(policy_path, digest, generation);
+    }
     /// The reload was refused; `kept_digest` stays in force.
     fn failed(&self, path: &str, error: &str, kept_digest: &str);
 }
@@ -248,6 +290,7 @@ impl<S: PolicySource> Reloader<S> {
                 let generation = live.generation;
                 let digest = live.policy_digest.clone();
                 let policy_path = policy_name(&live.config);
+                let about = self.source.about(&live.policy);
                 self.current.store(Arc::new(live));
                 for key in &needs_restart {
                     warn!(
@@ -263,7 +306,8 @@ impl<S: PolicySource> Reloader<S> {
                     took_ms = started.elapsed().as_millis() as u64,
                     "reloaded configuration and policy"
                 );
-                self.observer.applied(&policy_path, &digest, generation);
+                self.observer
+                    .applied_policy(&policy_path, &digest, generation, &about);
                 ReloadOutcome::Applied {
                     generation,
                     digest,
@@ -453,13 +497,25 @@ impl AuditObserver {
 }
 
 impl ReloadObserver for AuditObserver {
-    fn applied(&self, policy_path: &str, digest: &str, _generation: u64) {
+    fn applied(&self, policy_path: &str, digest: &str, generation: u64) {
+        self.applied_policy(policy_path, digest, generation, &PolicyAbout::default());
+    }
+
+    fn applied_policy(
+        &self,
+        policy_path: &str,
+        digest: &str,
+        _generation: u64,
+        about: &PolicyAbout,
+    ) {
         self.record(crate::audit::AuditEvent::PolicyLoaded(
             crate::audit::event::PolicyLoaded {
                 path: policy_path.to_string(),
                 digest: digest.to_string(),
                 trigger: "reload".into(),
-                policy_name: None,
+                policy_name: about.name.clone(),
+                policy_version: about.version.clone(),
+                controls: about.controls.clone(),
             },
         ));
     }
@@ -522,6 +578,13 @@ mod tests {
 
     impl PolicySource for TextPolicy {
         type Policy = u32;
+        fn about(&self, policy: &u32) -> PolicyAbout {
+            PolicyAbout {
+                name: Some("text".into()),
+                version: Some(policy.to_string()),
+                controls: [("R".to_string(), vec!["ISM-0565".to_string()])].into(),
+            }
+        }
         fn load(&self, config: &Config) -> Result<(u32, String), String> {
             let Some(path) = &config.policy else {
                 return Ok((0, "d0".into()));
@@ -887,6 +950,11 @@ mod tests {
             "the error is in the record: {text}"
         );
         assert!(text.contains("\"kept_digest\":\"d1\""), "{text}");
+        // The reload record says what the policy is and maps its rules to controls.
+        assert!(
+            text.contains("\"policy_name\":\"text\",\"policy_version\":\"2\",\"controls\":{\"R\":[\"ISM-0565\"]}"),
+            "{text}"
+        );
 
         let rotated = f.path("audit.jsonl.1");
         std::fs::rename(&audit_path, &rotated).expect("rotate");

@@ -202,6 +202,17 @@ async fn immediate_alert_arrives_with_the_right_content() {
     assert_eq!(delivered.len(), 1);
     assert_eq!(delivered[0].incidents, 1);
     assert_eq!(delivered[0].kinds, vec![IncidentKind::BlockedAutoForward]);
+    // The record names the incident it carried, so the evidence report can measure the time
+    // from the incident to this delivery from the trail alone.
+    let refs = &delivered[0].incident_refs;
+    assert_eq!(refs.len(), 1, "{refs:?}");
+    assert_eq!(refs[0].kind, Some(IncidentKind::BlockedAutoForward));
+    assert_eq!(refs[0].audit_seq, Some(42));
+    assert_eq!(refs[0].rule.as_deref(), Some("forward.block-lower"));
+    assert!(
+        refs[0].raised.ends_with('Z') && refs[0].raised.len() >= 20,
+        "{refs:?}"
+    );
     assert!(
         m.contains(&format!("Message-ID: {}", delivered[0].message_id)),
         "{m}"

@@ -34,6 +34,7 @@ const TARGETS: &[(&str, Body)] = &[
         "vendor_janusseal",
         markgate::fuzzing::vendor::vendor_janusseal,
     ),
+    ("evidence", markgate::fuzzing::evidence::evidence_trail),
 ];
 
 fn inputs(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -375,6 +375,10 @@ impl AlertTask {
                         incidents: batch.len() as u64,
                         kinds: batch.iter().map(|p| p.incident.kind).collect(),
                         attempts,
+                        incident_refs: batch
+                            .iter()
+                            .map(|p| crate::audit::event::IncidentRef::of(&p.incident))
+                            .collect(),
                     }))
                     .await;
                 }

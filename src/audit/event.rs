@@ -268,6 +268,14 @@ pub struct PolicyLoaded {
     pub trigger: String,
     /// The policy's own name/version string, if it declares one.
     pub policy_name: Option<String>,
+    /// `policy.version`, if the policy declares one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<String>,
+    /// Rule id (as `message_decision` records cite it) → the control ids it enforces, from the
+    /// policy's `controls` keys; the evidence report maps decisions under this digest through
+    /// it. Empty (and left out of the line) for a policy that names no controls.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub controls: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// Data of [`EventKind::ReloadFailed`].
@@ -348,6 +356,35 @@ pub struct AlertDelivered {
     pub kinds: Vec<crate::alert::IncidentKind>,
     /// Delivery attempts it took.
     pub attempts: u32,
+    /// Each incident it carried: when it was raised and which decision raised it, so the
+    /// incident-to-alert time can be measured from the trail (the report's CoCo-11 evidence).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub incident_refs: Vec<IncidentRef>,
+}
+
+/// One incident carried by an alert mail ([`AlertDelivered::incident_refs`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IncidentRef {
+    /// The incident's kind.
+    pub kind: Option<crate::alert::IncidentKind>,
+    /// When it was raised, RFC 3339 UTC (the incident's own `time`).
+    pub raised: String,
+    /// The `seq` of the audit record of the decision that raised it, when known.
+    pub audit_seq: Option<u64>,
+    /// The policy rule id behind it, when there is one.
+    pub rule: Option<String>,
+}
+
+impl IncidentRef {
+    /// The reference to `incident`.
+    pub fn of(incident: &Incident) -> Self {
+        IncidentRef {
+            kind: Some(incident.kind),
+            raised: incident.time.clone(),
+            audit_seq: incident.audit_seq,
+            rule: incident.rule.clone(),
+        }
+    }
 }
 
 /// Data of [`EventKind::AlertUndeliverable`]: the whole incident, so nothing is lost.

@@ -4,7 +4,8 @@
 //! hash chain ([`record`](crate::audit::record)), the single writer task with group commit,
 //! rotation and self-healing ([`writer`](crate::audit::writer)), syslog forwarding
 //! ([`syslog`](crate::audit::syslog)), and the offline tools
-//! [`verify`](crate::audit::verify) and [`report`](mod@crate::audit::report); the `[audit]`
+//! [`verify`](crate::audit::verify), [`report`](mod@crate::audit::report) and the compliance
+//! [`evidence`](crate::audit::evidence) report; the `[audit]`
 //! settings are in [`config`](crate::audit::config). The audit decides nothing about mail: the
 //! filter fills a [`MessageRecord`](crate::audit::record::MessageRecord) from the policy's
 //! decision and waits for [`AuditHandle::record`](crate::audit::writer::AuditHandle::record)
@@ -24,6 +25,7 @@
 
 pub mod config;
 pub mod event;
+pub mod evidence;
 pub mod record;
 pub mod report;
 pub mod syslog;

@@ -8,6 +8,7 @@
 //! `tests/fuzz_replay.rs`. A body must never panic on any input; it panics only when an
 //! invariant is broken, which is what the fuzzer looks for.
 
+pub mod evidence;
 pub mod large;
 pub mod milter;
 pub mod policy;

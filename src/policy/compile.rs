@@ -11,6 +11,7 @@ use regex::Regex;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
+use super::controls;
 use super::domains::{DomainMap, Network, check_domain_pattern, normalise_domain};
 use super::error::{LoadErrors, Problem, Severity, SourceText};
 use super::include;
@@ -42,9 +43,14 @@ pub(crate) fn compile(
         problems,
         level_names: Vec::new(),
         pending: labels_ext::Pending::default(),
+        name_span: 0..0,
+        version: None,
     };
     let policy = c.policy(&root);
     let mut problems = c.problems;
+    if let Some(p) = &policy {
+        problems.extend(controls::template_gaps(&src, p, c.name_span.clone()));
+    }
     // The policy file first, then each fragment in load order; by position within a file.
     problems.sort_by_key(|p| (src.rank(&p.file), p.line, p.column));
     if problems.iter().any(|p| p.severity == Severity::Error) {
@@ -64,6 +70,10 @@ struct Compiler<'a> {
     level_names: Vec<(String, usize)>,
     /// `[read.vendor]` and `[write.purview]`, read with their parents, compiled later.
     pending: labels_ext::Pending<'a>,
+    /// Where `policy.name` is written (for warnings about the policy as a whole).
+    name_span: Range<usize>,
+    /// `policy.version`, if given.
+    version: Option<String>,
 }
 
 const TOP_KEYS: &[&str] = &[
@@ -185,6 +195,7 @@ impl<'a> Compiler<'a> {
         Some(Policy {
             name: name?,
             description: description.unwrap_or_default(),
+            version: self.version.take(),
             source: self.src.main().name.clone(),
             fragments: self.src.files()[1..]
                 .iter()
@@ -218,13 +229,17 @@ impl<'a> Compiler<'a> {
             return (None, None, Mode::Enforce, DEFAULT_SHADOW_HEADER.to_owned());
         };
         let mut p = std::mem::take(&mut self.problems);
-        let name = t
-            .required_string("name", "a short name for this policy", &mut p)
-            .map(Spanned::into_inner);
+        let name = t.required_string("name", "a short name for this policy", &mut p);
+        self.name_span = name.as_ref().map_or(0..0, Spanned::span);
+        let name = name.map(Spanned::into_inner);
         let description = t.string("description", &mut p).map(Spanned::into_inner);
         let mode = t.string("mode", &mut p);
         let shadow = t.string("shadow_header", &mut p);
-        t.finish(&["name", "description", "mode", "shadow_header"], &mut p);
+        self.version = t.string("version", &mut p).map(Spanned::into_inner);
+        t.finish(
+            &["name", "description", "mode", "shadow_header", "version"],
+            &mut p,
+        );
         self.problems = p;
         let mode = match mode {
             None => Mode::Enforce,
@@ -627,6 +642,7 @@ impl<'a> Compiler<'a> {
                     header: None,
                     subject: None,
                     origin: OriginSource::AuthUser,
+                    controls: Vec::new(),
                 });
             }
         };
@@ -637,6 +653,7 @@ impl<'a> Compiler<'a> {
         let subject = t.string("subject", &mut p);
         let origin = t.string("origin", &mut p);
         self.pending.purview = t.table("purview", &mut p);
+        let controls = controls::read(self.src, &mut t, &mut p);
         t.finish(
             &[
                 "from_level",
@@ -645,6 +662,7 @@ impl<'a> Compiler<'a> {
                 "subject",
                 "origin",
                 "purview",
+                "controls",
             ],
             &mut p,
         );
@@ -699,6 +717,7 @@ impl<'a> Compiler<'a> {
             header,
             subject,
             origin,
+            controls,
         })
     }
 
@@ -1142,6 +1161,7 @@ impl<'a> Compiler<'a> {
             });
             let mut p = std::mem::take(&mut self.problems);
             let reply = self.reply(&mut rt, action_v, &path, &mut p);
+            let controls = controls::read(self.src, &mut rt, &mut p);
             let rspan = rt.span();
             rt.finish(
                 &[
@@ -1154,6 +1174,7 @@ impl<'a> Compiler<'a> {
                     "code",
                     "enhanced",
                     "text",
+                    "controls",
                 ],
                 &mut p,
             );
@@ -1224,6 +1245,7 @@ impl<'a> Compiler<'a> {
                     action,
                     reply,
                     line,
+                    controls,
                 });
             }
         }
@@ -1330,6 +1352,7 @@ impl<'a> Compiler<'a> {
         let marker = t.string("marker", &mut p);
         let signed = t.string("signed", &mut p);
         let mut signed_t = t.table("signed_reply", &mut p);
+        let controls = controls::read(self.src, &mut t, &mut p);
         let span = t.span();
         t.finish(
             &[
@@ -1342,6 +1365,7 @@ impl<'a> Compiler<'a> {
                 "marker",
                 "signed",
                 "signed_reply",
+                "controls",
             ],
             &mut p,
         );
@@ -1461,6 +1485,7 @@ impl<'a> Compiler<'a> {
             marker: marker_v,
             signed: signed_v,
             signed_reply,
+            controls,
         })
     }
 

@@ -15,6 +15,7 @@
 
 pub mod agreement;
 mod compile;
+pub mod controls;
 pub mod decide;
 pub mod domains;
 pub mod error;
@@ -32,6 +33,7 @@ pub mod vendor;
 
 use std::path::Path;
 
+pub use controls::{Control, ControlMap};
 pub use decide::{Decision, Direction, decide};
 pub use error::{LoadErrors, Problem, Severity};
 pub use facts::{

@@ -17,6 +17,8 @@ pub struct Policy {
     pub name: String,
     /// `policy.description`.
     pub description: String,
+    /// `policy.version`: the policy owner's own version label, cited in audit records.
+    pub version: Option<String>,
     /// The file it came from (`<built-in>` for the default).
     pub source: String,
     /// The fragments it includes (`include`), as resolved paths, in load order.
@@ -181,6 +183,8 @@ pub struct Write {
     /// Subject form; `None` when the policy writes no subject marking.
     pub subject: Option<SubjectForm>,
     pub origin: OriginSource,
+    /// Controls labelling enforces (`write.controls`; audit records cite it as `write`).
+    pub controls: Vec<super::controls::Control>,
 }
 
 /// What makes mail outbound (`domains.outbound_when`).
@@ -370,6 +374,8 @@ pub struct Rule {
     pub reply: Option<Reply>,
     /// Line in the policy file, for people.
     pub line: usize,
+    /// Controls this rule enforces (`controls`), for the evidence report.
+    pub controls: Vec<super::controls::Control>,
 }
 
 /// Where the disclaimer goes.
@@ -404,6 +410,8 @@ pub struct Disclaimer {
     pub marker: String,
     pub signed: SignedAction,
     pub signed_reply: Option<Reply>,
+    /// Controls the disclaimer enforces (`disclaimer.controls`).
+    pub controls: Vec<super::controls::Control>,
 }
 
 /// What to do with label headers on inbound mail.

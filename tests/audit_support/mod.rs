@@ -105,6 +105,7 @@ pub fn one_of_each() -> Vec<AuditEvent> {
             digest: policy_digest(b"x"),
             trigger: "start".into(),
             policy_name: Some("uk-gsc-2014".into()),
+            ..Default::default()
         }),
         AuditEvent::ReloadFailed(ReloadFailed {
             path: "/etc/markgate/policy.toml".into(),
@@ -141,6 +142,7 @@ pub fn one_of_each() -> Vec<AuditEvent> {
             incidents: 1,
             kinds: vec![IncidentKind::BlockedAutoForward],
             attempts: 1,
+            ..Default::default()
         }),
         AuditEvent::AlertUndeliverable(AlertUndeliverable {
             incident: Incident::new(IncidentKind::ForgedLabel, "forged label from outside"),
