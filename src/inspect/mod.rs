@@ -16,3 +16,4 @@ pub mod forward;
 pub mod markings;
 pub mod mime;
 pub mod stream;
+pub mod thread;

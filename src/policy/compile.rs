@@ -18,6 +18,9 @@ use super::labels::{self, Grammar, QualifierKind, VocabLevel, VocabQualifier, Vo
 use super::model::*;
 use super::raw::{self, TableReader, quote_list};
 
+/// `[thread]` (issue 12), in its own file.
+mod thread;
+
 /// Compile policy text. `name` is used in messages (normally the file path) and is what
 /// `include` paths are relative to; `identity` is the file's identity as `read` reports
 /// identities (for include cycles); `read` reads fragments.
@@ -71,6 +74,7 @@ const TOP_KEYS: &[&str] = &[
     "rule",
     "disclaimer",
     "inbound",
+    "thread",
 ];
 
 /// SHA-256 (hex) of the policy text; with fragments, of the policy text and each fragment's
@@ -141,6 +145,7 @@ impl<'a> Compiler<'a> {
         let rules_t = top.tables("rule", &mut p);
         let disclaimer_t = top.table("disclaimer", &mut p);
         let inbound_t = top.table("inbound", &mut p);
+        let thread_t = top.table("thread", &mut p);
         for (key, missing) in [
             ("policy", meta.is_none()),
             ("scheme", scheme_t.is_none()),
@@ -162,6 +167,7 @@ impl<'a> Compiler<'a> {
         let rules = self.rules(rules_t, &scheme, domains.as_ref(), forward.as_ref());
         let disclaimer = disclaimer_t.map(|t| self.disclaimer(t));
         let inbound = self.inbound(inbound_t);
+        let thread = thread_t.map(|t| self.thread(t, &rules));
 
         let scheme = scheme?;
         Some(Policy {
@@ -182,6 +188,7 @@ impl<'a> Compiler<'a> {
             rules,
             disclaimer: disclaimer.flatten(),
             inbound,
+            thread,
             scheme,
             warnings: Vec::new(),
         })

@@ -23,10 +23,11 @@ pub mod labels;
 pub mod model;
 mod raw;
 pub mod render;
+pub mod thread;
 
 use std::path::Path;
 
-pub use decide::{Decision, Direction, decide};
+pub use decide::{Decision, Direction, decide, decide_in_thread};
 pub use error::{LoadErrors, Problem, Severity};
 pub use facts::{
     Envelope, Facts, ForwardEvidence, ForwardHit, FoundMarking, Label, MarkingSource, MarkingStatus,

@@ -35,6 +35,8 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     pub disclaimer: Option<Disclaimer>,
     pub inbound: Inbound,
+    /// `[thread]`: thread memory (downgrade and redirect rules); `None` turns it off.
+    pub thread: Option<super::thread::ThreadPolicy>,
     /// Warnings from loading (a policy with warnings still loads).
     pub warnings: Vec<super::error::Problem>,
 }
