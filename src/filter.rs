@@ -1312,7 +1312,7 @@ impl Handler for Filter {
             Ok(found) => found,
             Err(refusal) => return Ok(self.count_out(started, *refusal)),
         };
-        let keep = live.policy.thread.as_ref().map(|t| t.retention_days);
+        let memo = ledger::Memo::of(&live.policy);
         // A small in-memory message is decided right here: handing it to the blocking pool and
         // back costs two thread switches, more than the pipeline itself. A spilled or large body
         // may take milliseconds to parse, so it still goes to the blocking pool, off the
@@ -1369,6 +1369,9 @@ impl Handler for Filter {
             }
         };
 
+        if let Some(refusal) = ledger::remember(self.ledger.as_ref(), memo, &eval, keys).await {
+            return Ok(self.count_out(started, *refusal));
+        }
         // Durable before answering.
         let mut audit_seq = None;
         if let Some(audit) = &self.audit {
@@ -1387,7 +1390,6 @@ impl Handler for Filter {
                 }
             }
         }
-        ledger::remember(self.ledger.as_ref(), keep, &eval, keys);
         for mut incident in incidents(&eval, &meta) {
             incident.audit_seq = audit_seq;
             self.alerts.raise(incident);

@@ -182,7 +182,9 @@ impl LedgerHandle {
             Op::Lookup => o.lookups_failing = true,
             Op::Write => {
                 o.writes_failing = true;
-                o.lost += 1;
+                if on_unavailable == OnUnavailable::FailOpen {
+                    o.lost += 1;
+                }
             }
         }
         if !starting {
@@ -403,30 +405,66 @@ pub fn entry_of(eval: &Evaluation, k: &ThreadKeys, time: i64) -> Option<Entry> {
     })
 }
 
-/// After the answer is decided: remember the message on a task of its own (the answer does
-/// not wait). A failed write counts towards the outage, like a failed lookup.
-pub(super) fn remember(
+/// What `remember` needs of the policy (taken before the policy snapshot moves on).
+pub(super) struct Memo {
+    retention_days: u32,
+    on_unavailable: OnUnavailable,
+    reply: crate::policy::Reply,
+}
+
+impl Memo {
+    pub(super) fn of(policy: &Policy) -> Option<Memo> {
+        policy.thread.as_ref().map(|t| Memo {
+            retention_days: t.retention_days,
+            on_unavailable: t.on_unavailable,
+            reply: t.unavailable_reply.clone(),
+        })
+    }
+}
+
+/// After the decision: remember the message. Under `on_unavailable = "fail-open"` this runs
+/// on a task of its own and the answer does not wait; a failed write is an outage (audited
+/// once) and a lost entry. Under `"tempfail"` the answer waits for the write (at most the
+/// timeout), and a failed write answers 451 instead: a message the ledger could not remember
+/// is not passed. `Some` is that 451.
+pub(super) async fn remember(
     ledger: Option<&LedgerHandle>,
-    retention_days: Option<u32>,
+    memo: Option<Memo>,
     eval: &Evaluation,
     keys: Option<ThreadKeys>,
-) {
-    let (Some(ledger), Some(days), Some(k)) = (ledger, retention_days, keys) else {
-        return;
+) -> Option<Box<Outcome>> {
+    let (Some(ledger), Some(memo), Some(k)) = (ledger, memo, keys) else {
+        return None;
     };
-    let Some(entry) = entry_of(eval, &k, ledger.inner.clock.now()) else {
-        return;
-    };
-    let ledger = ledger.clone();
-    tokio::spawn(async move {
-        match ledger.write(entry, days).await {
-            Ok(()) => ledger.worked(Op::Write),
-            Err(e) => {
-                // The message was answered already; what is lost is memory, not mail.
-                ledger.failed(Op::Write, &e.0, OnUnavailable::FailOpen);
-            }
+    let entry = entry_of(eval, &k, ledger.inner.clock.now())?;
+    match memo.on_unavailable {
+        OnUnavailable::FailOpen => {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                match ledger.write(entry, memo.retention_days).await {
+                    Ok(()) => ledger.worked(Op::Write),
+                    // The message was answered already: what is lost is memory, not mail.
+                    Err(e) => ledger.failed(Op::Write, &e.0, OnUnavailable::FailOpen),
+                }
+            });
+            None
         }
-    });
+        OnUnavailable::Tempfail => match ledger.write(entry, memo.retention_days).await {
+            Ok(()) => {
+                ledger.worked(Op::Write);
+                None
+            }
+            Err(e) => {
+                ledger.failed(Op::Write, &e.0, OnUnavailable::Tempfail);
+                ledger.count(true);
+                warn!(error = %e, "thread ledger cannot record the message: answering 4xx (tempfail)");
+                Some(Box::new(Outcome {
+                    verdict: Verdict::Tempfail(Some(smtp_reply(&memo.reply))),
+                    modifications: Vec::new(),
+                }))
+            }
+        },
+    }
 }
 
 impl LedgerHandle {
