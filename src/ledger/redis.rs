@@ -5,8 +5,9 @@
 //! - `m:<Message-ID>`: a hash, one field per entry of that id, the entry as JSON;
 //! - `t:<Thread-Index hex>`: the same for Exchange thread indexes;
 //! - `d:<digest hex>:<SHA-256 of the normalised subject, hex>`: the same for text + subject;
-//! - `times`: a sorted set of every entry by time (for `stats` and `prune`; pruning trims it,
-//!   the keys above expire by themselves);
+//! - `times`: a sorted set of every entry by time, and `slots`, which keys hold each entry (for
+//!   `stats` and `prune`: pruning takes old entries out of their keys at once; the keys also
+//!   expire by themselves);
 //! - `lookups`, `hits`: counters for the hit rate.
 //!
 //! One multiplexed connection is shared by every message; when a call fails or times out it
@@ -119,6 +120,13 @@ impl Store for RedisStore {
             .arg(entry.time)
             .arg(&slot)
             .ignore();
+        // Which keys hold this entry, so that pruning can take it out of each.
+        let held = serde_json::to_string(&keys).map_err(LedgerError::new)?;
+        pipe.cmd("HSET")
+            .arg(self.plain("slots"))
+            .arg(&slot)
+            .arg(held)
+            .ignore();
         self.run::<()>(&pipe).await
     }
 
@@ -174,13 +182,41 @@ impl Store for RedisStore {
     }
 
     async fn prune(&self, before: i64) -> Result<u64, LedgerError> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZREMRANGEBYSCORE")
-            .arg(self.plain("times"))
-            .arg("-inf")
-            .arg(format!("({before}"));
-        let (n,): (u64,) = self.run(&pipe).await?;
-        Ok(n)
+        let mut total = 0u64;
+        loop {
+            // A chunk at a time, so a big backlog never holds Redis (or the caller) for long.
+            let mut ask = redis::pipe();
+            ask.cmd("ZRANGEBYSCORE")
+                .arg(self.plain("times"))
+                .arg("-inf")
+                .arg(format!("({before}"))
+                .arg("LIMIT")
+                .arg(0)
+                .arg(1000);
+            let (slots,): (Vec<String>,) = self.run(&ask).await?;
+            if slots.is_empty() {
+                return Ok(total);
+            }
+            let mut held = redis::pipe();
+            for slot in &slots {
+                held.cmd("HGET").arg(self.plain("slots")).arg(slot);
+            }
+            let keys: Vec<Option<String>> = self.run(&held).await?;
+            let mut drop = redis::pipe();
+            drop.atomic();
+            for (slot, keys) in slots.iter().zip(keys) {
+                let keys: Vec<String> = keys
+                    .and_then(|k| serde_json::from_str(&k).ok())
+                    .unwrap_or_default();
+                for k in keys {
+                    drop.cmd("HDEL").arg(k).arg(slot).ignore();
+                }
+                drop.cmd("HDEL").arg(self.plain("slots")).arg(slot).ignore();
+                drop.cmd("ZREM").arg(self.plain("times")).arg(slot).ignore();
+            }
+            self.run::<()>(&drop).await?;
+            total += slots.len() as u64;
+        }
     }
 
     async fn stats(&self) -> Result<Stats, LedgerError> {
