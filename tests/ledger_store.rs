@@ -282,3 +282,46 @@ fn sixty_four_connections_record_every_message() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn ledger_config_mistakes_name_file_line_and_column() {
+    use markgate::config::Config;
+    let cases = [
+        (
+            "[ledger]\nbackend = \"mysql\"\n",
+            "m.toml:2:11",
+            "\"sqlite\", \"redis\" or \"off\"",
+        ),
+        (
+            "[ledger]\npath = \"ledger.sqlite\"\n",
+            "m.toml:2:8",
+            "absolute path",
+        ),
+        (
+            "[ledger]\nurl = \"http://x/\"\n",
+            "m.toml:2:7",
+            "a Redis URL",
+        ),
+        (
+            "[ledger]\ntimeout = \"10m\"\n",
+            "m.toml:2:11",
+            "shorter than `[timeouts] eom`",
+        ),
+        (
+            "[ledger]\nbackend = \"sqlite\"\nsize = 3\n",
+            "m.toml:3:1",
+            "unknown field `size`",
+        ),
+    ];
+    for (text, at, expected) in cases {
+        let e = Config::parse(text, "m.toml").expect_err(text).to_string();
+        assert!(e.contains(at) && e.contains(expected), "{text:?}: {e}");
+    }
+    let c = Config::parse(
+        "[ledger]\nbackend = \"redis\"\nurl = \"redis://10.0.0.5:6380/2\"\ntimeout = \"250ms\"\n",
+        "m.toml",
+    )
+    .expect("valid");
+    assert_eq!(c.ledger.backend, markgate::ledger::BackendKind::Redis);
+    assert_eq!(c.ledger.timeout, Duration::from_millis(250));
+}
