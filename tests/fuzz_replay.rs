@@ -24,6 +24,7 @@ const TARGETS: &[(&str, Body)] = &[
         markgate::fuzzing::rewrite::fuzz_rewrite_roundtrip,
     ),
     ("large", markgate::fuzzing::large::fuzz_large),
+    ("thread_refs", markgate::fuzzing::thread::thread_refs),
 ];
 
 fn inputs(dir: &Path) -> Vec<std::path::PathBuf> {
