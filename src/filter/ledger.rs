@@ -46,6 +46,10 @@ struct Inner {
 struct Outage {
     lookups_failing: bool,
     writes_failing: bool,
+    /// When lookups last went to the store during an outage: while lookups fail, one message a
+    /// second asks the store and the others are answered "unavailable" at once, so a hung
+    /// Redis costs each connection nothing, not the timeout per message.
+    last_probe: Option<Instant>,
     since: Option<(Instant, String)>,
     on_unavailable: String,
     unchecked: u64,
@@ -237,6 +241,22 @@ impl LedgerHandle {
         }));
     }
 
+    /// Should this message ask the store? Always, except during a lookup outage, when one
+    /// message a second does.
+    fn probing(&self) -> bool {
+        let mut o = self.inner.outage.lock().unwrap_or_else(|p| p.into_inner());
+        if !o.lookups_failing {
+            return true;
+        }
+        let due = o
+            .last_probe
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if due {
+            o.last_probe = Some(Instant::now());
+        }
+        due
+    }
+
     fn count(&self, tempfailed: bool) {
         let mut o = self.inner.outage.lock().unwrap_or_else(|p| p.into_inner());
         if tempfailed {
@@ -299,7 +319,14 @@ pub(super) async fn consult(
         }),
         ..ThreadFacts::default()
     };
-    match ledger.ask(&k, t.retention_days).await {
+    let asked = if ledger.probing() {
+        ledger.ask(&k, t.retention_days).await
+    } else {
+        Err(crate::ledger::LedgerError(
+            "unavailable (asked again once a second until it answers)".into(),
+        ))
+    };
+    match asked {
         Ok(found) => {
             ledger.worked(Op::Lookup);
             fill(&mut facts, &k, found);
