@@ -38,21 +38,21 @@ fn entry(i: u64, time: i64) -> Entry {
         thread_index: None,
         subject,
         digest: Some(digest),
-        level: if i % 3 == 0 { "RESTRICTED" } else { "PROTECT" }.into(),
+        level: if i.is_multiple_of(3) { "RESTRICTED" } else { "PROTECT" }.into(),
         marking: Some(
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 "RESTRICTED"
             } else {
                 "PROTECT - PERSONAL"
             }
             .into(),
         ),
-        qualifiers: if i % 3 == 0 {
+        qualifiers: if i.is_multiple_of(3) {
             vec![]
         } else {
             vec!["PERSONAL".into()]
         },
-        way: if i % 2 == 0 {
+        way: if i.is_multiple_of(2) {
             Way::Inbound
         } else {
             Way::Outbound

@@ -112,11 +112,9 @@ pub(super) fn command(cmd: LedgerCommand, config: Option<&Path>) -> u8 {
                 println!(
                     "size: {} bytes{}",
                     s.bytes,
-                    if s.entries > 0 {
-                        format!(" ({} bytes per entry)", s.bytes / s.entries)
-                    } else {
-                        String::new()
-                    }
+                    s.bytes
+                        .checked_div(s.entries)
+                        .map_or_else(String::new, |b| format!(" ({b} bytes per entry)"))
                 );
                 println!(
                     "oldest entry: {}",

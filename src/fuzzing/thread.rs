@@ -2,8 +2,7 @@
 //! values, Exchange `Thread-Index`, subject normalisation and the keys of a whole header block.
 
 use crate::inspect::thread::{
-    MAX_ID_LEN, MAX_REFERENCES, keys, message_ids, normalise_subject, parent_indexes,
-    thread_index,
+    MAX_ID_LEN, MAX_REFERENCES, keys, message_ids, normalise_subject, parent_indexes, thread_index,
 };
 
 /// Any bytes: as a header value for each parser, and as a header block (`Name: value` lines).

@@ -130,11 +130,7 @@ pub fn message_ids(value: &[u8]) -> Vec<String> {
                 }
             }
             (b' ' | b'\t' | b'\r' | b'\n', Some(_)) => {}
-            (_, Some(id)) => {
-                if id.len() <= MAX_ID_LEN {
-                    id.push(b);
-                }
-            }
+            (_, Some(id)) if id.len() <= MAX_ID_LEN => id.push(b),
             _ => {}
         }
         i += 1;

@@ -199,7 +199,8 @@ pub trait Store: Send + Sync + 'static {
 /// The configured store.
 pub enum Backend {
     Sqlite(sqlite::SqliteStore),
-    Redis(redis::RedisStore),
+    /// Boxed: the Redis client is several hundred bytes, the SQLite handle a channel.
+    Redis(Box<redis::RedisStore>),
 }
 
 impl Backend {
@@ -218,11 +219,11 @@ impl Backend {
         match config.backend {
             BackendKind::Off => Ok(None),
             BackendKind::Redis => Ok(Some((
-                Backend::Redis(redis::RedisStore::new(
+                Backend::Redis(Box::new(redis::RedisStore::new(
                     &config.url,
                     &config.prefix,
                     config.timeout,
-                )?),
+                )?)),
                 None,
             ))),
             BackendKind::Sqlite => match sqlite::SqliteStore::open(&config.path, config.timeout) {

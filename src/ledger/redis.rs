@@ -231,13 +231,7 @@ impl Store for RedisStore {
         pipe.cmd("GET").arg(self.plain("lookups"));
         pipe.cmd("GET").arg(self.plain("hits"));
         pipe.cmd("INFO").arg("memory");
-        let (entries, oldest, lookups, hits, info): (
-            u64,
-            Vec<(String, f64)>,
-            Option<u64>,
-            Option<u64>,
-            String,
-        ) = self.run(&pipe).await?;
+        let (entries, oldest, lookups, hits, info): StatsAnswer = self.run(&pipe).await?;
         let bytes = info
             .lines()
             .find_map(|l| l.strip_prefix("used_memory:"))
@@ -253,6 +247,9 @@ impl Store for RedisStore {
         })
     }
 }
+
+/// ZCARD, ZRANGE … WITHSCORES, GET lookups, GET hits, INFO memory.
+type StatsAnswer = (u64, Vec<(String, f64)>, Option<u64>, Option<u64>, String);
 
 /// `redis://user:secret@host/` → `redis://user:***@host/`.
 fn hide_password(url: &str) -> String {
