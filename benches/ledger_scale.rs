@@ -38,7 +38,12 @@ fn entry(i: u64, time: i64) -> Entry {
         thread_index: None,
         subject,
         digest: Some(digest),
-        level: if i.is_multiple_of(3) { "RESTRICTED" } else { "PROTECT" }.into(),
+        level: if i.is_multiple_of(3) {
+            "RESTRICTED"
+        } else {
+            "PROTECT"
+        }
+        .into(),
         marking: Some(
             if i.is_multiple_of(3) {
                 "RESTRICTED"
