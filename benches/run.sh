@@ -3,7 +3,7 @@
 #
 #   benches/run.sh                   everything: milter load table, memory, callgrind, Postfix
 #   benches/run.sh --quick           fewer messages (a smoke run of the benchmark itself)
-#   benches/run.sh --only load|memory|callgrind|postfix   one part
+#   benches/run.sh --only load|memory|callgrind|postfix|ledger   one part
 #   benches/run.sh --out DIR         keep results (results.jsonl, table.md, logs) in DIR
 #
 # Builds (release) markgate and markgate-load, compiles the reference milters in
@@ -77,7 +77,7 @@ $python -c 'import Milter' 2>/dev/null || {
 
 # markgate as shipped (default policy), audit with sync = "batch" once the build has [audit];
 # a unix socket other users may reach (Postfix's daemons run as `postfix`).
-write_config() { # $1 = listen spec, $2 = file
+write_config() { # $1 = listen spec, $2 = file, $3 = ledger backend (default sqlite)
 	{
 		echo "listen = \"$1\""
 		echo "[socket]"
@@ -93,6 +93,13 @@ write_config() { # $1 = listen spec, $2 = file
 			if grep -q '^#\{0,1\}preallocate' config/markgate.toml; then
 				echo "preallocate = 4194304"
 			fi
+		fi
+		# The thread ledger (issue 12) in the work directory, fresh per run; "off" for the
+		# ledger-off half of the ledger comparison.
+		if grep -q '^\[ledger\]' config/markgate.toml; then
+			echo "[ledger]"
+			echo "backend = \"${3:-sqlite}\""
+			echo "path = \"$work/ledger.sqlite\""
 		fi
 	} >"$2"
 }
@@ -127,8 +134,10 @@ start() {
 		listen_lib="inet:$port@127.0.0.1"
 	fi
 	case $name in
-	markgate)
-		write_config "$spec" "$work/markgate.toml"
+	markgate | markgate-ledger-off)
+		rm -f "$work/ledger.sqlite" "$work/ledger.sqlite-wal" "$work/ledger.sqlite-shm"
+		if [ "$name" = markgate ]; then write_config "$spec" "$work/markgate.toml"
+		else write_config "$spec" "$work/markgate.toml" off; fi
 		"$markgate" run --config "$work/markgate.toml" 2>>"$out/markgate.log" &
 		;;
 	libmilter-nothing) (umask 0; exec "$work/ref-nothing" "$listen_lib") 2>>"$out/ref.log" & ;;
@@ -147,7 +156,7 @@ start() {
 }
 stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
 
-expect_for() { if [ "$1" = markgate ]; then echo mg; elif [ "$1" = libmilter-nothing ]; then echo none; else echo ref; fi; }
+expect_for() { if [ "$1" = markgate ] || [ "$1" = markgate-ledger-off ]; then echo mg; elif [ "$1" = libmilter-nothing ]; then echo none; else echo ref; fi; }
 
 run_load() { # name transport msgfile conns count
 	local name=$1 transport=$2 msg=$3 conns=$4 count=$5 e
@@ -237,6 +246,26 @@ if [ "$only" = all ] || [ "$only" = load ]; then
 		done
 	done
 	fsync_probe after >>"$results"
+fi
+
+# Thread ledger on (SQLite, the default) against off, in the same run: 64 connections for
+# throughput, 1 connection for the p50 each message pays. Alternated on/off/on/off so drift of
+# the shared machine hits both alike. Generate and time a 10-million-entry ledger with
+# `cargo bench --bench ledger_scale` (minutes; not part of this script).
+if [ "$only" = all ] || [ "$only" = ledger ]; then
+	for round in 1 2; do
+		for name in markgate markgate-ledger-off; do
+			echo "== ledger: $name (round $round)" >&2
+			start "$name" unix
+			for conns in 64 1; do
+				n=4000
+				[ "$conns" = 1 ] && n=1500
+				[ "$quick" = 1 ] && n=$((n / 10))
+				run_load "$name" unix small-2k.eml "$conns" "$n"
+			done
+			stop
+		done
+	done
 fi
 
 if [ "$only" = all ] || [ "$only" = memory ]; then

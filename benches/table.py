@@ -98,6 +98,29 @@ def main():
     for r in cg:
         print(f"callgrind: markgate executes {r['ir_per_msg']:,} instructions per message "
               f"(small-2k, unix, 1 connection; ({r['ir_250']:,} - {r['ir_50']:,}) / 200)\n")
+    # Thread ledger (issue 12): SQLite ledger on against off, same run, median of the rounds.
+    led = {}
+    for r in rows:
+        p = r["label"].split("|")
+        if (len(p) == 4 and p[0] in ("markgate", "markgate-ledger-off") and p[1] == "unix"
+                and p[2] == "small-2k.eml" and "msgs_per_sec" in r):
+            led.setdefault((p[0], p[3]), []).append(r)
+
+    def med(rs, key):
+        v = sorted(r[key] for r in rs)
+        return v[len(v) // 2] if v else 0
+
+    if any(k[0] == "markgate-ledger-off" for k in led):
+        print("### Thread ledger (SQLite) on vs off (unix, small-2k.eml, median of runs)\n")
+        print("| conns | ledger on msg/s | ledger off msg/s | on/off | on p50 ms | off p50 ms |")
+        print("|---|---|---|---|---|---|")
+        for conns in ("64", "1"):
+            on, off = led.get(("markgate", conns), []), led.get(("markgate-ledger-off", conns), [])
+            if on and off:
+                print(f"| {conns} | {med(on, 'msgs_per_sec'):.0f} | {med(off, 'msgs_per_sec'):.0f} "
+                      f"| {ratio(med(on, 'msgs_per_sec'), med(off, 'msgs_per_sec'))} "
+                      f"| {med(on, 'p50_us') / 1000:.3f} | {med(off, 'p50_us') / 1000:.3f} |")
+        print()
     shown = {"|".join(k) for k in load_rows} | {r["label"] for r in big + idle + cg + disk}
     other = [r for r in rows if r["label"] not in shown]
     if other:

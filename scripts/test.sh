@@ -7,11 +7,13 @@
 #
 # The end-to-end tests start private Postfix instances on loopback (their own config, queue and
 # ports under /tmp; the system's /etc/postfix is never read), relay to Postfix's smtp-sink, send
-# with swaks and play the MTA with OpenDKIM's miltertest. Postfix's master must start as root, so
-# this script needs root (it re-runs itself with sudo when it can). Missing peers are installed
-# with apt-get; the postfix package is preseeded to "No configuration" so installing it does not
-# set up or start a system mail server. Sendmail's packages are downloaded (not installed: they
-# conflict with postfix) into target/sendmail-debs for tests/sendmail.rs. Inside this script a missing peer fails the run instead
+# with swaks and play the MTA with OpenDKIM's miltertest. The thread-ledger tests start their
+# own redis-server on a free loopback port (no persistence); a system Redis is never used.
+# Postfix's master must start as root, so this script needs root (it re-runs itself with sudo
+# when it can). Missing peers are installed with apt-get; the postfix package is preseeded to
+# "No configuration" so installing it does not set up or start a system mail server. Sendmail's
+# packages are downloaded (not installed: they conflict with postfix) into target/sendmail-debs
+# for tests/sendmail.rs. Inside this script a missing peer fails the run instead
 # of skipping the test (MARKGATE_REQUIRE_REAL_PEERS=1).
 set -euo pipefail
 self=$(realpath "$0")
@@ -41,7 +43,7 @@ done
 export PATH="$PATH:/usr/sbin:/sbin"
 
 missing=()
-for tool in postfix smtp-sink postqueue sendmail swaks miltertest openssl; do
+for tool in postfix smtp-sink postqueue sendmail swaks miltertest openssl redis-server; do
 	command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -49,9 +51,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 	case " ${missing[*]} " in *" postfix "*) installing_postfix=1 ;; esac
 	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 	apt-get update
-	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix swaks miltertest openssl
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postfix swaks miltertest openssl redis-server
 fi
-for tool in postfix smtp-sink postqueue sendmail swaks miltertest openssl; do
+for tool in postfix smtp-sink postqueue sendmail swaks miltertest openssl redis-server; do
 	command -v "$tool" >/dev/null || { echo "scripts/test.sh: $tool still missing after install" >&2; exit 1; }
 done
 

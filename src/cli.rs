@@ -26,6 +26,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+
+/// `markgate ledger …`, `policy test --ledger` and the daemon's ledger (issue 12).
+mod ledger;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
@@ -88,6 +91,14 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Thread-ledger tools (the ledger of the daemon config's `[ledger]`).
+    Ledger {
+        #[command(subcommand)]
+        command: ledger::LedgerCommand,
+        /// Daemon config file naming the ledger; without it, the built-in default.
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+    },
     /// Print the version and exit.
     Version,
     /// Print the markgate(8) manual page (roff), generated from this command-line definition.
@@ -125,6 +136,11 @@ enum PolicyCommand {
         /// One JSON object per message instead of the text report.
         #[arg(long)]
         json: bool,
+        /// A thread ledger (SQLite file, created if missing): each message is checked against
+        /// it, then recorded in it, in the order given, so a thread can be dry-run. Entries
+        /// are written to this file: use a copy of a production ledger.
+        #[arg(long, value_name = "FILE")]
+        ledger: Option<PathBuf>,
         /// Message files (.eml), one or more.
         #[arg(value_name = "MESSAGE.eml", required = true, num_args = 1..)]
         messages: Vec<PathBuf>,
@@ -249,6 +265,7 @@ pub fn main() -> ExitCode {
                     auth,
                     daemon_name,
                     json,
+                    ledger,
                     messages,
                 },
         } => {
@@ -263,6 +280,16 @@ pub fn main() -> ExitCode {
                 daemon_name,
                 next_hops: Vec::new(),
             };
+            if let Some(file) = ledger {
+                let code = ledger::policy_test_thread(
+                    policy.as_deref(),
+                    &envelope,
+                    json,
+                    &file,
+                    &messages,
+                );
+                return ExitCode::from(code);
+            }
             return ExitCode::from(policy_test(policy.as_deref(), &envelope, json, &messages));
         }
         Command::Audit {
@@ -312,6 +339,9 @@ pub fn main() -> ExitCode {
                     ..
                 },
         } => audit_report(since.as_deref(), until.as_deref(), json, &files),
+        Command::Ledger { command, config } => {
+            return ExitCode::from(ledger::command(command, config.as_deref()));
+        }
         Command::Manpage => manpage()
             .and_then(|page| {
                 use std::io::Write as _;
@@ -555,15 +585,19 @@ async fn serve(
             },
         ));
     }
-    let filter = Arc::new(
-        Filter::new(
-            reloader.current(),
-            Some(audit.clone()),
-            alerts.clone(),
-            notices,
-        )
-        .with_metrics(metrics.clone()),
-    );
+    let mut filter = Filter::new(
+        reloader.current(),
+        Some(audit.clone()),
+        alerts.clone(),
+        notices,
+    )
+    .with_metrics(metrics.clone());
+    // Thread memory (issue 12): `cli/ledger.rs`.
+    if let Some(l) = ledger::open_for_daemon(&config, &live.policy, &audit)? {
+        l.spawn_pruner(reloader.current());
+        filter = filter.with_ledger(l);
+    }
+    let filter = Arc::new(filter);
     let grace = config.timeouts.shutdown_grace;
     if let Err(e) = notifier.ready(&format!(
         "listening on {address}; policy {}",
@@ -686,57 +720,63 @@ fn policy_test(
                 continue;
             }
         };
-        let answer = filter::answer_text(&eval);
-        let output = eval.output();
-        let notice = filter::sender_notice(&eval);
-        if json {
-            let mut v = crate::policy::render::json(&name, &eval.facts, &eval.decision);
-            if let Some(obj) = v.as_object_mut() {
-                obj.insert("answer".into(), serde_json::Value::String(answer));
-                obj.insert("removed".into(), serde_json::json!(eval.removed()));
-                obj.insert(
-                    "sender_notice".into(),
-                    serde_json::json!(notice.as_ref().map(|n| &n.body)),
-                );
-                obj.insert(
-                    "output".into(),
-                    output.as_ref().map_or(serde_json::Value::Null, |o| {
-                        serde_json::Value::String(String::from_utf8_lossy(o).into_owned())
-                    }),
-                );
-            }
-            println!("{v}");
-        } else {
-            print!(
-                "{}",
-                crate::policy::render::text(&name, &eval.facts, &eval.decision)
-            );
-            println!("answer: {answer}");
-            for r in eval.removed() {
-                println!("removed (DELRCPT): {r}");
-            }
-            if let Some(n) = &notice {
-                println!("notice to {}:", n.to);
-                for l in n.body.lines() {
-                    println!("  | {l}");
-                }
-            }
-            match &output {
-                Some(o) => {
-                    println!("output message:");
-                    println!("-----8<-----");
-                    print!("{}", String::from_utf8_lossy(o));
-                    if !o.ends_with(b"\n") {
-                        println!();
-                    }
-                    println!("----->8-----");
-                }
-                None => println!("output message: none (refused)"),
-            }
-            println!();
-        }
+        report(&name, &eval, json);
     }
     code
+}
+
+/// Print one evaluated message the way `markgate policy test` shows it (text or JSON).
+fn report(name: &str, eval: &crate::filter::Evaluation, json: bool) {
+    use crate::filter;
+    let answer = filter::answer_text(eval);
+    let output = eval.output();
+    let notice = filter::sender_notice(eval);
+    if json {
+        let mut v = crate::policy::render::json(name, &eval.facts, &eval.decision);
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("answer".into(), serde_json::Value::String(answer));
+            obj.insert("removed".into(), serde_json::json!(eval.removed()));
+            obj.insert(
+                "sender_notice".into(),
+                serde_json::json!(notice.as_ref().map(|n| &n.body)),
+            );
+            obj.insert(
+                "output".into(),
+                output.as_ref().map_or(serde_json::Value::Null, |o| {
+                    serde_json::Value::String(String::from_utf8_lossy(o).into_owned())
+                }),
+            );
+        }
+        println!("{v}");
+    } else {
+        print!(
+            "{}",
+            crate::policy::render::text(name, &eval.facts, &eval.decision)
+        );
+        println!("answer: {answer}");
+        for r in eval.removed() {
+            println!("removed (DELRCPT): {r}");
+        }
+        if let Some(n) = &notice {
+            println!("notice to {}:", n.to);
+            for l in n.body.lines() {
+                println!("  | {l}");
+            }
+        }
+        match &output {
+            Some(o) => {
+                println!("output message:");
+                println!("-----8<-----");
+                print!("{}", String::from_utf8_lossy(o));
+                if !o.ends_with(b"\n") {
+                    println!();
+                }
+                println!("----->8-----");
+            }
+            None => println!("output message: none (refused)"),
+        }
+        println!();
+    }
 }
 
 fn audit_report(

@@ -30,9 +30,10 @@ use std::borrow::Cow;
 use std::io::{self, Seek as _, Write as _};
 use std::ops::Range;
 use std::sync::Arc;
+#[cfg(test)]
 use std::time::Duration;
 
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::alert::{AlertHandle, Incident, IncidentKind};
 use crate::audit::event::InternalError;
@@ -53,6 +54,7 @@ use crate::milter::handler::{
 use crate::policy::decide::{
     Decision, Delivery, Direction, DisclaimerDecision, LevelSource, Verdict as PolicyVerdict,
 };
+use crate::policy::thread::ThreadFacts;
 use crate::policy::{self, Envelope, Facts, MarkingStatus, Mode, Policy, Reply};
 use crate::reload::{Live, Swap};
 use crate::rewrite::{
@@ -275,11 +277,22 @@ pub fn evaluate_with(
     source: &dyn MessageSource,
     limits: &large::Limits,
 ) -> Result<Evaluation, PipelineError> {
-    match evaluate_once(policy, envelope.clone(), source, limits, true)? {
+    evaluate_in_thread(policy, envelope, source, limits, &ThreadFacts::default())
+}
+
+/// [`evaluate_with`] knowing what the ledger remembers of the message's thread.
+pub fn evaluate_in_thread(
+    policy: &Policy,
+    envelope: Envelope,
+    source: &dyn MessageSource,
+    limits: &large::Limits,
+    thread: &ThreadFacts,
+) -> Result<Evaluation, PipelineError> {
+    match evaluate_once(policy, envelope.clone(), source, limits, true, thread)? {
         Ok(eval) => Ok(eval),
         Err(why) => {
             read_whole_allowed(source, limits, &why)?;
-            match evaluate_once(policy, envelope, source, limits, false)? {
+            match evaluate_once(policy, envelope, source, limits, false, thread)? {
                 Ok(eval) => Ok(eval),
                 // Unreachable: without reduction there is nothing to refuse.
                 Err(why) => Err(PipelineError::TooLarge {
@@ -346,11 +359,12 @@ fn evaluate_once(
     source: &dyn MessageSource,
     limits: &large::Limits,
     reduce: bool,
+    thread: &ThreadFacts,
 ) -> Result<Result<Evaluation, String>, PipelineError> {
     let headers = source.headers();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut facts = inspect::markings::header_facts(policy, &headers).at(now);
-    let mut decision = policy::decide(policy, &facts, &envelope);
+    let mut decision = policy::decide_in_thread(policy, &facts, &envelope, thread);
 
     // The body is read only when the decision needs it; then its facts may change the
     // decision (disclaimer already present, signed mail), so decide again with them.
@@ -370,7 +384,7 @@ fn evaluate_once(
         {
             facts.disclaimer_present = disclaimer_present;
             facts.signed_or_encrypted = signed_or_encrypted;
-            decision = policy::decide(policy, &facts, &envelope);
+            decision = policy::decide_in_thread(policy, &facts, &envelope, thread);
         }
         body_inspected = true;
         (raw, shape, elided)
@@ -1029,113 +1043,6 @@ pub fn sender_notice(eval: &Evaluation) -> Option<Notice> {
     })
 }
 
-/// A short notice mail to an envelope sender.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notice {
-    pub to: String,
-    pub subject: String,
-    pub body: String,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Sender notices: sent over SMTP from their own task, never on the message's path.
-// ---------------------------------------------------------------------------------------------
-
-/// Sends [`Notice`]s through the configured relay (the `[alerts.relay]` settings), each from
-/// the null sender so a bounce can never loop back to us.
-#[derive(Clone)]
-pub struct Notices {
-    tx: Option<tokio::sync::mpsc::Sender<Notice>>,
-}
-
-impl std::fmt::Debug for Notices {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Notices")
-            .field("enabled", &self.tx.is_some())
-            .finish()
-    }
-}
-
-impl Notices {
-    /// No notices (tests, or no relay).
-    pub fn disabled() -> Self {
-        Notices { tx: None }
-    }
-
-    /// Start the notice task, sending through `host:port` as `from`: on the current tokio
-    /// runtime when there is one, else on a small runtime of its own thread.
-    pub fn spawn(host: String, port: u16, from: String, timeout: Duration) -> Self {
-        use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Notice>(256);
-        let task = async move {
-            let transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-                .port(port)
-                .timeout(Some(timeout))
-                .build();
-            while let Some(n) = rx.recv().await {
-                let message = match build_notice(&from, &n) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        warn!(to = %n.to, error = %e, "sender notice not sent: cannot build it");
-                        continue;
-                    }
-                };
-                match transport.send(message).await {
-                    Ok(_) => info!(to = %n.to, "sender notice sent"),
-                    Err(e) => warn!(to = %n.to, error = %e, "sender notice not sent"),
-                }
-            }
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(task);
-            }
-            Err(_) => {
-                let started = std::thread::Builder::new()
-                    .name("markgate-notices".into())
-                    .spawn(move || {
-                        match tokio::runtime::Builder::new_current_thread()
-                            .enable_all()
-                            .build()
-                        {
-                            Ok(rt) => rt.block_on(task),
-                            Err(e) => error!(error = %e, "sender notices disabled: no runtime"),
-                        }
-                    });
-                if let Err(e) = started {
-                    error!(error = %e, "sender notices disabled: cannot start their thread");
-                    return Notices::disabled();
-                }
-            }
-        }
-        Notices { tx: Some(tx) }
-    }
-
-    /// Queue a notice; never waits. A full queue drops it with a warning.
-    pub fn send(&self, notice: Notice) {
-        if let Some(tx) = &self.tx
-            && let Err(e) = tx.try_send(notice)
-        {
-            warn!(error = %e, "sender notice dropped: the notice queue is full");
-        }
-    }
-}
-
-fn build_notice(from: &str, n: &Notice) -> Result<lettre::Message, String> {
-    use lettre::address::Envelope as SmtpEnvelope;
-    let to: lettre::Address = n.to.parse().map_err(|e| format!("{}: {e}", n.to))?;
-    let from_box: lettre::message::Mailbox = from.parse().map_err(|e| format!("{from}: {e}"))?;
-    let envelope = SmtpEnvelope::new(None, vec![to.clone()]).map_err(|e| e.to_string())?;
-    lettre::Message::builder()
-        .from(from_box)
-        .to(lettre::message::Mailbox::new(None, to))
-        .subject(n.subject.clone())
-        .header(lettre::message::header::ContentType::TEXT_PLAIN)
-        .envelope(envelope)
-        .body(n.body.clone())
-        .map_err(|e| e.to_string())
-}
-
 // ---------------------------------------------------------------------------------------------
 // The milter handler.
 // ---------------------------------------------------------------------------------------------
@@ -1151,6 +1058,7 @@ pub struct Filter {
     alerts: AlertHandle,
     notices: Notices,
     metrics: Option<crate::metrics::Metrics>,
+    ledger: Option<LedgerHandle>,
     /// Unit tests only: runs on the thread that decides a message, just before the pipeline,
     /// so a test can make the pipeline panic there. Not compiled into any other build.
     #[cfg(test)]
@@ -1188,6 +1096,7 @@ impl Filter {
             alerts,
             notices,
             metrics: None,
+            ledger: None,
             #[cfg(test)]
             fault: None,
         }
@@ -1323,12 +1232,13 @@ fn decide_message(
     tx: &Transaction,
     conn: &ConnectionFacts,
     live: &Live<Policy>,
+    thread: &ThreadFacts,
 ) -> (Decided, MessageMeta) {
     let envelope = envelope_of(tx, conn);
     let meta = meta_of(tx, conn);
     let spill = live.config.spill_policy();
     let limits = live.config.large_limits();
-    let result = evaluate_with(&live.policy, envelope, tx, &limits).and_then(|eval| {
+    let result = evaluate_in_thread(&live.policy, envelope, tx, &limits, thread).and_then(|eval| {
         // Only a removal needs the recipients as the MTA gave them.
         let recipients_as_sent: Vec<(String, Vec<u8>)> = if eval.removed_count() == 0 {
             Vec::new()
@@ -1369,6 +1279,11 @@ impl Handler for Filter {
     ) -> Result<Staged, HandlerError> {
         let started = std::time::Instant::now();
         let Message { tx, live } = message;
+        let (thread, keys) = match ledger::consult(self.ledger.as_ref(), &live.policy, &tx).await {
+            Ok(found) => found,
+            Err(refusal) => return Ok(self.count_out(started, *refusal).into()),
+        };
+        let memo = ledger::Memo::of(&live.policy);
         // A small in-memory message is decided right here: handing it to the blocking pool and
         // back costs two thread switches, more than the pipeline itself. A spilled or large body
         // may take milliseconds to parse, so it still goes to the blocking pool, off the
@@ -1381,7 +1296,7 @@ impl Handler for Filter {
             if let Some(fault) = &fault {
                 fault(tx);
             }
-            decide_message(tx, conn, live)
+            decide_message(tx, conn, live, &thread)
         };
         let queue_id = tx.queue_id().map(lossy);
         let worked = if !tx.is_spilled() && tx.body_len() <= INLINE_BODY_LIMIT {
@@ -1428,6 +1343,9 @@ impl Handler for Filter {
             }
         };
 
+        if let Some(refusal) = ledger::remember(self.ledger.as_ref(), memo, &eval, keys).await {
+            return Ok(self.count_out(started, *refusal).into());
+        }
         // Durable before the final answer; the modifications go out while the writer syncs.
         let pending = match &self.audit {
             None => None,
@@ -1522,8 +1440,12 @@ fn verdict_name(v: &PolicyVerdict) -> &'static str {
 }
 
 mod envelope;
+mod ledger;
+mod notices;
 mod settle;
 pub use envelope::envelope_of;
+pub use ledger::{LedgerHandle, entry_of as ledger_entry_of, fill as ledger_fill};
+pub use notices::{Notice, Notices};
 
 #[cfg(test)]
 mod tests;

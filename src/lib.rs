@@ -22,6 +22,8 @@ pub mod fuzzing;
 pub mod inspect;
 /// Large messages in bounded memory: judged from a reduced copy, new body streamed.
 pub mod large;
+/// Thread memory: recent messages' markings for downgrade and redirect checks (SQLite, Redis).
+pub mod ledger;
 /// The markgate(8) manual page, generated from the CLI definition.
 pub mod manpage;
 /// Prometheus/OpenMetrics metrics and the loopback `GET /metrics` endpoint.

@@ -35,6 +35,7 @@ const TARGETS: &[(&str, Body)] = &[
         markgate::fuzzing::vendor::vendor_janusseal,
     ),
     ("evidence", markgate::fuzzing::evidence::evidence_trail),
+    ("thread_refs", markgate::fuzzing::thread::thread_refs),
 ];
 
 fn inputs(dir: &Path) -> Vec<std::path::PathBuf> {

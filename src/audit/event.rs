@@ -83,11 +83,15 @@ pub enum EventKind {
     AlertUndeliverable,
     /// Incidents were dropped because the alert queue was full.
     AlertsDropped,
+    /// The thread ledger (`crate::ledger`) could not be asked or written: once per outage.
+    LedgerUnavailable,
+    /// The thread ledger answers again after an outage.
+    LedgerRecovered,
 }
 
 impl EventKind {
     /// Every kind, in declaration order (for tests, docs and reports).
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::MessageDecision,
         EventKind::DaemonStart,
         EventKind::DaemonStop,
@@ -100,6 +104,8 @@ impl EventKind {
         EventKind::AlertDelivered,
         EventKind::AlertUndeliverable,
         EventKind::AlertsDropped,
+        EventKind::LedgerUnavailable,
+        EventKind::LedgerRecovered,
     ];
 
     /// The snake_case name used in the `event` field of the JSON record.
@@ -117,6 +123,8 @@ impl EventKind {
             EventKind::AlertDelivered => "alert_delivered",
             EventKind::AlertUndeliverable => "alert_undeliverable",
             EventKind::AlertsDropped => "alerts_dropped",
+            EventKind::LedgerUnavailable => "ledger_unavailable",
+            EventKind::LedgerRecovered => "ledger_recovered",
         }
     }
 
@@ -135,6 +143,8 @@ impl EventKind {
             | EventKind::AlertUndeliverable
             | EventKind::AlertsDropped => Severity::Error,
             EventKind::AuditSinkTrouble => Severity::Critical,
+            EventKind::LedgerUnavailable => Severity::Error,
+            EventKind::LedgerRecovered => Severity::Warning,
         }
     }
 
@@ -153,7 +163,9 @@ impl EventKind {
             | EventKind::AuditChainResumed
             | EventKind::AlertDelivered
             | EventKind::AlertUndeliverable
-            | EventKind::AlertsDropped => true,
+            | EventKind::AlertsDropped
+            | EventKind::LedgerUnavailable
+            | EventKind::LedgerRecovered => true,
         }
     }
 }
@@ -193,6 +205,10 @@ pub enum AuditEvent {
     AlertUndeliverable(AlertUndeliverable),
     /// See [`EventKind::AlertsDropped`].
     AlertsDropped(AlertsDropped),
+    /// See [`EventKind::LedgerUnavailable`].
+    LedgerUnavailable(LedgerUnavailable),
+    /// See [`EventKind::LedgerRecovered`].
+    LedgerRecovered(LedgerRecovered),
 }
 
 impl AuditEvent {
@@ -211,6 +227,8 @@ impl AuditEvent {
             AuditEvent::AlertDelivered(_) => EventKind::AlertDelivered,
             AuditEvent::AlertUndeliverable(_) => EventKind::AlertUndeliverable,
             AuditEvent::AlertsDropped(_) => EventKind::AlertsDropped,
+            AuditEvent::LedgerUnavailable(_) => EventKind::LedgerUnavailable,
+            AuditEvent::LedgerRecovered(_) => EventKind::LedgerRecovered,
         }
     }
 
@@ -403,4 +421,34 @@ pub struct AlertUndeliverable {
 pub struct AlertsDropped {
     /// Incidents refused because the alert queue was full, since the last such record.
     pub count: u64,
+}
+
+/// Data of [`EventKind::LedgerUnavailable`]: the first failure of an outage of the thread
+/// ledger. One record per outage, however many messages it touches.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerUnavailable {
+    /// `sqlite:/var/lib/markgate/ledger.sqlite` or `redis://host:port/db`.
+    pub backend: String,
+    /// The first error (`timed out after 500ms`, `database is locked`, `Connection refused`).
+    pub error: String,
+    /// The policy's `on_unavailable` in force: `fail-open` (mail decided without thread
+    /// memory) or `tempfail` (mail answered 4xx until recovery).
+    pub on_unavailable: String,
+}
+
+/// Data of [`EventKind::LedgerRecovered`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LedgerRecovered {
+    /// As in [`LedgerUnavailable::backend`].
+    pub backend: String,
+    /// RFC 3339 time of the first failure of the outage.
+    pub since: String,
+    /// Seconds from the first failure to recovery.
+    pub outage_seconds: f64,
+    /// Messages decided without thread memory during the outage (fail-open).
+    pub unchecked_messages: u64,
+    /// Messages answered 4xx because of the outage (tempfail).
+    pub tempfailed_messages: u64,
+    /// Ledger entries that could not be written during the outage.
+    pub lost_entries: u64,
 }

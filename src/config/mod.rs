@@ -51,6 +51,8 @@ pub struct Config {
     /// `[alerts]`: incident alerts and the relay that also carries sender notices.
     pub alerts: crate::alert::AlertConfig,
     pub metrics: MetricsSettings,
+    /// `[ledger]`: thread memory's store (owned by `crate::ledger`).
+    pub ledger: crate::ledger::LedgerConfig,
 }
 
 /// The Prometheus/OpenMetrics endpoint (see `crate::metrics`).
@@ -174,6 +176,7 @@ impl Default for Config {
             audit: crate::audit::AuditConfig::default(),
             alerts: crate::alert::AlertConfig::default(),
             metrics: MetricsSettings::default(),
+            ledger: crate::ledger::LedgerConfig::default(),
         }
     }
 }

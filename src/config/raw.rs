@@ -31,6 +31,82 @@ pub(super) struct RawConfig {
     alerts: Option<Spanned<crate::alert::AlertConfig>>,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    ledger: RawLedger,
+}
+
+/// `[ledger]` (issue 12): where thread memory lives. Checked in [`RawLedger::check`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLedger {
+    backend: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
+    prefix: Option<Spanned<String>>,
+    timeout: Option<Spanned<HumanDuration>>,
+}
+
+impl RawLedger {
+    fn check(
+        self,
+        mut l: crate::ledger::LedgerConfig,
+        eom: std::time::Duration,
+    ) -> Result<crate::ledger::LedgerConfig, CheckError> {
+        use crate::ledger::BackendKind;
+        if let Some(v) = self.backend {
+            l.backend = match v.get_ref().as_str() {
+                "sqlite" => BackendKind::Sqlite,
+                "redis" => BackendKind::Redis,
+                "off" => BackendKind::Off,
+                other => {
+                    return Err((
+                        v.span(),
+                        format!("found \"{other}\", expected \"sqlite\", \"redis\" or \"off\""),
+                    ));
+                }
+            };
+        }
+        if let Some(v) = self.path {
+            l.path = absolute_path(v, "the ledger's SQLite file")?;
+            l.path_configured = true;
+        }
+        if let Some(v) = self.url {
+            let span = v.span();
+            let url = non_empty(v, "a Redis URL such as \"redis://127.0.0.1:6379/\"")?;
+            if !["redis://", "rediss://", "redis+unix://", "unix://"]
+                .iter()
+                .any(|p| url.starts_with(p))
+            {
+                return Err((
+                    span,
+                    format!(
+                        "found \"{url}\", expected a Redis URL: redis://[:PASSWORD@]HOST[:PORT][/DB], \
+                         rediss://… (TLS) or unix:///path/to/redis.sock"
+                    ),
+                ));
+            }
+            l.url = url;
+        }
+        if let Some(v) = self.prefix {
+            l.prefix = non_empty(v, "a key prefix such as \"markgate:ledger:\"")?;
+        }
+        if let Some(v) = self.timeout {
+            let span = v.span();
+            let t = positive(Some(v), l.timeout, "timeout")?;
+            if t >= eom {
+                return Err((
+                    span,
+                    format!(
+                        "found {}, expected a ledger timeout shorter than `[timeouts] eom` ({})",
+                        HumanDuration(t),
+                        HumanDuration(eom)
+                    ),
+                ));
+            }
+            l.timeout = t;
+        }
+        Ok(l)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,6 +318,7 @@ impl RawConfig {
             }
             c.metrics.listen = Some(addr);
         }
+        c.ledger = self.ledger.check(c.ledger, c.timeouts.eom)?;
         Ok(c)
     }
 }

@@ -68,6 +68,7 @@ fn sample_file_shows_every_key_with_its_default() {
     want.metrics.listen = Some("127.0.0.1:9195".parse().unwrap());
     want.audit.host = Some("gw1.example".into());
     want.alerts.to = vec!["security-team@example.gov.uk".into()];
+    want.ledger.path_configured = true;
     assert_eq!(got, want);
     // And every key the loader knows appears in the sample.
     for key in [

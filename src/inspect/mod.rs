@@ -24,3 +24,4 @@ pub mod routes;
 pub mod near_miss;
 pub mod stream;
 pub mod vendor;
+pub mod thread;

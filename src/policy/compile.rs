@@ -21,6 +21,8 @@ use super::raw::{self, TableReader, quote_list};
 
 mod routes;
 mod labels_ext;
+/// `[thread]` (issue 12), in its own file.
+mod thread;
 
 /// Compile policy text. `name` is used in messages (normally the file path) and is what
 /// `include` paths are relative to; `identity` is the file's identity as `read` reports
@@ -90,6 +92,7 @@ const TOP_KEYS: &[&str] = &[
     "route",
     "release",
     "origin",
+    "thread",
 ];
 
 /// SHA-256 (hex) of the policy text; with fragments, of the policy text and each fragment's
@@ -163,6 +166,7 @@ impl<'a> Compiler<'a> {
         let routes_t = top.tables("route", &mut p);
         let release_t = top.table("release", &mut p);
         let origin_t = top.table("origin", &mut p);
+        let thread_t = top.table("thread", &mut p);
         for (key, missing) in [
             ("policy", meta.is_none()),
             ("scheme", scheme_t.is_none()),
@@ -190,6 +194,7 @@ impl<'a> Compiler<'a> {
         let release = self.release(release_t);
         let origin = self.origin(origin_t);
         self.feature_rules(&rules, &release, origin.as_ref());
+        let thread = thread_t.map(|t| self.thread(t, &rules));
 
         let scheme = scheme?;
         Some(Policy {
@@ -212,6 +217,7 @@ impl<'a> Compiler<'a> {
             disclaimer: disclaimer.flatten(),
             inbound,
             routes,
+            thread,
             scheme,
             vendors,
             purview_write,

@@ -19,6 +19,7 @@ use super::Policy;
 use super::facts::{Envelope, Facts, FoundMarking, Label, MarkingSource, MarkingStatus};
 use super::labels::{self, Grammar, au_epms};
 use super::model::*;
+use super::thread::ThreadFacts;
 
 /// Outbound (from the organisation) or inbound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -226,6 +227,16 @@ pub struct Decision {
 
 /// Decide what to do with one message. Pure and total.
 pub fn decide(policy: &Policy, facts: &Facts, envelope: &Envelope) -> Decision {
+    decide_in_thread(policy, facts, envelope, &ThreadFacts::default())
+}
+
+/// [`decide`] with what the gateway remembers of the message's thread (`policy/thread.rs`).
+pub fn decide_in_thread(
+    policy: &Policy,
+    facts: &Facts,
+    envelope: &Envelope,
+    thread: &ThreadFacts,
+) -> Decision {
     let (direction, direction_reason) = direction(policy, envelope);
     let mut hits: Vec<RuleHit> = Vec::new();
     let trusted = super::vendor::trusted(policy, facts, direction);
@@ -416,6 +427,13 @@ pub fn decide(policy: &Policy, facts: &Facts, envelope: &Envelope) -> Decision {
         }
         recipients.push(outcome);
     }
+    let found = super::thread::Found {
+        hits: &mut hits,
+        recipients: &mut recipients,
+        verdicts: &mut verdicts,
+        first_remove: &mut first_remove,
+    };
+    super::thread::check(policy, thread, envelope, direction, &effective, found);
     // Low-assurance routes hold marked mail back from their recipients only.
     let routes = super::routes::hold_back(
         policy,

@@ -29,12 +29,13 @@ mod raw;
 pub mod release;
 pub mod render;
 pub mod routes;
+pub mod thread;
 pub mod vendor;
 
 use std::path::Path;
 
 pub use controls::{Control, ControlMap};
-pub use decide::{Decision, Direction, decide};
+pub use decide::{Decision, Direction, decide, decide_in_thread};
 pub use error::{LoadErrors, Problem, Severity};
 pub use facts::{
     Envelope, Facts, ForwardEvidence, ForwardHit, FoundMarking, Label, MarkingSource,

@@ -47,6 +47,8 @@ pub struct Policy {
     pub release: super::release::Release,
     /// `[origin]`: check EPMS ORIGIN against the sender.
     pub origin: Option<super::origin::OriginCheck>,
+    /// `[thread]`: thread memory (downgrade and redirect rules); `None` turns it off.
+    pub thread: Option<super::thread::ThreadPolicy>,
     /// Warnings from loading (a policy with warnings still loads).
     pub warnings: Vec<super::error::Problem>,
 }

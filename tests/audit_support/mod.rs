@@ -150,6 +150,19 @@ pub fn one_of_each() -> Vec<AuditEvent> {
             last_error: "connection refused".into(),
         }),
         AuditEvent::AlertsDropped(AlertsDropped { count: 2 }),
+        AuditEvent::LedgerUnavailable(LedgerUnavailable {
+            backend: "sqlite:/var/lib/markgate/ledger.sqlite".into(),
+            error: "database is locked".into(),
+            on_unavailable: "fail-open".into(),
+        }),
+        AuditEvent::LedgerRecovered(LedgerRecovered {
+            backend: "sqlite:/var/lib/markgate/ledger.sqlite".into(),
+            since: "2026-11-22T10:00:00Z".into(),
+            outage_seconds: 4.5,
+            unchecked_messages: 7,
+            tempfailed_messages: 0,
+            lost_entries: 2,
+        }),
     ]
 }
 

@@ -27,21 +27,26 @@ impl Daemon {
     /// Write a config (`listen` first, then `extra` TOML verbatim) and start the daemon on a
     /// unix socket in a fresh world-searchable directory (so Postfix's daemons can reach it).
     pub fn start(extra: &str) -> Daemon {
-        Self::start_on(None, extra, None)
+        Self::start_on(None, "", extra, None)
+    }
+
+    /// Like [`Daemon::start`] with top-level keys (`policy = …`) put before the first table.
+    pub fn start_with_top(top: &str, extra: &str) -> Daemon {
+        Self::start_on(None, top, extra, None)
     }
 
     /// Like [`Daemon::start`], listening on TCP 127.0.0.1:`port`.
     pub fn start_tcp(port: u16, extra: &str) -> Daemon {
-        Self::start_on(Some(port), extra, None)
+        Self::start_on(Some(port), "", extra, None)
     }
 
     /// Like [`Daemon::start`], with the audit trail at `audit` (a file system the test can
     /// make fail) instead of in the daemon's directory.
     pub fn start_with_audit(audit: &Path, extra: &str) -> Daemon {
-        Self::start_on(None, extra, Some(audit))
+        Self::start_on(None, "", extra, Some(audit))
     }
 
-    fn start_on(port: Option<u16>, extra: &str, audit: Option<&Path>) -> Daemon {
+    fn start_on(port: Option<u16>, top: &str, extra: &str, audit: Option<&Path>) -> Daemon {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::Builder::new()
             .prefix("markgate-daemon.")
@@ -56,10 +61,22 @@ impl Daemon {
         };
         let config = dir.path().join("markgate.toml");
         let log = dir.path().join("markgate.log");
+        // Each daemon keeps its own thread ledger file unless the test names one.
+        let ledger_path = format!(
+            "path = \"{}\"\n",
+            dir.path().join("ledger.sqlite").display()
+        );
+        let extra = if !extra.contains("[ledger]\n") {
+            format!("[ledger]\n{ledger_path}{extra}")
+        } else if extra.contains("path =") {
+            extra.to_owned()
+        } else {
+            extra.replacen("[ledger]\n", &format!("[ledger]\n{ledger_path}"), 1)
+        };
         std::fs::write(
             &config,
             format!(
-                "listen = \"{spec}\"\n[socket]\nmode = \"0666\"\n[audit]\npath = \"{}\"\n{extra}\n",
+                "{top}listen = \"{spec}\"\n[socket]\nmode = \"0666\"\n[audit]\npath = \"{}\"\n{extra}\n",
                 audit
                     .map(Path::to_path_buf)
                     .unwrap_or_else(|| dir.path().join("audit.jsonl"))
