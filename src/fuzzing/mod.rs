@@ -13,8 +13,8 @@ pub mod large;
 pub mod milter;
 pub mod policy;
 pub mod rewrite;
-pub mod vendor;
 pub mod thread;
+pub mod vendor;
 
 /// Let a panic raised inside mail-parser unwind to markgate's own `catch_unwind` instead of
 /// aborting the fuzzer. cargo-fuzz builds every crate with debug assertions, and mail-parser

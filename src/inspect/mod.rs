@@ -20,8 +20,8 @@
 pub mod forward;
 pub mod markings;
 pub mod mime;
-pub mod routes;
 pub mod near_miss;
+pub mod routes;
 pub mod stream;
-pub mod vendor;
 pub mod thread;
+pub mod vendor;

@@ -19,8 +19,8 @@ use super::labels::{self, Grammar, QualifierKind, VocabLevel, VocabQualifier, Vo
 use super::model::*;
 use super::raw::{self, TableReader, quote_list};
 
-mod routes;
 mod labels_ext;
+mod routes;
 /// `[thread]` (issue 12), in its own file.
 mod thread;
 
