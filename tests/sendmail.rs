@@ -318,7 +318,7 @@ fn check(gw: &Gateway, policy: &Policy, s: &Scenario, r: &SwaksResult) -> Vec<St
             }
             let delivered = normalise(&got[0]);
             let golden = std::fs::read(s.dir.join("out.eml")).unwrap_or_default();
-            if delivered != golden {
+            if header_names_folded(&delivered) != header_names_folded(&golden) {
                 std::fs::write(s.dir.join("actual-sendmail.eml"), &delivered).ok();
                 problems.push(
                     "differs from out.eml, the message Postfix delivers (see actual-sendmail.eml)"
@@ -972,4 +972,27 @@ fn postfix_macros() -> BTreeMap<char, Vec<String>> {
     let _ = child.kill();
     let _ = child.wait();
     macros_by_stage(&std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+/// The message with each header field's name in lower case, the rest untouched. A `chgheader`
+/// that replaces a header whose name is spelt differently (Janusseal's `x-protective-marking`
+/// under the policy's `X-Protective-Marking`) keeps the old spelling in Sendmail and takes the
+/// milter's in Postfix; header names are case-insensitive (RFC 5322), so only that may differ.
+fn header_names_folded(m: &[u8]) -> Vec<u8> {
+    let end = m
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map_or(m.len(), |i| i + 1);
+    let mut out = Vec::with_capacity(m.len());
+    for line in m[..end].split_inclusive(|&b| b == b'\n') {
+        match line.iter().position(|&b| b == b':') {
+            Some(colon) if !matches!(line.first(), Some(b' ' | b'\t')) => {
+                out.extend(line[..colon].to_ascii_lowercase());
+                out.extend(&line[colon..]);
+            }
+            _ => out.extend(line),
+        }
+    }
+    out.extend(&m[end..]);
+    out
 }
