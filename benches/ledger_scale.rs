@@ -184,7 +184,8 @@ async fn measure<S: Store>(
                 keys(entries * 2 + n).0
             };
             let q = Query {
-                ids: vec![parent, own],
+                ids: vec![parent],
+                own_id: Some(own),
                 thread_indexes: vec![],
                 text: Some((digest, subject)),
                 since: now - 30 * 86_400,

@@ -143,12 +143,8 @@ impl LedgerHandle {
         retention_days: u32,
     ) -> Result<Found, crate::ledger::LedgerError> {
         let query = Query {
-            ids: keys
-                .references
-                .iter()
-                .map(|(id, _)| id.clone())
-                .chain(keys.message_id.clone())
-                .collect(),
+            ids: keys.references.iter().map(|(id, _)| id.clone()).collect(),
+            own_id: keys.message_id.clone(),
             thread_indexes: keys.parent_indexes().iter().map(|b| hex(b)).collect(),
             text: keys.digest.map(|d| (hex(&d), keys.subject.clone())),
             since: self.inner.clock.now() - retention_secs(retention_days),

@@ -126,11 +126,14 @@ impl Entry {
 /// One question: every key a message offers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Query {
-    /// Message-IDs (its own and the ones it answers).
+    /// Message-IDs it answers (entries of either direction).
     pub ids: Vec<String>,
+    /// Its own Message-ID: only inbound entries are wanted (a redirect repeats one).
+    pub own_id: Option<String>,
     /// Exchange Thread-Index values (hex) of its ancestors.
     pub thread_indexes: Vec<String>,
-    /// (digest hex, normalised subject), when the text was read.
+    /// (digest hex, normalised subject), when the text was read: only inbound entries are
+    /// wanted, as for `own_id`.
     pub text: Option<(String, String)>,
     /// Entries older than this (unix seconds) are ignored even if not yet pruned.
     pub since: i64,

@@ -132,7 +132,8 @@ impl Store for RedisStore {
 
     async fn lookup(&self, query: Query) -> Result<Found, LedgerError> {
         let mut pipe = redis::pipe();
-        for id in &query.ids {
+        let ids: Vec<&String> = query.ids.iter().chain(query.own_id.as_ref()).collect();
+        for id in &ids {
             pipe.cmd("HVALS").arg(self.key("m", id));
         }
         for ti in &query.thread_indexes {
@@ -141,7 +142,7 @@ impl Store for RedisStore {
         if let Some((d, s)) = &query.text {
             pipe.cmd("HVALS").arg(self.text_key(d, s));
         }
-        let n_ids = query.ids.len();
+        let n_ids = ids.len();
         let n_ti = query.thread_indexes.len();
         let answers: Vec<Vec<String>> = if n_ids + n_ti == 0 && query.text.is_none() {
             Vec::new()

@@ -23,8 +23,8 @@ const MAX_BATCH: usize = 512;
 /// Rows deleted per pruning step.
 const PRUNE_CHUNK: i64 = 2000;
 
-/// The indexes end in `time` so that "the newest 16 entries of this key" is read straight from
-/// the index even when one key has many entries (a message re-sent many times).
+/// The indexes end in `way, time` so that "the newest inbound entries of this key" is read
+/// straight from the index even when one key has many entries (a message re-sent many times).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY,
@@ -39,10 +39,10 @@ CREATE TABLE IF NOT EXISTS entries (
     domains TEXT NOT NULL,
     time INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS entries_message_id ON entries(message_id, time);
+CREATE INDEX IF NOT EXISTS entries_message_id ON entries(message_id, way, time);
 CREATE INDEX IF NOT EXISTS entries_thread_index ON entries(thread_index, time)
     WHERE thread_index IS NOT NULL;
-CREATE INDEX IF NOT EXISTS entries_text ON entries(digest, subject, time);
+CREATE INDEX IF NOT EXISTS entries_text ON entries(digest, subject, way, time);
 CREATE INDEX IF NOT EXISTS entries_time ON entries(time);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
     WITHOUT ROWID;
@@ -309,7 +309,7 @@ impl Worker {
         let mut stmt = self
             .conn
             .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM entries WHERE {condition} AND time >= ?2 ORDER BY time DESC LIMIT 16"
+                "SELECT {COLUMNS} FROM entries WHERE {condition} AND time >= ?2 ORDER BY time DESC LIMIT 4"
             ))
             .map_err(LedgerError::new)?;
         let rows = stmt
@@ -326,6 +326,11 @@ impl Worker {
                 .by_id
                 .extend(self.select("message_id = ?1", id, q.since)?);
         }
+        if let Some(id) = &q.own_id {
+            found
+                .by_id
+                .extend(self.select("message_id = ?1 AND way = 0", id, q.since)?);
+        }
         for ti in &q.thread_indexes {
             if let Some(bytes) = unhex(ti) {
                 found
@@ -339,7 +344,7 @@ impl Worker {
             let mut stmt = self
                 .conn
                 .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM entries WHERE digest = ?1 AND subject = ?2 AND time >= ?3 ORDER BY time DESC LIMIT 16"
+                    "SELECT {COLUMNS} FROM entries WHERE digest = ?1 AND subject = ?2 AND way = 0 AND time >= ?3 ORDER BY time DESC LIMIT 4"
                 ))
                 .map_err(LedgerError::new)?;
             let rows = stmt
