@@ -3,6 +3,8 @@
 //! size per entry. A benchmark, not a test: nothing here asserts a time.
 //!
 //!     cargo bench --bench ledger_scale -- [--entries N] [--lookups N] [--path FILE] [--keep]
+//!
+//! Under `cargo test --all-targets` (no `--bench` argument) it is a smoke run of 2 000 entries.
 //!     cargo bench --bench ledger_scale -- --redis redis://127.0.0.1:PORT/ [--entries N]
 //!
 //! The file goes to `target/ledger-scale.sqlite` unless `--path` says otherwise (never into
@@ -75,12 +77,27 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it, and
+    // there a small smoke run keeps the bench working without minutes of generation.
+    let bench = args.iter().any(|a| a == "--bench");
+    let (default_entries, default_lookups) = if bench {
+        (10_000_000, 20_000)
+    } else {
+        (2_000, 200)
+    };
     let entries: u64 =
-        arg(&args, "--entries").map_or(10_000_000, |v| v.parse().expect("--entries N"));
+        arg(&args, "--entries").map_or(default_entries, |v| v.parse().expect("--entries N"));
     let lookups: usize =
-        arg(&args, "--lookups").map_or(20_000, |v| v.parse().expect("--lookups N"));
+        arg(&args, "--lookups").map_or(default_lookups, |v| v.parse().expect("--lookups N"));
     let path = arg(&args, "--path").map_or_else(
-        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ledger-scale.sqlite"),
+        || {
+            let name = if bench {
+                "target/ledger-scale.sqlite"
+            } else {
+                "target/ledger-scale-smoke.sqlite"
+            };
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
+        },
         std::path::PathBuf::from,
     );
     let keep = args.iter().any(|a| a == "--keep");
