@@ -29,6 +29,15 @@ fn shipped_policies_map_their_rules_to_controls() {
     let uk = Policy::from_str("uk", SHIPPED[0].1).expect("uk");
     assert_eq!(uk.control_map()["write"], ["CoCo-4.1-labels"]);
     assert_eq!(uk.control_map()["COCO-MONITORING"], ["CoCo-4.1-disclaimer"]);
+    // The thread rules are tables of their own, not [[rule]]s, and map all the same.
+    assert_eq!(
+        uk.control_map()["THREAD-DOWNGRADE"],
+        ["ISM-1089", "CoCo-4.1-awareness"]
+    );
+    assert_eq!(
+        uk.control_map()["THREAD-REDIRECT"],
+        ["CoCo-4.1-autoforward"]
+    );
     let au = Policy::from_str("au", SHIPPED[2].1).expect("au");
     assert!(au.controls_named().contains(&Control::Ism0271));
     assert!(au.controls_named().contains(&Control::Ism0565));
@@ -88,10 +97,15 @@ fn a_control_must_be_a_list_of_strings_on_a_known_table() {
 
 #[test]
 fn a_policy_named_like_a_template_warns_for_each_control_no_rule_names() {
-    // Drop AUTOFWD-DOWN's controls: the template names CoCo-4.1-autoforward only there.
+    // Drop AUTOFWD-DOWN's and THREAD-REDIRECT's controls: the template names
+    // CoCo-4.1-autoforward only there.
     let text = gpms_with(
         "controls = [\"CoCo-4.1-autoforward\", \"CoCo-4.1-awareness\", \"CoCo-11\"]\n",
         "",
+    )
+    .replace(
+        "id = \"THREAD-REDIRECT\"\ncontrols = [\"CoCo-4.1-autoforward\"]\n",
+        "id = \"THREAD-REDIRECT\"\n",
     );
     let report = check_str("p.toml", &text);
     assert!(report.ok(), "a warning, not an error: {}", report.render());

@@ -216,6 +216,10 @@ impl Policy {
         for r in &self.rules {
             put(&r.id, &r.controls);
         }
+        if let Some(t) = &self.thread {
+            put(&t.downgrade.id, &t.downgrade.controls);
+            put(&t.redirect_id, &t.redirect_controls);
+        }
         map
     }
 
@@ -227,6 +231,12 @@ impl Policy {
             .iter()
             .chain(self.disclaimer.iter().flat_map(|d| d.controls.iter()))
             .chain(self.rules.iter().flat_map(|r| r.controls.iter()))
+            .chain(self.thread.iter().flat_map(|t| {
+                t.downgrade
+                    .controls
+                    .iter()
+                    .chain(t.redirect_controls.iter())
+            }))
             .copied()
             .collect();
         out.sort();

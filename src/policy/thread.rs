@@ -34,6 +34,8 @@ pub struct ThreadPolicy {
     /// `[thread.redirect] text`, with `{original}`, `{domain}` and `{ceiling}` placeholders;
     /// `None` uses the auto-forward rule's own reply.
     pub redirect_text: Option<String>,
+    /// `[thread.redirect] controls`: the compliance controls the redirect rule enforces.
+    pub redirect_controls: Vec<super::controls::Control>,
     /// The policy's outbound `auto-forward-down` rules, whose action a redirect gets.
     pub redirect_rules: Vec<Rule>,
 }
@@ -95,6 +97,8 @@ pub struct Downgrade {
     /// `allow_by`: who may downgrade (addresses, or `*@domain`), matched against the SASL user
     /// and the envelope sender. Empty: nobody, even with the header.
     pub allow_by: Vec<String>,
+    /// `controls`: the compliance controls this rule enforces (ISM-1089).
+    pub controls: Vec<super::controls::Control>,
 }
 
 /// One earlier message the ledger remembers, as `decide` needs it.

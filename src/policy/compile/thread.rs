@@ -4,6 +4,7 @@
 
 use toml::Spanned;
 
+use super::super::controls::{self, Control};
 use super::super::model::{Action, Directions, Reply, Rule, Situation};
 use super::super::raw::TableReader;
 use super::super::thread::{Downgrade, DowngradeAction, OnUnavailable, ThreadPolicy};
@@ -68,7 +69,8 @@ impl<'a> Compiler<'a> {
             })
             .unwrap_or(OnUnavailable::FailOpen);
         let downgrade = self.downgrade(down_t);
-        let (redirect_id, redirect_text) = self.redirect(redirect_t, &downgrade.id);
+        let (redirect_id, redirect_text, redirect_controls) =
+            self.redirect(redirect_t, &downgrade.id);
         let redirect_rules: Vec<Rule> = rules
             .iter()
             .filter(|r| {
@@ -97,6 +99,7 @@ impl<'a> Compiler<'a> {
             downgrade,
             redirect_id,
             redirect_text,
+            redirect_controls,
             redirect_rules,
         }
     }
@@ -128,6 +131,7 @@ impl<'a> Compiler<'a> {
             },
             allow_header: None,
             allow_by: Vec::new(),
+            controls: Vec::new(),
         };
         let Some(mut t) = t else {
             return d;
@@ -139,6 +143,7 @@ impl<'a> Compiler<'a> {
         let action = t.string("action", &mut p);
         let allow_header = t.string("allow_header", &mut p);
         let allow_by = t.strings("allow_by", &mut p);
+        d.controls = controls::read(self.src, &mut t, &mut p);
         self.problems = p;
         if let Some(id) = id {
             d.id = self.rule_id(id, &format!("{path}.id"));
@@ -185,6 +190,7 @@ impl<'a> Compiler<'a> {
                 "text",
                 "allow_header",
                 "allow_by",
+                "controls",
             ],
             &mut p,
         );
@@ -226,15 +232,16 @@ impl<'a> Compiler<'a> {
         &mut self,
         t: Option<TableReader<'a>>,
         downgrade_id: &str,
-    ) -> (String, Option<String>) {
+    ) -> (String, Option<String>, Vec<Control>) {
         let Some(mut t) = t else {
-            return (DEFAULT_REDIRECT_ID.into(), None);
+            return (DEFAULT_REDIRECT_ID.into(), None, Vec::new());
         };
         let path = "thread.redirect";
         let mut p = std::mem::take(&mut self.problems);
         let id = t.string("id", &mut p);
         let text = t.string("text", &mut p);
-        t.finish(&["id", "text"], &mut p);
+        let controls = controls::read(self.src, &mut t, &mut p);
+        t.finish(&["id", "text", "controls"], &mut p);
         self.problems = p;
         let id = match id {
             None => DEFAULT_REDIRECT_ID.to_owned(),
@@ -265,7 +272,7 @@ impl<'a> Compiler<'a> {
                 Some(tx.into_inner())
             }
         });
-        (id, text)
+        (id, text, controls)
     }
 
     /// A rule id (letters, digits, `-`, `_`, `.`).
