@@ -1133,6 +1133,47 @@ impl<'a> Compiler<'a> {
         })
     }
 
+    /// An id cited in decisions and audit records: letters, digits, `-`, `_` and `.` only.
+    pub(super) fn id_chars(&mut self, id: &Spanned<String>, key: &str) {
+        let ok = !id.get_ref().is_empty()
+            && id
+                .get_ref()
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !ok {
+            self.err(
+                id.span(),
+                key,
+                format!("`{}`", id.get_ref()),
+                "letters, digits, `-`, `_` and `.` only".into(),
+            );
+        }
+    }
+
+    /// Record `id` in `ids` (id → where it was first written); a second use is an error that
+    /// names the first place. True when the id was new.
+    pub(super) fn id_unique(
+        &mut self,
+        id: &Spanned<String>,
+        key: &str,
+        ids: &mut HashMap<String, usize>,
+        expected: &str,
+    ) -> bool {
+        match ids.insert(id.get_ref().clone(), id.span().start) {
+            None => true,
+            Some(prev) => {
+                let place = self.place_from(prev, &id.span());
+                self.err(
+                    id.span(),
+                    key,
+                    format!("`{}` already used on {place}", id.get_ref()),
+                    expected.into(),
+                );
+                false
+            }
+        }
+    }
+
     fn rules(
         &mut self,
         tables: Vec<TableReader<'a>>,
@@ -1187,28 +1228,8 @@ impl<'a> Compiler<'a> {
             self.problems = p;
 
             if let Some(id) = &id {
-                let ok = !id.get_ref().is_empty()
-                    && id
-                        .get_ref()
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-                if !ok {
-                    self.err(
-                        id.span(),
-                        &format!("{path}.id"),
-                        format!("`{}`", id.get_ref()),
-                        "letters, digits, `-`, `_` and `.` only".into(),
-                    );
-                }
-                if let Some(prev) = ids.insert(id.get_ref().clone(), id.span().start) {
-                    let place = self.place_from(prev, &id.span());
-                    self.err(
-                        id.span(),
-                        &format!("{path}.id"),
-                        format!("`{}` already used on {place}", id.get_ref()),
-                        "a unique rule id".into(),
-                    );
-                }
+                self.id_chars(id, &format!("{path}.id"));
+                self.id_unique(id, &format!("{path}.id"), &mut ids, "a unique rule id");
             }
             let when_v = when.as_ref().and_then(|w| {
                 self.keyword(

@@ -63,28 +63,11 @@ impl<'a> Compiler<'a> {
             self.problems = p;
 
             if let Some(id) = &id {
-                let ok = !id.get_ref().is_empty()
-                    && id
-                        .get_ref()
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-                if !ok {
-                    self.err(
-                        id.span(),
-                        &format!("{path}.id"),
-                        format!("`{}`", id.get_ref()),
-                        "letters, digits, `-`, `_` and `.` only".into(),
-                    );
-                }
-                if let Some(prev) = ids.insert(id.get_ref().clone(), id.span().start) {
-                    let place = self.place_from(prev, &id.span());
-                    self.err(
-                        id.span(),
-                        &format!("{path}.id"),
-                        format!("`{}` already used on {place}", id.get_ref()),
-                        "a unique route id".into(),
-                    );
-                } else if let Some(r) = rules.iter().find(|r| r.id == *id.get_ref()) {
+                self.id_chars(id, &format!("{path}.id"));
+                // A route id shared with a rule would make decisions ambiguous too.
+                if self.id_unique(id, &format!("{path}.id"), &mut ids, "a unique route id")
+                    && let Some(r) = rules.iter().find(|r| r.id == *id.get_ref())
+                {
                     self.err(
                         id.span(),
                         &format!("{path}.id"),

@@ -277,19 +277,7 @@ impl<'a> Compiler<'a> {
 
     /// A rule id (letters, digits, `-`, `_`, `.`).
     fn rule_id(&mut self, id: Spanned<String>, key: &str) -> String {
-        let ok = !id.get_ref().is_empty()
-            && id
-                .get_ref()
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if !ok {
-            self.err(
-                id.span(),
-                key,
-                format!("`{}`", id.get_ref()),
-                "letters, digits, `-`, `_` and `.` only".into(),
-            );
-        }
+        self.id_chars(&id, key);
         id.into_inner()
     }
 }
