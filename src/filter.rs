@@ -1279,10 +1279,11 @@ impl Handler for Filter {
     ) -> Result<Staged, HandlerError> {
         let started = std::time::Instant::now();
         let Message { tx, live } = message;
-        let (thread, keys) = match ledger::consult(self.ledger.as_ref(), &live.policy, &tx).await {
-            Ok(found) => found,
-            Err(refusal) => return Ok(self.count_out(started, *refusal).into()),
-        };
+        let (thread, keys) =
+            match ledger::consult(self.ledger.as_ref(), &live.policy, &tx, conn).await {
+                Ok(found) => found,
+                Err(refusal) => return Ok(self.count_out(started, *refusal).into()),
+            };
         let memo = ledger::Memo::of(&live.policy);
         // A small in-memory message is decided right here: handing it to the blocking pool and
         // back costs two thread switches, more than the pipeline itself. A spilled or large body

@@ -325,3 +325,54 @@ fn ledger_config_mistakes_name_file_line_and_column() {
     assert_eq!(c.ledger.backend, markgate::ledger::BackendKind::Redis);
     assert_eq!(c.ledger.timeout, Duration::from_millis(250));
 }
+
+/// A detached write (what the daemon does under fail-open) is found by the next lookup at
+/// once, before its commit, on the caller's thread and on the ledger thread alike; it is
+/// committed within moments (another connection to the file sees it) and found once, not
+/// twice, after that.
+#[test]
+fn detached_writes_are_found_at_once_and_committed_soon() {
+    rt().block_on(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("d.sqlite");
+        let store = SqliteStore::open(&path, Duration::from_secs(5)).expect("open");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let e = entry("detached@x", 50 * DAY);
+        store.record_detached(
+            e.clone(),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        let q = Query {
+            ids: vec!["detached@x".into()],
+            since: 0,
+            ..Query::default()
+        };
+        let inline = store.lookup_inline(&q).expect("the file can be read");
+        assert_eq!(inline.by_id, vec![e.clone()], "seen before the commit");
+        assert_eq!(
+            store.lookup(q.clone()).await.expect("lookup").by_id.len(),
+            1
+        );
+
+        let done = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(10)))
+            .await
+            .expect("join")
+            .expect("the write is reported");
+        assert_eq!(done, Ok(()));
+        let other = rusqlite::Connection::open(&path).expect("open");
+        let n: i64 = other
+            .query_row(
+                "SELECT count(*) FROM entries WHERE message_id = 'detached@x'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(n, 1, "committed: another connection sees it");
+        let inline = store.lookup_inline(&q).expect("the file can be read");
+        assert_eq!(inline.by_id, vec![e], "found once after the commit");
+        let stats = store.stats().await.expect("stats");
+        assert_eq!((stats.entries, stats.lookups, stats.hits), (1, 3, 3));
+    });
+}

@@ -431,3 +431,63 @@ fn without_an_auto_forward_rule_the_redirect_rule_warns() {
         p.warnings
     );
 }
+
+/// The filter asks the ledger only for what a rule could use: parents for the downgrade rule's
+/// direction, copies (and the text digest) for outbound mail to a recipient rated below the
+/// scheme's top level, the digest also for inbound mail (a later copy is looked for by it).
+#[test]
+fn the_ledger_is_asked_only_what_a_rule_could_use() {
+    use markgate::policy::thread::{Needs, needs};
+    let p = policy(BUILTIN_POLICY);
+    assert_eq!(
+        needs(&p, &out(ALICE, &[INTERNET])),
+        Needs {
+            parents: true,
+            copies: true,
+            text: true
+        },
+        "outbound to the internet: a downgraded reply or a redirect may both show"
+    );
+    assert_eq!(
+        needs(&p, &inbound_env(&[ALICE])),
+        Needs {
+            parents: false,
+            copies: false,
+            text: true
+        },
+        "inbound: the downgrade rule covers outbound mail only; the digest is remembered"
+    );
+    // Every recipient rated at the top of the scheme: no earlier marking can be above it.
+    let top = variant(
+        "\"*.gcsx.gov.uk\" = \"RESTRICTED\"",
+        "\"*.gcsx.gov.uk\" = \"TOP SECRET\"",
+    );
+    assert_eq!(
+        needs(&top, &out(ALICE, &[GCSX])),
+        Needs {
+            parents: true,
+            copies: false,
+            text: false
+        }
+    );
+    assert!(needs(&top, &out(ALICE, &[GCSX, INTERNET])).copies);
+    // No [thread] at all: nothing.
+    let start = BUILTIN_POLICY
+        .find("\n[thread]")
+        .expect("[thread] in the shipped policy");
+    let end = BUILTIN_POLICY[start + 1..]
+        .find("\n[")
+        .map_or(BUILTIN_POLICY.len(), |i| start + 1 + i);
+    let mut without = BUILTIN_POLICY.to_owned();
+    // Drop [thread] and its sub-tables.
+    let mut cut_end = end;
+    while without[cut_end..].starts_with("\n[thread.") {
+        cut_end = without[cut_end + 1..]
+            .find("\n[")
+            .map_or(without.len(), |i| cut_end + 1 + i);
+    }
+    without.replace_range(start..cut_end, "");
+    let none = Policy::from_str("p.toml", &without).unwrap_or_else(|e| panic!("{e}"));
+    assert!(none.thread.is_none());
+    assert_eq!(needs(&none, &out(ALICE, &[INTERNET])), Needs::default());
+}

@@ -21,10 +21,11 @@ use crate::audit::AuditHandle;
 use crate::audit::event::{LedgerRecovered, LedgerUnavailable};
 use crate::inspect::thread::{ThreadKeys, hex, keys};
 use crate::ledger::{Backend, Clock, Entry, Found, Query, Store, SystemClock, Way, retention_secs};
+use crate::milter::ConnectionFacts;
 use crate::milter::handler::{Outcome, Verdict};
 use crate::policy::Policy;
 use crate::policy::decide::{Delivery, Direction};
-use crate::policy::thread::{OnUnavailable, ThreadEntry, ThreadFacts};
+use crate::policy::thread::{Needs, OnUnavailable, ThreadEntry, ThreadFacts, needs};
 use crate::transaction::Transaction;
 
 /// The ledger as the filter uses it: the store, the timeout, the clock and the outage state.
@@ -38,6 +39,8 @@ struct Inner {
     timeout: Duration,
     clock: Arc<dyn Clock>,
     audit: Option<AuditHandle>,
+    /// Where outage records are written from: the SQLite thread reports detached writes.
+    runtime: Option<tokio::runtime::Handle>,
     outage: std::sync::Mutex<Outage>,
 }
 
@@ -73,6 +76,7 @@ impl LedgerHandle {
                 timeout,
                 clock: Arc::new(SystemClock),
                 audit,
+                runtime: tokio::runtime::Handle::try_current().ok(),
                 outage: std::sync::Mutex::new(Outage::default()),
             }),
         }
@@ -142,13 +146,46 @@ impl LedgerHandle {
         keys: &ThreadKeys,
         retention_days: u32,
     ) -> Result<Found, crate::ledger::LedgerError> {
-        let query = Query {
-            ids: keys.references.iter().map(|(id, _)| id.clone()).collect(),
-            own_id: keys.message_id.clone(),
-            thread_indexes: keys.parent_indexes().iter().map(|b| hex(b)).collect(),
-            text: keys.digest.map(|d| (hex(&d), keys.subject.clone())),
-            since: self.inner.clock.now() - retention_secs(retention_days),
+        let all = Needs {
+            parents: true,
+            copies: true,
+            text: true,
         };
+        self.ask_for(keys, all, retention_days).await
+    }
+
+    /// Ask only what the rules could use (`needs`); nothing at all, and no trip to the
+    /// store, when that is nothing.
+    async fn ask_for(
+        &self,
+        keys: &ThreadKeys,
+        needs: Needs,
+        retention_days: u32,
+    ) -> Result<Found, crate::ledger::LedgerError> {
+        let mut query = Query {
+            since: self.inner.clock.now() - retention_secs(retention_days),
+            ..Query::default()
+        };
+        if needs.parents {
+            query.ids = keys.references.iter().map(|(id, _)| id.clone()).collect();
+            query.thread_indexes = keys.parent_indexes().iter().map(|b| hex(b)).collect();
+        }
+        if needs.copies {
+            query.own_id = keys.message_id.clone();
+            query.text = keys.digest.map(|d| (hex(&d), keys.subject.clone()));
+        }
+        if query.ids.is_empty()
+            && query.thread_indexes.is_empty()
+            && query.own_id.is_none()
+            && query.text.is_none()
+        {
+            return Ok(Found::default());
+        }
+        if let Backend::Sqlite(s) = &self.inner.store
+            && let Some(found) = s.lookup_inline(&query)
+        {
+            return Ok(found);
+        }
         match tokio::time::timeout(self.inner.timeout, self.inner.store.lookup(query)).await {
             Ok(r) => r,
             Err(_) => Err(crate::ledger::LedgerError(format!(
@@ -263,8 +300,8 @@ impl LedgerHandle {
     }
 
     fn audit(&self, event: AuditEvent) {
-        if let Some(audit) = self.inner.audit.clone() {
-            tokio::spawn(async move {
+        if let (Some(audit), Some(rt)) = (self.inner.audit.clone(), self.inner.runtime.as_ref()) {
+            rt.spawn(async move {
                 if let Err(e) = audit.record(event).await {
                     error!(error = %e, "ledger outage audit record not written");
                 }
@@ -293,14 +330,17 @@ pub(super) async fn consult(
     ledger: Option<&LedgerHandle>,
     policy: &Policy,
     tx: &Transaction,
+    conn: &ConnectionFacts,
 ) -> Result<(ThreadFacts, Option<ThreadKeys>), Box<Outcome>> {
     let (Some(ledger), Some(t)) = (ledger, policy.thread.as_ref()) else {
         return Ok((ThreadFacts::default(), None));
     };
+    let needs = needs(policy, &super::envelope::envelope_of(tx, conn));
     let headers = super::MessageSource::headers(tx);
-    // A body spilled to disk is not read again just for its digest: such a message is tied
-    // to earlier ones by its ids only.
-    let whole = if tx.is_spilled() {
+    // The text digest costs a parse of the whole message: only when a copy is looked for
+    // or this message may be looked for as one. A body spilled to disk is not read again
+    // just for it: such a message is tied to earlier ones by its ids only.
+    let whole = if tx.is_spilled() || !needs.text {
         None
     } else {
         tx.whole().ok()
@@ -316,7 +356,7 @@ pub(super) async fn consult(
         ..ThreadFacts::default()
     };
     let asked = if ledger.probing() {
-        ledger.ask(&k, t.retention_days).await
+        ledger.ask_for(&k, needs, t.retention_days).await
     } else {
         Err(crate::ledger::LedgerError(
             "unavailable (asked again once a second until it answers)".into(),
@@ -462,14 +502,22 @@ pub(super) async fn remember(
     let entry = entry_of(eval, &k, ledger.inner.clock.now())?;
     match memo.on_unavailable {
         OnUnavailable::FailOpen => {
-            let ledger = ledger.clone();
-            tokio::spawn(async move {
-                match ledger.write(entry, memo.retention_days).await {
-                    Ok(()) => ledger.worked(Op::Write),
-                    // The message was answered already: what is lost is memory, not mail.
-                    Err(e) => ledger.failed(Op::Write, &e.0, OnUnavailable::FailOpen),
+            let me = ledger.clone();
+            // The message is answered without waiting: what a failure loses is memory, not
+            // mail.
+            let done = move |r: Result<(), crate::ledger::LedgerError>| match r {
+                Ok(()) => me.worked(Op::Write),
+                Err(e) => me.failed(Op::Write, &e.0, OnUnavailable::FailOpen),
+            };
+            match ledger.store() {
+                Backend::Sqlite(s) => s.record_detached(entry, Box::new(done)),
+                Backend::Redis(_) => {
+                    let ledger = ledger.clone();
+                    tokio::spawn(
+                        async move { done(ledger.write(entry, memo.retention_days).await) },
+                    );
                 }
-            });
+            }
             None
         }
         OnUnavailable::Tempfail => match ledger.write(entry, memo.retention_days).await {

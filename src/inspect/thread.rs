@@ -253,7 +253,15 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 pub fn text_digest(whole: &[u8]) -> [u8; 32] {
     use mail_parser::{MessageParser, PartType};
     let mut h = Sha256::new();
-    match MessageParser::default().parse(whole) {
+    // Only the MIME headers shape the decoded text: a parser that skips the others (Received
+    // chains, addresses, dates) reads the same parts for a fraction of the work.
+    static PARSER: std::sync::OnceLock<MessageParser> = std::sync::OnceLock::new();
+    let parser = PARSER.get_or_init(|| {
+        MessageParser::new()
+            .with_mime_headers()
+            .default_header_ignore()
+    });
+    match parser.parse(whole) {
         Some(msg) => {
             for part in &msg.parts {
                 match &part.body {
@@ -304,10 +312,11 @@ fn split_body(whole: &[u8]) -> &[u8] {
 
 /// Lower-case hex, for keys and display.
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
     }
     s
 }

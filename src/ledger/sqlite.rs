@@ -18,11 +18,17 @@ use tokio::sync::oneshot;
 
 use super::{Entry, Found, LedgerError, Query, Stats, Store, Way};
 
+mod inline;
+
 /// Most entries committed in one transaction.
 const MAX_BATCH: usize = 512;
 /// Rows deleted per pruning step.
 const PRUNE_CHUNK: i64 = 2000;
 
+/// Only inbound entries are ever found by their text (a copy leaving is matched against what
+/// came in), so only they are in the text index: an outbound message changes one index page
+/// fewer. Files made before that had `entries_text` over every entry; it is dropped on open.
+///
 /// The indexes end in `way, time` so that "the newest inbound entries of this key" is read
 /// straight from the index even when one key has many entries (a message re-sent many times).
 const SCHEMA: &str = "
@@ -42,16 +48,39 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE INDEX IF NOT EXISTS entries_message_id ON entries(message_id, way, time);
 CREATE INDEX IF NOT EXISTS entries_thread_index ON entries(thread_index, time)
     WHERE thread_index IS NOT NULL;
-CREATE INDEX IF NOT EXISTS entries_text ON entries(digest, subject, way, time);
+CREATE INDEX IF NOT EXISTS entries_text_inbound ON entries(digest, subject, time)
+    WHERE way = 0;
 CREATE INDEX IF NOT EXISTS entries_time ON entries(time);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)
     WITHOUT ROWID;
 ";
 
-const COLUMNS: &str =
-    "message_id, thread_index, subject, digest, level, marking, qualifiers, way, domains, time";
+/// The columns every statement reads or writes, in `row_entry`'s order. A macro, not a const,
+/// so the statements below are literals: building their text for each call cost more than
+/// running them.
+macro_rules! columns {
+    () => {
+        "message_id, thread_index, subject, digest, level, marking, qualifiers, way, domains, time"
+    };
+}
+
+/// The newest entries of one key (`?1`) since `?2`.
+macro_rules! newest {
+    ($condition:literal) => {
+        concat!(
+            "SELECT ",
+            columns!(),
+            " FROM entries WHERE ",
+            $condition,
+            " AND time >= ?2 ORDER BY time DESC LIMIT 4"
+        )
+    };
+}
 
 type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
+
+/// Told once a detached write ([`SqliteStore::record_detached`]) is committed or has failed.
+pub type Done = Box<dyn FnOnce(Result<(), LedgerError>) + Send>;
 
 enum Job {
     Record(Box<Entry>, Reply<()>),
@@ -60,12 +89,59 @@ enum Job {
     ById(String, Reply<Vec<Entry>>),
     Prune(i64, Reply<u64>),
     Stats(Reply<Stats>),
+    /// Detached writes are waiting and the thread was idle.
+    Nudge,
 }
+
+/// What the store's handles and its thread share.
+#[derive(Default)]
+struct Shared {
+    mem: std::sync::Mutex<Mem>,
+    /// The thread is blocked waiting for a job with no transaction open.
+    parked: std::sync::atomic::AtomicBool,
+    /// Lookups and hits not yet added to the `counters` table.
+    lookups: std::sync::atomic::AtomicU64,
+    hits: std::sync::atomic::AtomicU64,
+}
+
+/// Entries other connections to the file cannot see yet. Lookups on the callers' threads
+/// ([`inline`]) read these as well as the file, so a message is found from the moment it
+/// was answered.
+#[derive(Default)]
+struct Mem {
+    /// Detached writes not yet taken by the thread. They are not sent as jobs: the thread
+    /// takes them when it wakes anyway (a lookup, its commit timer), which saves a wake-up
+    /// per message; it is nudged only when it sleeps with nothing open.
+    pending: Vec<(Entry, Done)>,
+    /// Entries the thread has written into its open transaction, oldest first.
+    unseen: VecDeque<Entry>,
+}
+
+impl Shared {
+    fn mem(&self) -> std::sync::MutexGuard<'_, Mem> {
+        self.mem.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Most detached writes that may wait for a stuck ledger thread; past this a write fails at
+/// once (an outage: audited, and the entry is lost, never the mail).
+const MAX_PENDING: usize = 100_000;
+
+/// How long entries may sit in an open transaction before it is committed. Commits are the
+/// ledger's main cost (every changed page goes to the WAL), so at low concurrency grouping
+/// a few milliseconds of messages into one commit halves its CPU per message. Lookups on this
+/// thread see the open transaction, so thread checks never miss a message for it; another
+/// process (`markgate ledger lookup`) sees entries this much later, and a crash of markgate
+/// forgets at most this much (memory, not mail).
+const COMMIT_AFTER: Duration = Duration::from_millis(25);
 
 /// A handle on the ledger thread. Cheap to share; the thread ends when the last handle goes.
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
+    shared: std::sync::Arc<Shared>,
     path: PathBuf,
+    /// Tells this store's cached reader connections from another store's.
+    id: u64,
 }
 
 impl SqliteStore {
@@ -84,16 +160,21 @@ impl SqliteStore {
         }
         let conn = open_connection(path, busy)?;
         let (jobs, rx) = mpsc::channel();
+        let shared = std::sync::Arc::new(Shared::default());
+        let theirs = shared.clone();
         let display = path.display().to_string();
         std::thread::Builder::new()
             .name("markgate-ledger".into())
-            .spawn(move || Worker::new(conn).run(rx))
+            .spawn(move || Worker::new(conn, theirs).run(rx))
             .map_err(|e| {
                 LedgerError(format!("cannot start the ledger thread for {display}: {e}"))
             })?;
+        static STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Ok(SqliteStore {
             jobs,
+            shared,
             path: path.to_path_buf(),
+            id: STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -102,8 +183,44 @@ impl SqliteStore {
         self.ask(|r| Job::Many(entries, r)).await
     }
 
+    /// Remember an entry without waiting: `done` is called on the ledger thread once the
+    /// entry is committed (within [`COMMIT_AFTER`]) or has failed. Lookups see it at once.
+    pub fn record_detached(&self, entry: Entry, done: Done) {
+        use std::sync::atomic::Ordering;
+        let mut mem = self.shared.mem();
+        if mem.pending.len() >= MAX_PENDING {
+            drop(mem);
+            done(Err(LedgerError(format!(
+                "{MAX_PENDING} entries are waiting for the ledger thread"
+            ))));
+            return;
+        }
+        mem.pending.push((entry, done));
+        drop(mem);
+        if self.shared.parked.swap(false, Ordering::SeqCst) && self.jobs.send(Job::Nudge).is_err() {
+            let taken = std::mem::take(&mut self.shared.mem().pending);
+            for (_, done) in taken {
+                done(Err(LedgerError("the ledger thread has stopped".into())));
+            }
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Look up on the calling thread, without a trip to the ledger thread: what the file
+    /// holds (through this thread's own read connection) plus what is not committed yet.
+    /// `None` when the file cannot be read at once (locked, gone): ask the thread instead,
+    /// which waits up to the timeout.
+    pub fn lookup_inline(&self, q: &Query) -> Option<Found> {
+        use std::sync::atomic::Ordering;
+        let found = inline::lookup(self.id, &self.path, &self.shared, q)?;
+        self.shared.lookups.fetch_add(1, Ordering::Relaxed);
+        if !found.is_empty() {
+            self.shared.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(found)
     }
 
     async fn ask<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, LedgerError> {
@@ -144,6 +261,14 @@ fn open_connection(path: &Path, busy: Duration) -> Result<Connection, LedgerErro
     )
     .map_err(err)?;
     conn.busy_timeout(busy).map_err(err)?;
+    // The bundled SQLite is built with STAT4, which marks bound parameters "re-plan when the
+    // value changes": every lookup was parsed and planned again (a third of the ledger
+    // thread's time). The plans here do not depend on the values, so hold them stable.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map_err(err)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
         .map_err(err)?;
@@ -162,39 +287,77 @@ fn open_connection(path: &Path, busy: Duration) -> Result<Connection, LedgerErro
     )
     .map_err(err)?;
     // Creating the schema is also the check that the file is writable now.
-    conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
-        .map_err(err)?;
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {SCHEMA} DROP INDEX IF EXISTS entries_text; COMMIT;"
+    ))
+    .map_err(err)?;
     Ok(conn)
+}
+
+/// The open write transaction: when it began and who waits for its commit.
+struct Open {
+    since: std::time::Instant,
+    entries: usize,
+    /// How many of them are in `Mem::unseen`.
+    unseen: usize,
+    waiting: Vec<Reply<()>>,
+    detached: Vec<Done>,
 }
 
 struct Worker {
     conn: Connection,
-    /// Lookups and hits not yet added to the `counters` table.
-    lookups: u64,
-    hits: u64,
+    shared: std::sync::Arc<Shared>,
+    open: Option<Open>,
 }
 
 impl Worker {
-    fn new(conn: Connection) -> Self {
+    fn new(conn: Connection, shared: std::sync::Arc<Shared>) -> Self {
         Worker {
             conn,
-            lookups: 0,
-            hits: 0,
+            shared,
+            open: None,
         }
     }
 
+    /// Serve jobs until the last handle goes. Writes go into one open transaction, committed
+    /// [`COMMIT_AFTER`] after it began, when [`MAX_BATCH`] entries wait, or at once when a
+    /// caller waits for its write; everything else is served in or beside it.
     fn run(mut self, rx: mpsc::Receiver<Job>) {
+        use std::sync::atomic::Ordering;
         let mut queue: VecDeque<Job> = VecDeque::new();
         loop {
             let job = match queue.pop_front() {
-                Some(j) => j,
-                None => match rx.recv() {
-                    Ok(j) => j,
-                    Err(_) => break,
+                Some(j) => Some(j),
+                None => match &self.open {
+                    Some(open) => {
+                        match rx.recv_timeout(COMMIT_AFTER.saturating_sub(open.since.elapsed())) {
+                            Ok(j) => Some(j),
+                            Err(mpsc::RecvTimeoutError::Timeout) => None,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        }
+                    }
+                    None => {
+                        self.shared.parked.store(true, Ordering::SeqCst);
+                        if !self.shared.mem().pending.is_empty() {
+                            self.shared.parked.store(false, Ordering::SeqCst);
+                            None
+                        } else {
+                            match rx.recv() {
+                                Ok(j) => {
+                                    self.shared.parked.store(false, Ordering::SeqCst);
+                                    Some(j)
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
                 },
             };
+            self.take_pending();
             match job {
-                Job::Record(e, r) => {
+                None | Some(Job::Nudge) => {}
+                Some(Job::Record(e, r)) => {
+                    // A caller waits: take every waiting record, then commit now.
                     let mut batch = vec![(e, r)];
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
@@ -206,60 +369,114 @@ impl Worker {
                             Err(_) => break,
                         }
                     }
-                    let result = self.write(batch.iter().map(|(e, _)| &**e));
-                    for (_, r) in batch {
-                        let _ = r.send(result.clone());
+                    for (e, r) in batch {
+                        match self.insert(std::iter::once(&*e)) {
+                            Ok(()) => self.open_mut().map_or((), |o| o.waiting.push(r)),
+                            Err(err) => {
+                                let _ = r.send(Err(err));
+                            }
+                        }
                     }
+                    self.commit();
                 }
-                Job::Prune(before, r) => {
+                Some(Job::Prune(before, r)) => {
+                    self.commit();
                     let result = self.prune(before, &rx, &mut queue);
                     let _ = r.send(result);
                 }
-                other => self.serve(other),
+                Some(other) => self.serve(other),
+            }
+            let due = self
+                .open
+                .as_ref()
+                .is_some_and(|o| o.since.elapsed() >= COMMIT_AFTER || o.entries >= MAX_BATCH);
+            if due {
+                self.commit();
             }
         }
-        let _ = self.write(std::iter::empty());
+        self.take_pending();
+        self.commit();
+        let _ = self.flush_counters();
     }
 
-    /// Everything but records (batched in `run`) and prunes.
-    fn serve(&mut self, job: Job) {
-        match job {
-            Job::Record(e, r) => {
-                let _ = r.send(self.write(std::iter::once(&*e)));
+    /// Move the detached writes into the open transaction. They stay visible to inline
+    /// lookups throughout: moved from `pending` to `unseen` under one lock, and out of
+    /// `unseen` only once committed (or failed).
+    fn take_pending(&mut self) {
+        let taken = {
+            let mut mem = self.shared.mem();
+            if mem.pending.is_empty() {
+                return;
             }
-            Job::Many(es, r) => {
-                let _ = r.send(self.write(es.iter()));
-            }
-            Job::Lookup(q, r) => {
-                let result = self.lookup(&q);
-                if result.is_ok() {
-                    self.lookups += 1;
-                    if result.as_ref().is_ok_and(|f| !f.is_empty()) {
-                        self.hits += 1;
-                    }
+            let taken = std::mem::take(&mut mem.pending);
+            mem.unseen.extend(taken.iter().map(|(e, _)| e.clone()));
+            taken
+        };
+        let n = taken.len();
+        match self.insert(taken.iter().map(|(e, _)| e)) {
+            Ok(()) => {
+                if let Some(open) = self.open_mut() {
+                    open.unseen += n;
+                    open.detached.extend(taken.into_iter().map(|(_, d)| d));
                 }
-                let _ = r.send(result);
             }
-            Job::ById(id, r) => {
-                let _ = r.send(self.select("message_id = ?1", &id, i64::MIN));
-            }
-            Job::Stats(r) => {
-                let _ = r.send(self.stats());
-            }
-            Job::Prune(_, r) => {
-                // Only reached for a prune asked while another runs: that one covers it.
-                let _ = r.send(Ok(0));
+            Err(err) => {
+                // `insert` rolled back and forgot the older unseen ones; these go too.
+                let mut mem = self.shared.mem();
+                let keep = mem.unseen.len().saturating_sub(n);
+                mem.unseen.truncate(keep);
+                drop(mem);
+                for (_, done) in taken {
+                    done(Err(err.clone()));
+                }
             }
         }
     }
 
-    fn write<'e>(&mut self, entries: impl Iterator<Item = &'e Entry>) -> Result<(), LedgerError> {
-        let (lookups, hits) = (self.lookups, self.hits);
-        let tx = self.conn.transaction().map_err(LedgerError::new)?;
-        {
-            let mut insert = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO entries ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    /// The open transaction's entries are in the file now, or never will be.
+    fn forget_unseen(&self, open: &Open) {
+        if open.unseen > 0 {
+            let mut mem = self.shared.mem();
+            let n = open.unseen.min(mem.unseen.len());
+            mem.unseen.drain(..n);
+        }
+    }
+
+    fn open_mut(&mut self) -> Option<&mut Open> {
+        self.open.as_mut()
+    }
+
+    /// Begin the write transaction unless one is open. On failure nothing is open.
+    fn begin(&mut self) -> Result<(), LedgerError> {
+        if self.open.is_none() {
+            self.conn
+                .prepare_cached("BEGIN IMMEDIATE")
+                .and_then(|mut b| b.execute([]))
+                .map_err(LedgerError::new)?;
+            self.open = Some(Open {
+                since: std::time::Instant::now(),
+                entries: 0,
+                unseen: 0,
+                waiting: Vec::new(),
+                detached: Vec::new(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Insert into the open transaction (beginning one). A failed insert rolls the whole
+    /// transaction back and fails everyone waiting on it: a partial commit would report
+    /// entries remembered that are not.
+    fn insert<'e>(&mut self, entries: impl Iterator<Item = &'e Entry>) -> Result<(), LedgerError> {
+        self.begin()?;
+        let mut n = 0;
+        let result = (|| {
+            let mut insert = self
+                .conn
+                .prepare_cached(concat!(
+                    "INSERT INTO entries (",
+                    columns!(),
+                    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
                 ))
                 .map_err(LedgerError::new)?;
             for e in entries {
@@ -280,81 +497,162 @@ impl Worker {
                         e.time,
                     ])
                     .map_err(LedgerError::new)?;
+                n += 1;
             }
-            if lookups > 0 {
-                let mut add = tx
-                    .prepare_cached(
-                        "INSERT INTO counters (name, value) VALUES (?1, ?2)
-                         ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                    )
-                    .map_err(LedgerError::new)?;
-                add.execute(params!["lookups", lookups as i64])
-                    .map_err(LedgerError::new)?;
-                add.execute(params!["hits", hits as i64])
-                    .map_err(LedgerError::new)?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                if let Some(open) = self.open_mut() {
+                    open.entries += n;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.rollback(&e);
+                Err(e)
             }
         }
-        tx.commit().map_err(LedgerError::new)?;
-        self.lookups -= lookups;
-        self.hits -= hits;
+    }
+
+    /// Commit the open transaction (with the lookup counters) and tell everyone waiting.
+    fn commit(&mut self) {
+        use std::sync::atomic::Ordering;
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        let lookups = self.shared.lookups.swap(0, Ordering::Relaxed);
+        let hits = self.shared.hits.swap(0, Ordering::Relaxed);
+        let result = self
+            .add_counters(lookups, hits)
+            .and_then(|()| run(&self.conn, "COMMIT"));
+        if result.is_err() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            self.shared.lookups.fetch_add(lookups, Ordering::Relaxed);
+            self.shared.hits.fetch_add(hits, Ordering::Relaxed);
+        }
+        self.forget_unseen(&open);
+        for r in open.waiting {
+            let _ = r.send(result.clone());
+        }
+        for done in open.detached {
+            done(result.clone());
+        }
+    }
+
+    fn rollback(&mut self, why: &LedgerError) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+        if let Some(open) = self.open.take() {
+            self.forget_unseen(&open);
+            for r in open.waiting {
+                let _ = r.send(Err(why.clone()));
+            }
+            for done in open.detached {
+                done(Err(why.clone()));
+            }
+        }
+    }
+
+    fn add_counters(&self, lookups: u64, hits: u64) -> Result<(), LedgerError> {
+        if lookups == 0 {
+            return Ok(());
+        }
+        let mut add = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO counters (name, value) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            )
+            .map_err(LedgerError::new)?;
+        add.execute(params!["lookups", lookups as i64])
+            .map_err(LedgerError::new)?;
+        add.execute(params!["hits", hits as i64])
+            .map_err(LedgerError::new)?;
         Ok(())
     }
 
-    fn select(
-        &self,
-        condition: &str,
-        key: &dyn rusqlite::ToSql,
-        since: i64,
-    ) -> Result<Vec<Entry>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM entries WHERE {condition} AND time >= ?2 ORDER BY time DESC LIMIT 4"
-            ))
-            .map_err(LedgerError::new)?;
-        let rows = stmt
-            .query_map(params![key, since], row_entry)
-            .map_err(LedgerError::new)?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .map_err(LedgerError::new)
+    /// Write the lookup counters in a transaction of their own (at shutdown).
+    fn flush_counters(&mut self) -> Result<(), LedgerError> {
+        if self
+            .shared
+            .lookups
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            return Ok(());
+        }
+        self.begin()?;
+        self.commit();
+        Ok(())
     }
 
-    fn lookup(&self, q: &Query) -> Result<Found, LedgerError> {
-        let mut found = Found::default();
-        for id in &q.ids {
-            found
-                .by_id
-                .extend(self.select("message_id = ?1", id, q.since)?);
-        }
-        if let Some(id) = &q.own_id {
-            found
-                .by_id
-                .extend(self.select("message_id = ?1 AND way = 0", id, q.since)?);
-        }
-        for ti in &q.thread_indexes {
-            if let Some(bytes) = unhex(ti) {
-                found
-                    .by_thread_index
-                    .extend(self.select("thread_index = ?1", &bytes, q.since)?);
+    /// Everything but records (batched in `run`) and prunes.
+    fn serve(&mut self, job: Job) {
+        match job {
+            Job::Record(e, r) => {
+                let result = self.insert(std::iter::once(&*e));
+                match result {
+                    Ok(()) => {
+                        if let Some(open) = self.open_mut() {
+                            open.waiting.push(r);
+                        }
+                        self.commit();
+                    }
+                    Err(e) => {
+                        let _ = r.send(Err(e));
+                    }
+                }
             }
+            Job::Many(es, r) => {
+                let result = self.insert(es.iter());
+                match result {
+                    Ok(()) => {
+                        if let Some(open) = self.open_mut() {
+                            open.waiting.push(r);
+                        }
+                        self.commit();
+                    }
+                    Err(e) => {
+                        let _ = r.send(Err(e));
+                    }
+                }
+            }
+            Job::Lookup(q, r) => {
+                let result = self.read(|c| lookup(c, &q));
+                if let Ok(found) = &result {
+                    use std::sync::atomic::Ordering;
+                    self.shared.lookups.fetch_add(1, Ordering::Relaxed);
+                    if !found.is_empty() {
+                        self.shared.hits.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                let _ = r.send(result);
+            }
+            Job::ById(id, r) => {
+                let _ = r.send(self.read(|c| select(c, newest!("message_id = ?1"), &id, i64::MIN)));
+            }
+            Job::Stats(r) => {
+                self.commit();
+                let _ = r.send(self.stats());
+            }
+            Job::Prune(_, r) => {
+                // Only reached for a prune asked while another runs: that one covers it.
+                let _ = r.send(Ok(0));
+            }
+            Job::Nudge => {}
         }
-        if let Some((digest, subject)) = &q.text
-            && let Some(d) = unhex(digest)
-        {
-            let mut stmt = self
-                .conn
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM entries WHERE digest = ?1 AND subject = ?2 AND way = 0 AND time >= ?3 ORDER BY time DESC LIMIT 4"
-                ))
-                .map_err(LedgerError::new)?;
-            let rows = stmt
-                .query_map(params![d, subject, q.since], row_entry)
-                .map_err(LedgerError::new)?;
-            found.by_text = rows
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(LedgerError::new)?;
+    }
+
+    /// Run reads in one read transaction (one round of file locks instead of one per
+    /// statement), or inside the open write transaction, which they then see.
+    fn read<T>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        if self.open.is_some() {
+            return f(&self.conn);
         }
-        Ok(found)
+        in_read_transaction(&self.conn, f)
     }
 
     /// Delete in chunks; between chunks, answer whatever else is waiting.
@@ -420,10 +718,97 @@ impl Worker {
             entries: entries.max(0) as u64,
             bytes: size(&path) + size(Path::new(&wal)),
             oldest,
-            lookups: counter("lookups")? + self.lookups,
-            hits: counter("hits")? + self.hits,
+            lookups: counter("lookups")?
+                + self
+                    .shared
+                    .lookups
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            hits: counter("hits")? + self.shared.hits.load(std::sync::atomic::Ordering::Relaxed),
         })
     }
+}
+
+fn select(
+    conn: &Connection,
+    sql: &'static str,
+    key: &dyn rusqlite::ToSql,
+    since: i64,
+) -> Result<Vec<Entry>, LedgerError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(LedgerError::new)?;
+    let rows = stmt
+        .query_map(params![key, since], row_entry)
+        .map_err(LedgerError::new)?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(LedgerError::new)
+}
+
+/// What the file holds for a query (the thread's lookups and the inline ones).
+fn lookup(conn: &Connection, q: &Query) -> Result<Found, LedgerError> {
+    let mut found = Found::default();
+    for id in &q.ids {
+        found
+            .by_id
+            .extend(select(conn, newest!("message_id = ?1"), id, q.since)?);
+    }
+    if let Some(id) = &q.own_id {
+        found.by_id.extend(select(
+            conn,
+            newest!("message_id = ?1 AND way = 0"),
+            id,
+            q.since,
+        )?);
+    }
+    for ti in &q.thread_indexes {
+        if let Some(bytes) = unhex(ti) {
+            found.by_thread_index.extend(select(
+                conn,
+                newest!("thread_index = ?1"),
+                &bytes,
+                q.since,
+            )?);
+        }
+    }
+    if let Some((digest, subject)) = &q.text
+        && let Some(d) = unhex(digest)
+    {
+        let mut stmt = conn
+            .prepare_cached(concat!(
+                "SELECT ",
+                columns!(),
+                " FROM entries WHERE digest = ?1 AND subject = ?2 AND way = 0 AND time >= ?3",
+                " ORDER BY time DESC LIMIT 4"
+            ))
+            .map_err(LedgerError::new)?;
+        let rows = stmt
+            .query_map(params![d, subject, q.since], row_entry)
+            .map_err(LedgerError::new)?;
+        found.by_text = rows
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(LedgerError::new)?;
+    }
+    Ok(found)
+}
+
+/// Run one statement kept prepared (parsing BEGIN and COMMIT anew each time showed up in
+/// profiles).
+fn run(conn: &Connection, sql: &'static str) -> Result<(), LedgerError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(|_| ())
+        .map_err(LedgerError::new)
+}
+
+/// Run reads in one read transaction: one round of file locks instead of one per statement.
+fn in_read_transaction<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, LedgerError>,
+) -> Result<T, LedgerError> {
+    run(conn, "BEGIN")?;
+    let result = f(conn);
+    if run(conn, "COMMIT").is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    result
 }
 
 fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {

@@ -727,7 +727,7 @@ pub(crate) fn domain_of(addr: &str) -> &str {
     a.rsplit_once('@').map_or("", |(_, d)| d)
 }
 
-fn direction(policy: &Policy, env: &Envelope) -> (Direction, String) {
+pub(crate) fn direction(policy: &Policy, env: &Envelope) -> (Direction, String) {
     for w in &policy.domains.outbound_when {
         match w {
             OutboundWhen::Network => {

@@ -128,6 +128,44 @@ pub struct ThreadFacts {
     pub unavailable: Option<String>,
 }
 
+/// Which of the ledger's answers the thread rules could use for a message with this
+/// envelope, so the filter asks only for those (and not at all when neither applies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Entries named by the message's reference headers or Thread-Index: the downgrade rule
+    /// covers the message's direction.
+    pub parents: bool,
+    /// Inbound entries with the message's Message-ID, or its text and subject: the message
+    /// goes out, a redirect rule exists, and some recipient is rated below the scheme's top
+    /// level (else no earlier marking can be above its ceiling).
+    pub copies: bool,
+    /// The message's text digest is wanted: to look for copies, or because the message comes
+    /// in and a later copy may be looked for by it.
+    pub text: bool,
+}
+
+/// What [`check`] could use of the ledger for a message with `envelope` (pure).
+pub fn needs(policy: &Policy, envelope: &Envelope) -> Needs {
+    let Some(t) = &policy.thread else {
+        return Needs::default();
+    };
+    let (direction, _) = super::decide::direction(policy, envelope);
+    let top = policy.scheme.vocab.levels.len().saturating_sub(1);
+    let redirects = t
+        .redirect_rules
+        .iter()
+        .any(|r| r.direction.includes(Direction::Outbound));
+    let below_top = envelope.recipients.iter().any(|r| {
+        let domain = super::decide::domain_of(r).to_ascii_lowercase();
+        policy.domains.ceiling(&domain).0 < top
+    });
+    Needs {
+        parents: t.downgrade.direction.includes(direction),
+        copies: direction == Direction::Outbound && redirects && below_top,
+        text: redirects && (direction == Direction::Inbound || below_top),
+    }
+}
+
 /// Where `check` writes what it finds: `decide`'s own working lists.
 pub(super) struct Found<'a, 'p> {
     pub hits: &'a mut Vec<RuleHit>,
