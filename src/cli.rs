@@ -29,6 +29,7 @@ use clap::{Parser, Subcommand};
 
 /// `markgate ledger …`, `policy test --ledger` and the daemon's ledger (issue 12).
 mod ledger;
+mod messages;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
@@ -701,28 +702,17 @@ fn policy_test(
             return EXIT_USAGE;
         }
     };
-    let mut code = EXIT_OK;
-    for path in messages {
-        let name = path.display().to_string();
-        let raw = match std::fs::read(path) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("markgate: cannot read {name}: {e}");
-                code = EXIT_RUNTIME;
-                continue;
-            }
-        };
-        let eval = match filter::evaluate(&policy, envelope.clone(), &RawSource::new(&raw)) {
+    messages::for_each(messages, |name, raw| {
+        let eval = match filter::evaluate(&policy, envelope.clone(), &RawSource::new(raw)) {
             Ok(e) => e,
             Err(e) => {
                 eprintln!("markgate: {name}: {e} (the daemon would answer 451 4.3.0)");
-                code = EXIT_RUNTIME;
-                continue;
+                return std::ops::ControlFlow::Continue(false);
             }
         };
-        report(&name, &eval, json);
-    }
-    code
+        report(name, &eval, json);
+        std::ops::ControlFlow::Continue(true)
+    })
 }
 
 /// Print one evaluated message the way `markgate policy test` shows it (text or JSON).

@@ -266,6 +266,13 @@ fn known_trail() -> Chain {
     c
 }
 
+/// [`known_trail`] written to `audit.jsonl` in `dir`.
+fn known_trail_in(dir: &Path) -> PathBuf {
+    let trail = dir.join("audit.jsonl");
+    known_trail().write(&trail);
+    trail
+}
+
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("markgate-evidence-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -283,6 +290,18 @@ fn markgate(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `markgate audit report --evidence ARGS… FILES…`.
+fn evidence(args: &[&str], files: &[&Path]) -> (i32, String, String) {
+    let mut all = vec!["audit", "report", "--evidence"];
+    all.extend_from_slice(args);
+    all.extend(files.iter().map(|f| path(f)));
+    markgate(&all)
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("path")
 }
 
 fn row<'a>(json: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
@@ -448,16 +467,8 @@ fn check_full_json(j: &serde_json::Value) {
 #[test]
 fn json_holds_the_known_figures() {
     let dir = tmpdir("json");
-    let trail = dir.join("audit.jsonl");
-    known_trail().write(&trail);
-    let (code, out, err) = markgate(&[
-        "audit",
-        "report",
-        "--evidence",
-        "--format",
-        "json",
-        trail.to_str().expect("path"),
-    ]);
+    let trail = known_trail_in(&dir);
+    let (code, out, err) = evidence(&["--format", "json"], &[&trail]);
     assert_eq!(code, 0, "{err}");
     let j: serde_json::Value = serde_json::from_str(&out).expect("json");
     check_full_json(&j);
@@ -467,20 +478,11 @@ fn json_holds_the_known_figures() {
 #[test]
 fn a_period_counts_only_its_days_but_late_alerts_still_count() {
     let dir = tmpdir("period");
-    let trail = dir.join("audit.jsonl");
-    known_trail().write(&trail);
-    let (code, out, err) = markgate(&[
-        "audit",
-        "report",
-        "--evidence",
-        "--format",
-        "json",
-        "--since",
-        DAY2,
-        "--until",
-        DAY2,
-        trail.to_str().expect("path"),
-    ]);
+    let trail = known_trail_in(&dir);
+    let (code, out, err) = evidence(
+        &["--format", "json", "--since", DAY2, "--until", DAY2],
+        &[&trail],
+    );
     assert_eq!(code, 0, "{err}");
     let j: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(j["messages"], 6);
@@ -515,19 +517,9 @@ fn a_period_counts_only_its_days_but_late_alerts_still_count() {
 #[test]
 fn markdown_has_the_sections_and_the_table() {
     let dir = tmpdir("md");
-    let trail = dir.join("audit.jsonl");
+    let trail = known_trail_in(&dir);
     let out_file = dir.join("report.md");
-    known_trail().write(&trail);
-    let (code, _, err) = markgate(&[
-        "audit",
-        "report",
-        "--evidence",
-        "--format",
-        "md",
-        "-o",
-        out_file.to_str().expect("path"),
-        trail.to_str().expect("path"),
-    ]);
+    let (code, _, err) = evidence(&["--format", "md", "-o", path(&out_file)], &[&trail]);
     assert_eq!(code, 0, "{err}");
     let md = std::fs::read_to_string(&out_file).expect("md");
     assert!(md.contains("## Audit trail integrity: verified"), "{md}");
@@ -569,8 +561,7 @@ fn break_line_5(trail: &Path) {
 #[test]
 fn a_broken_chain_is_reported_first_in_every_format_and_exits_1() {
     let dir = tmpdir("broken");
-    let trail = dir.join("audit.jsonl");
-    known_trail().write(&trail);
+    let trail = known_trail_in(&dir);
     break_line_5(&trail);
     let t = trail.to_str().expect("path");
 
@@ -616,18 +607,9 @@ fn a_broken_chain_is_reported_first_in_every_format_and_exits_1() {
 #[test]
 fn a_missing_file_is_a_chain_problem_not_a_missing_report() {
     let dir = tmpdir("missing");
-    let trail = dir.join("audit.jsonl");
-    known_trail().write(&trail);
+    let trail = known_trail_in(&dir);
     let gone = dir.join("audit.jsonl.1");
-    let (code, out, _) = markgate(&[
-        "audit",
-        "report",
-        "--evidence",
-        "--format",
-        "json",
-        gone.to_str().expect("path"),
-        trail.to_str().expect("path"),
-    ]);
+    let (code, out, _) = evidence(&["--format", "json"], &[&gone, &trail]);
     assert_eq!(code, 1);
     let j: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(j["chain"]["intact"], false);
@@ -735,19 +717,9 @@ fn html_renders_in_chromium_with_the_expected_figures() {
     let Some(browser) = browser(&dir) else {
         return;
     };
-    let trail = dir.join("audit.jsonl");
+    let trail = known_trail_in(&dir);
     let page = dir.join("report.html");
-    known_trail().write(&trail);
-    let (code, _, err) = markgate(&[
-        "audit",
-        "report",
-        "--evidence",
-        "--format",
-        "html",
-        "-o",
-        page.to_str().expect("path"),
-        trail.to_str().expect("path"),
-    ]);
+    let (code, _, err) = evidence(&["--format", "html", "-o", path(&page)], &[&trail]);
     assert_eq!(code, 0, "{err}");
     let html = std::fs::read_to_string(&page).expect("html");
     assert!(!html.contains("<script"), "no JavaScript");
@@ -833,18 +805,10 @@ fn a_broken_chain_renders_red_in_chromium() {
     let Some(browser) = browser(&dir) else {
         return;
     };
-    let trail = dir.join("audit.jsonl");
+    let trail = known_trail_in(&dir);
     let page = dir.join("report.html");
-    known_trail().write(&trail);
     break_line_5(&trail);
-    let (code, _, _) = markgate(&[
-        "audit",
-        "report",
-        "--evidence",
-        "-o",
-        page.to_str().expect("path"),
-        trail.to_str().expect("path"),
-    ]);
+    let (code, _, _) = evidence(&["-o", path(&page)], &[&trail]);
     assert_eq!(code, 1);
     let shot = dir.join("broken.png");
     // A small window: only the top of the page, where the red verification box is.

@@ -60,16 +60,9 @@ impl Gateway {
 
     /// swaks as a person would type it (no data suppression), against this Postfix.
     fn swaks(&self, args: &[&str]) -> (i32, String) {
-        let out = Command::new(peers::tool("swaks"))
-            .args(["--server", &format!("127.0.0.1:{}", self.pf.smtp_port)])
-            .args(["--helo", "client.example-council.gcsx.gov.uk"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run swaks");
-        let mut dialog = String::from_utf8_lossy(&out.stdout).into_owned();
-        dialog.push_str(&String::from_utf8_lossy(&out.stderr));
-        (out.status.code().unwrap_or(-1), dialog)
+        let client = ["--helo", "client.example-council.gcsx.gov.uk"];
+        let r = support::mta::swaks(self.pf.smtp_port, &[&client[..], args].concat());
+        (r.code, r.dialog)
     }
 
     fn delivered_to(&self, rcpt: &str) -> Delivered {

@@ -30,9 +30,10 @@ use std::time::{Duration, Instant};
 
 use markgate::config::Config;
 use markgate::filter::{self, Filter, Notices, RawSource};
-use markgate::policy::{Envelope, Policy};
+use markgate::policy::Policy;
 use support::enforce::{
-    Scenario, as_postfix_sends, end_of_data_reply, message_id, normalise, policy_path, scenarios,
+    Scenario, as_postfix_sends, check_notice, end_of_data_reply, message_id, normalise,
+    policy_path, scenarios,
 };
 use support::markgate::Milter;
 use support::postfix::{Delivered, Postfix, PostfixConfig, TOOLS, crlf_to_lf};
@@ -124,23 +125,8 @@ fn send(pf: &Postfix, s: &Scenario) -> support::postfix::SwaksResult {
 fn check(st: &Stack, s: &Scenario, r: &support::postfix::SwaksResult) -> Vec<String> {
     let mut problems = Vec::new();
     let data_reply = end_of_data_reply(r);
-    let envelope = Envelope {
-        sender: s.case.from.clone(),
-        recipients: s.case.to.clone(),
-        client_ip: Some(
-            s.case
-                .client
-                .as_deref()
-                .unwrap_or("127.0.0.1")
-                .parse()
-                .expect("client ip"),
-        ),
-        auth_user: None,
-        daemon_name: None,
-        next_hops: Vec::new(),
-    };
     let wire = as_postfix_sends(&s.input);
-    let eval = filter::evaluate(&st.policy, envelope, &RawSource::new(&wire))
+    let eval = filter::evaluate(&st.policy, s.envelope(), &RawSource::new(&wire))
         .expect("the pipeline decides");
     match s.case.expect.as_str() {
         "reject" => {
@@ -160,14 +146,7 @@ fn check(st: &Stack, s: &Scenario, r: &support::postfix::SwaksResult) -> Vec<Str
             let id = message_id(&s.input);
             let got = wait_for(&st.pf, &id, 1);
             let d = &got[0];
-            let mut want_rcpts: Vec<String> = s
-                .case
-                .to
-                .iter()
-                .filter(|t| !removed.contains(&t.as_str()))
-                .cloned()
-                .collect();
-            want_rcpts.sort();
+            let want_rcpts = s.kept_recipients(&removed);
             let mut rcpts = d.recipients();
             rcpts.sort();
             if rcpts != want_rcpts {
@@ -242,23 +221,12 @@ fn check(st: &Stack, s: &Scenario, r: &support::postfix::SwaksResult) -> Vec<Str
                 // The sender is told, from the null sender, through the same gateway.
                 let notice = wait_notice(&st.pf, &s.case.from);
                 let nt = String::from_utf8_lossy(&notice.message);
-                for r in &removed {
-                    if !nt.contains(r) {
-                        problems.push(format!("the notice does not name {r}"));
-                    }
-                }
-                if !notice.mail_args.starts_with("<>") {
-                    problems.push(format!("notice not from <>: {}", notice.mail_args));
-                }
+                check_notice(&nt, &notice, &removed, &mut problems);
             }
         }
         other => problems.push(format!("unknown expect {other:?}")),
     }
-    for frag in &s.case.reply {
-        if !data_reply.contains(frag.as_str()) {
-            problems.push(format!("reply to DATA {data_reply:?} lacks {frag:?}"));
-        }
-    }
+    s.check_reply(&data_reply, &mut problems);
     problems
 }
 

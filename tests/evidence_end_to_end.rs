@@ -17,16 +17,9 @@ const COUNCIL: &str = "alice.smith@example-council.gcsx.gov.uk";
 const SOC: &str = "soc@example-council.gcsx.gov.uk";
 
 fn swaks(pf: &Postfix, args: &[&str]) -> (i32, String) {
-    let out = Command::new(peers::tool("swaks"))
-        .args(["--server", &format!("127.0.0.1:{}", pf.smtp_port)])
-        .args(["--helo", "client.example-council.gcsx.gov.uk"])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run swaks");
-    let mut dialog = String::from_utf8_lossy(&out.stdout).into_owned();
-    dialog.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), dialog)
+    let client = ["--helo", "client.example-council.gcsx.gov.uk"];
+    let r = support::mta::swaks(pf.smtp_port, &[&client[..], args].concat());
+    (r.code, r.dialog)
 }
 
 fn wait_delivered(pf: &Postfix, rcpt: &str) {

@@ -24,9 +24,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use markgate::filter::{self, RawSource};
-use markgate::policy::{Envelope, Policy};
+use markgate::policy::Policy;
 use support::enforce::{
-    Scenario, as_postfix_sends, end_of_data_reply, message_id, normalise, policy_path, scenarios,
+    Scenario, as_postfix_sends, check_notice, end_of_data_reply, message_id, normalise,
+    policy_path, scenarios,
 };
 use support::postfix::{Delivered, SwaksResult};
 use support::sendmail::{MilterSocket, Sendmail, TOOLS};
@@ -165,21 +166,14 @@ impl Gateway {
 
     /// swaks as a person types it (the data shown), for the dialogs.
     fn swaks(&self, args: &[&str]) -> (i32, String) {
-        let out = Command::new(peers::tool("swaks"))
-            .args(["--server", &format!("127.0.0.1:{}", self.sm.smtp_port)])
-            .args([
-                "--helo",
-                "client.example-council.gcsx.gov.uk",
-                "--timeout",
-                "90",
-            ])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run swaks");
-        let mut dialog = String::from_utf8_lossy(&out.stdout).into_owned();
-        dialog.push_str(&String::from_utf8_lossy(&out.stderr));
-        (out.status.code().unwrap_or(-1), dialog)
+        let client = [
+            "--helo",
+            "client.example-council.gcsx.gov.uk",
+            "--timeout",
+            "90",
+        ];
+        let r = support::mta::swaks(self.sm.smtp_port, &[&client[..], args].concat());
+        (r.code, r.dialog)
     }
 
     /// The delivered copies carrying this text in their headers.
@@ -270,22 +264,9 @@ fn send(gw: &Gateway, s: &Scenario, inbound: bool) -> SwaksResult {
 fn check(gw: &Gateway, policy: &Policy, s: &Scenario, r: &SwaksResult) -> Vec<String> {
     let mut problems = Vec::new();
     let data_reply = end_of_data_reply(r);
-    let envelope = Envelope {
-        sender: s.case.from.clone(),
-        recipients: s.case.to.clone(),
-        client_ip: Some(
-            s.case
-                .client
-                .as_deref()
-                .unwrap_or("127.0.0.1")
-                .parse()
-                .expect("client ip"),
-        ),
-        ..Envelope::default()
-    };
     let eval = filter::evaluate(
         policy,
-        envelope,
+        s.envelope(),
         &RawSource::new(&as_postfix_sends(&s.input)),
     )
     .expect("the pipeline decides");
@@ -305,14 +286,7 @@ fn check(gw: &Gateway, policy: &Policy, s: &Scenario, r: &SwaksResult) -> Vec<St
             let got = gw.delivered_with(&format!("Message-ID: {id}"), 1);
             let mut rcpts: Vec<String> = got.iter().flat_map(|d| d.recipients()).collect();
             rcpts.sort();
-            let mut want: Vec<String> = s
-                .case
-                .to
-                .iter()
-                .filter(|t| !removed.contains(&t.as_str()))
-                .cloned()
-                .collect();
-            want.sort();
+            let want = s.kept_recipients(&removed);
             if rcpts != want {
                 problems.push(format!("delivered to {rcpts:?}, expected {want:?}"));
             }
@@ -330,23 +304,12 @@ fn check(gw: &Gateway, policy: &Policy, s: &Scenario, r: &SwaksResult) -> Vec<St
             if !removed.is_empty() {
                 let notice = gw.notice_to(&s.case.from);
                 let text = String::from_utf8_lossy(&notice.message).replace("=\n", "");
-                for r in &removed {
-                    if !text.contains(r) {
-                        problems.push(format!("the notice does not name {r}"));
-                    }
-                }
-                if !notice.mail_args.starts_with("<>") {
-                    problems.push(format!("notice not from <>: {}", notice.mail_args));
-                }
+                check_notice(&text, &notice, &removed, &mut problems);
             }
         }
         other => problems.push(format!("unknown expect {other:?}")),
     }
-    for frag in &s.case.reply {
-        if !data_reply.contains(frag.as_str()) {
-            problems.push(format!("reply to DATA {data_reply:?} lacks {frag:?}"));
-        }
-    }
+    s.check_reply(&data_reply, &mut problems);
     problems
 }
 

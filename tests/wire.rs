@@ -239,8 +239,7 @@ async fn partial_nr_flags_are_honoured() {
 #[tokio::test]
 async fn several_messages_per_connection_with_macros_reset() {
     let srv = start_tcp().await;
-    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
-    mta.connect("vm").await;
+    let mut mta = srv.postfix_session().await;
     assert_eq!(
         mta.message("one@example.org", b"1\r\n").await,
         vec![Reply::Continue]
@@ -290,8 +289,7 @@ async fn several_messages_per_connection_with_macros_reset() {
 #[tokio::test]
 async fn abort_mid_body_then_a_clean_message() {
     let srv = start_tcp().await;
-    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
-    mta.connect("vm").await;
+    let mut mta = srv.postfix_session().await;
     mta.envelope("first@example.org").await;
     mta.step(Command::Header {
         name: b(b"Subject"),
@@ -319,8 +317,7 @@ async fn abort_mid_body_then_a_clean_message() {
 #[tokio::test]
 async fn connection_without_mail_unknown_and_helo_after_mail() {
     let srv = start_tcp().await;
-    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
-    mta.connect("vm").await;
+    let mut mta = srv.postfix_session().await;
     mta.step(Command::Unknown { line: b(b"XFOO") }).await;
     mta.step(Command::Mail {
         sender: b(b"<x@example.org>"),
@@ -362,8 +359,7 @@ async fn quit_nc_keeps_the_connection_for_a_new_session() {
 #[tokio::test]
 async fn handler_error_is_451_and_the_next_message_works() {
     let srv = start_tcp().await;
-    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
-    mta.connect("vm").await;
+    let mut mta = srv.postfix_session().await;
     let answer = mta.message("error@example.org", b"x\r\n").await;
     assert!(is_tempfail(&answer), "{answer:?}");
     assert!(
@@ -371,33 +367,25 @@ async fn handler_error_is_451_and_the_next_message_works() {
         "internal error text never reaches the MTA"
     );
     mta.abort().await;
-    assert_eq!(
-        mta.message("ok@example.org", b"x\r\n").await,
-        vec![Reply::Continue]
-    );
+    mta.still_accepts().await;
     mta.quit().await;
 }
 
 #[tokio::test]
 async fn handler_panic_is_451_and_the_connection_keeps_working() {
     let srv = start_tcp().await;
-    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
-    mta.connect("vm").await;
+    let mut mta = srv.postfix_session().await;
     let answer = mta.message("panic@example.org", b"x\r\n").await;
     assert!(is_tempfail(&answer), "{answer:?}");
     mta.abort().await;
-    assert_eq!(
-        mta.message("ok@example.org", b"x\r\n").await,
-        vec![Reply::Continue]
-    );
+    mta.still_accepts().await;
     mta.quit().await;
 }
 
 #[tokio::test]
 async fn sink_failures_and_begin_failures_are_451() {
     let srv = start_tcp().await;
-    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
-    mta.connect("vm").await;
+    let mut mta = srv.postfix_session().await;
     assert!(is_tempfail(
         &mta.message("hdrfail@example.org", b"x\r\n").await
     ));
@@ -406,10 +394,7 @@ async fn sink_failures_and_begin_failures_are_451() {
         &mta.message("bodypanic@example.org", b"x\r\n").await
     ));
     mta.abort().await;
-    assert_eq!(
-        mta.message("ok@example.org", b"x\r\n").await,
-        vec![Reply::Continue]
-    );
+    mta.still_accepts().await;
     mta.quit().await;
 
     let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
@@ -423,8 +408,7 @@ async fn sink_failures_and_begin_failures_are_451() {
 #[tokio::test]
 async fn eom_timeout_sends_progress_then_451() {
     let srv = start_tcp().await;
-    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
-    mta.connect("vm").await;
+    let mut mta = srv.postfix_session().await;
     let answer = mta.message("slow@example.org", b"x\r\n").await;
     let (last, before) = answer.split_last().unwrap();
     assert!(
@@ -434,10 +418,7 @@ async fn eom_timeout_sends_progress_then_451() {
     assert!(before.iter().all(|r| *r == Reply::Progress), "{answer:?}");
     assert!(is_tempfail(std::slice::from_ref(last)), "{answer:?}");
     mta.abort().await;
-    assert_eq!(
-        mta.message("ok@example.org", b"x\r\n").await,
-        vec![Reply::Continue]
-    );
+    mta.still_accepts().await;
     mta.quit().await;
 }
 
@@ -448,8 +429,7 @@ async fn eom_timeout_sends_progress_then_451() {
 #[tokio::test]
 async fn large_modifications_go_out_before_a_pending_verdict_and_a_failed_verdict_is_451() {
     let srv = start_tcp().await;
-    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
-    mta.connect("vm").await;
+    let mut mta = srv.postfix_session().await;
     for (sender, ok) in [
         ("laterbig@example.org", true),
         ("laterbigfail@example.org", false),
@@ -477,10 +457,7 @@ async fn large_modifications_go_out_before_a_pending_verdict_and_a_failed_verdic
         }
         mta.abort().await;
     }
-    assert_eq!(
-        mta.message("ok@example.org", b"x\r\n").await,
-        vec![Reply::Continue]
-    );
+    mta.still_accepts().await;
     mta.quit().await;
 }
 
@@ -496,8 +473,7 @@ async fn small_modifications_wait_for_the_pending_verdict_and_are_dropped_when_i
         ..test_config()
     };
     let srv = start("inet:127.0.0.1:0", config).await;
-    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
-    mta.connect("vm").await;
+    let mut mta = srv.postfix_session().await;
     let edits = mta.message("edit@example.org", b"x\r\n").await;
     mta.abort().await;
     for (sender, ok) in [
@@ -534,8 +510,7 @@ async fn small_modifications_wait_for_the_pending_verdict_and_are_dropped_when_i
 #[tokio::test]
 async fn a_slow_or_panicking_pending_verdict_gets_progress_then_451() {
     let srv = start_tcp().await;
-    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
-    mta.connect("vm").await;
+    let mut mta = srv.postfix_session().await;
     for (sender, mods) in [
         ("laterslow@example.org", 6),
         ("laterbigslow@example.org", 4),
@@ -560,18 +535,14 @@ async fn a_slow_or_panicking_pending_verdict_gets_progress_then_451() {
         );
         mta.abort().await;
     }
-    assert_eq!(
-        mta.message("ok@example.org", b"x\r\n").await,
-        vec![Reply::Continue]
-    );
+    mta.still_accepts().await;
     mta.quit().await;
 }
 
 #[tokio::test]
 async fn reject_text_is_sent_as_one_replycode() {
     let srv = start_tcp().await;
-    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
-    mta.connect("vm").await;
+    let mut mta = srv.postfix_session().await;
     let answer = mta.message("reject@example.org", b"x\r\n").await;
     assert_eq!(
         encode(&answer),
@@ -583,8 +554,7 @@ async fn reject_text_is_sent_as_one_replycode() {
 #[tokio::test]
 async fn file_body_is_sent_in_contiguous_chunks_of_at_most_65535() {
     let srv = start_tcp().await;
-    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
-    mta.connect("vm").await;
+    let mut mta = srv.postfix_session().await;
     let big = vec![b'q'; 200_000];
     let answer = mta.message("bigbody@example.org", &big).await;
     let (last, mods) = answer.split_last().unwrap();
@@ -615,8 +585,7 @@ async fn oversized_frame_closes_the_connection() {
         },
     )
     .await;
-    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
-    mta.connect("vm").await;
+    let mut mta = srv.postfix_session().await;
     mta.envelope("a@example.org").await;
     mta.client
         .send(&Command::Header {
@@ -628,8 +597,7 @@ async fn oversized_frame_closes_the_connection() {
     expect_closed(&mut mta.client).await;
     // A header frame over 64 KiB passes with the default cap.
     let srv = start_tcp().await;
-    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
-    mta.connect("vm").await;
+    let mut mta = srv.postfix_session().await;
     mta.envelope("a@example.org").await;
     mta.step(Command::Header {
         name: b(b"X-Big"),
@@ -660,8 +628,7 @@ async fn garbage_and_protocol_violations_close_the_connection() {
     expect_closed(&mut mta.client).await;
 
     // A header before MAIL.
-    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
-    mta.connect("vm").await;
+    let mut mta = srv.postfix_session().await;
     mta.client
         .send(&Command::Header {
             name: b(b"Subject"),
@@ -677,8 +644,7 @@ async fn garbage_and_protocol_violations_close_the_connection() {
     expect_closed(&mut mta.client).await;
 
     // The server still serves others.
-    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
-    mta.connect("vm").await;
+    let mut mta = srv.postfix_session().await;
     assert_eq!(
         mta.message("a@example.org", b"x\r\n").await,
         vec![Reply::Continue]
@@ -696,8 +662,7 @@ async fn read_timeout_closes_an_idle_connection() {
         },
     )
     .await;
-    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
-    mta.connect("vm").await;
+    let mut mta = srv.postfix_session().await;
     expect_closed(&mut mta.client).await;
 }
 
@@ -779,8 +744,7 @@ async fn connection_cap_defers_accepting_never_drops() {
 #[tokio::test]
 async fn graceful_shutdown_lets_an_in_flight_message_finish() {
     let mut srv = start_tcp().await;
-    let mut mta = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;
-    mta.connect("vm").await;
+    let mut mta = srv.postfix_session().await;
     mta.envelope("wait@example.org").await;
     // Idle connection: closed promptly at shutdown.
     let mut idle = Mta::negotiate(srv.tcp_client().await, postfix_offer()).await;

@@ -1,6 +1,7 @@
 //! The command line's thread-ledger parts: `markgate ledger stats|lookup|prune`,
 //! `markgate policy test --ledger FILE` (a thread dry run), and opening the daemon's ledger.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -251,20 +252,10 @@ pub(super) fn policy_test_thread(
             return EXIT_RUNTIME;
         }
     };
-    let mut code = EXIT_OK;
-    for path in messages {
-        let name = path.display().to_string();
-        let raw = match std::fs::read(path) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("markgate: cannot read {name}: {e}");
-                code = EXIT_RUNTIME;
-                continue;
-            }
-        };
-        let source = RawSource::new(&raw);
+    super::messages::for_each(messages, |name, raw| {
+        let source = RawSource::new(raw);
         let headers = filter::MessageSource::headers(&source);
-        let keys = crate::inspect::thread::keys(&headers, Some(&raw));
+        let keys = crate::inspect::thread::keys(&headers, Some(raw));
         let mut facts = crate::policy::thread::ThreadFacts {
             downgrade_marker: thread.downgrade.allow_header.as_ref().and_then(|h| {
                 headers
@@ -278,7 +269,7 @@ pub(super) fn policy_test_thread(
             Ok(found) => filter::ledger_fill(&mut facts, &keys, found),
             Err(e) => {
                 eprintln!("markgate: the ledger did not answer: {e}");
-                return EXIT_RUNTIME;
+                return ControlFlow::Break(EXIT_RUNTIME);
             }
         }
         let eval = match filter::evaluate_in_thread(
@@ -291,21 +282,20 @@ pub(super) fn policy_test_thread(
             Ok(e) => e,
             Err(e) => {
                 eprintln!("markgate: {name}: {e} (the daemon would answer 451 4.3.0)");
-                code = EXIT_RUNTIME;
-                continue;
+                return ControlFlow::Continue(false);
             }
         };
-        super::report(&name, &eval, json);
+        super::report(name, &eval, json);
         let now = handle.clock().now();
         if let Some(entry) = filter::ledger_entry_of(&eval, &keys, now) {
             if let Err(e) = rt.block_on(handle.write(entry, thread.retention_days)) {
                 eprintln!("markgate: {name}: not recorded in the ledger: {e}");
-                code = EXIT_RUNTIME;
+                return ControlFlow::Continue(false);
             } else if !json {
                 println!("recorded in the ledger {}", ledger.display());
                 println!();
             }
         }
-    }
-    code
+        ControlFlow::Continue(true)
+    })
 }

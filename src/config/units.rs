@@ -16,13 +16,8 @@ impl HumanDuration {
     /// Parse the text form; the error says what was expected.
     pub fn parse(s: &str) -> Result<Self, String> {
         let expected = "expected a duration such as \"250ms\", \"30s\", \"5m\" or \"2h\"";
-        let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("found \"{s}\", {expected}"))?;
-        let d = match unit.trim() {
+        let (n, unit) = number_and_unit(s, expected)?;
+        let d = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n.saturating_mul(60)),
@@ -47,22 +42,15 @@ impl fmt::Display for HumanDuration {
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = HumanDuration;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration string such as \"30s\" or \"5m\"")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<HumanDuration, E> {
-                HumanDuration::parse(s).map_err(E::custom)
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<HumanDuration, E> {
-                Err(E::custom(format!(
+        d.deserialize_any(TextValue {
+            expecting: "a duration string such as \"30s\" or \"5m\"",
+            parse: HumanDuration::parse,
+            number: |n| {
+                Err(format!(
                     "found the number {n}, expected a duration string with a unit such as \"{n}s\""
-                )))
-            }
-        }
-        d.deserialize_any(V)
+                ))
+            },
+        })
     }
 }
 
@@ -75,13 +63,8 @@ impl ByteSize {
     /// Parse the text form; the error says what was expected.
     pub fn parse(s: &str) -> Result<Self, String> {
         let expected = "expected a size such as 65536, \"64KiB\" or \"1MiB\"";
-        let t = s.trim();
-        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("found \"{s}\", {expected}"))?;
-        let mult: u64 = match unit.trim() {
+        let (n, unit) = number_and_unit(s, expected)?;
+        let mult: u64 = match unit {
             "" | "B" => 1,
             "KiB" => 1 << 10,
             "MiB" => 1 << 20,
@@ -96,22 +79,15 @@ impl ByteSize {
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = ByteSize;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a size in bytes (65536) or with a unit (\"64KiB\", \"1MiB\")")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<ByteSize, E> {
-                ByteSize::parse(s).map_err(E::custom)
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<ByteSize, E> {
-                u64::try_from(n).map(ByteSize).map_err(|_| {
-                    E::custom(format!("found {n}, expected a size of zero or more bytes"))
-                })
-            }
-        }
-        d.deserialize_any(V)
+        d.deserialize_any(TextValue {
+            expecting: "a size in bytes (65536) or with a unit (\"64KiB\", \"1MiB\")",
+            parse: ByteSize::parse,
+            number: |n| {
+                u64::try_from(n)
+                    .map(ByteSize)
+                    .map_err(|_| format!("found {n}, expected a size of zero or more bytes"))
+            },
+        })
     }
 }
 
@@ -140,22 +116,48 @@ impl OctalMode {
 
 impl<'de> Deserialize<'de> for OctalMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = OctalMode;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an octal mode string such as \"0660\"")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<OctalMode, E> {
-                OctalMode::parse(s).map_err(E::custom)
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<OctalMode, E> {
-                Err(E::custom(format!(
+        d.deserialize_any(TextValue {
+            expecting: "an octal mode string such as \"0660\"",
+            parse: OctalMode::parse,
+            number: |n| {
+                Err(format!(
                     "found the number {n}, expected an octal mode as a string such as \"0660\""
-                )))
-            }
-        }
-        d.deserialize_any(V)
+                ))
+            },
+        })
+    }
+}
+
+/// Split `"30s"` / `" 64 KiB "` into its leading whole number and the (trimmed) unit after it;
+/// a missing or unreadable number is an error naming `expected`.
+fn number_and_unit<'a>(s: &'a str, expected: &str) -> Result<(u64, &'a str), String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("found \"{s}\", {expected}"))?;
+    Ok((n, unit.trim()))
+}
+
+/// The one visitor of these types: text goes to the type's `parse`, a bare integer to `number`
+/// (which says why it is refused, or takes it), anything else is refused naming `expecting`.
+struct TextValue<T> {
+    expecting: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+    number: fn(i64) -> Result<T, String>,
+}
+
+impl<T> Visitor<'_> for TextValue<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+        (self.parse)(s).map_err(E::custom)
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<T, E> {
+        (self.number)(n).map_err(E::custom)
     }
 }
 

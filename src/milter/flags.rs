@@ -82,6 +82,23 @@ impl fmt::Display for Actions {
 pub struct Protocol(pub u32);
 
 impl Protocol {
+    /// The NR_* bit by which a milter opts out of answering `command`, for the commands that
+    /// have one (both sides of the wire ask this: the session and the MTA client).
+    pub fn no_reply_bit(command: u8) -> Option<Protocol> {
+        Some(match command {
+            b'C' => Protocol::NR_CONN,
+            b'H' => Protocol::NR_HELO,
+            b'M' => Protocol::NR_MAIL,
+            b'R' => Protocol::NR_RCPT,
+            b'T' => Protocol::NR_DATA,
+            b'U' => Protocol::NR_UNKN,
+            b'L' => Protocol::NR_HDR,
+            b'N' => Protocol::NR_EOH,
+            b'B' => Protocol::NR_BODY,
+            _ => return None,
+        })
+    }
+
     /// SMFIP_NOCONNECT
     pub const NOCONNECT: Protocol = Protocol(0x01);
     /// SMFIP_NOHELO
@@ -324,19 +341,7 @@ pub struct Negotiated {
 impl Negotiated {
     /// The MTA expects no reply to this command code.
     pub fn no_reply(&self, command: u8) -> bool {
-        let bit = match command {
-            b'C' => Protocol::NR_CONN,
-            b'H' => Protocol::NR_HELO,
-            b'M' => Protocol::NR_MAIL,
-            b'R' => Protocol::NR_RCPT,
-            b'T' => Protocol::NR_DATA,
-            b'U' => Protocol::NR_UNKN,
-            b'L' => Protocol::NR_HDR,
-            b'N' => Protocol::NR_EOH,
-            b'B' => Protocol::NR_BODY,
-            _ => return false,
-        };
-        self.protocol.contains(bit)
+        Protocol::no_reply_bit(command).is_some_and(|bit| self.protocol.contains(bit))
     }
 
     /// Header values carry their leading space (both directions).

@@ -56,20 +56,10 @@ impl Agreed {
     /// Does the milter answer this command? (Never MACRO/ABORT/QUIT/QUIT_NC; not events it
     /// opted out of replying to with NR_*; always OPTNEG and BODYEOB.)
     pub fn expects_reply(&self, code: u8) -> bool {
-        let nr = match code {
-            b'D' | b'A' | b'Q' | b'K' => return false,
-            b'C' => Protocol::NR_CONN,
-            b'H' => Protocol::NR_HELO,
-            b'M' => Protocol::NR_MAIL,
-            b'R' => Protocol::NR_RCPT,
-            b'T' => Protocol::NR_DATA,
-            b'U' => Protocol::NR_UNKN,
-            b'L' => Protocol::NR_HDR,
-            b'N' => Protocol::NR_EOH,
-            b'B' => Protocol::NR_BODY,
-            _ => return true,
-        };
-        !self.protocol.contains(nr)
+        match code {
+            b'D' | b'A' | b'Q' | b'K' => false,
+            _ => Protocol::no_reply_bit(code).is_none_or(|nr| !self.protocol.contains(nr)),
+        }
     }
 }
 

@@ -859,56 +859,44 @@ fn part_header_splices(
                 .is_some_and(|n| n.eq_ignore_ascii_case(name.as_bytes()))
         })
     };
-    if charset_utf8 {
-        match find("Content-Type") {
-            Some(f) => {
-                let colon = f.range.start + f.colon.unwrap_or(0) + 1;
-                let field = &block[colon..f.range.end];
-                let value_end = field.len()
-                    - if field.ends_with(b"\r\n") {
-                        2
-                    } else if field.ends_with(b"\n") {
-                        1
-                    } else {
-                        0
-                    };
-                let new_value = set_charset_param(&field[..value_end], "utf-8");
-                out.push((
-                    block_start + colon..block_start + colon + value_end,
-                    new_value,
-                ));
-            }
-            None => {
-                let mut line = b"Content-Type: text/plain; charset=\"utf-8\"".to_vec();
-                line.extend_from_slice(eolb.as_bytes());
-                out.push((insert_at..insert_at, line));
-            }
+    // Replace the named field's value (up to its line end), or add the whole `line` before the
+    // separator when the part has no such field.
+    let mut set = |name: &str, value: &dyn Fn(&[u8]) -> Vec<u8>, line: &[u8]| match find(name) {
+        Some(f) => {
+            let colon = f.range.start + f.colon.unwrap_or(0) + 1;
+            let field = &block[colon..f.range.end];
+            let value_end = field.len()
+                - if field.ends_with(b"\r\n") {
+                    2
+                } else if field.ends_with(b"\n") {
+                    1
+                } else {
+                    0
+                };
+            out.push((
+                block_start + colon..block_start + colon + value_end,
+                value(&field[..value_end]),
+            ));
         }
+        None => {
+            let mut line = line.to_vec();
+            line.extend_from_slice(eolb.as_bytes());
+            out.push((insert_at..insert_at, line));
+        }
+    };
+    if charset_utf8 {
+        set(
+            "Content-Type",
+            &|v| set_charset_param(v, "utf-8"),
+            b"Content-Type: text/plain; charset=\"utf-8\"",
+        );
     }
     if quoted_printable {
-        match find("Content-Transfer-Encoding") {
-            Some(f) => {
-                let colon = f.range.start + f.colon.unwrap_or(0) + 1;
-                let field = &block[colon..f.range.end];
-                let value_end = field.len()
-                    - if field.ends_with(b"\r\n") {
-                        2
-                    } else if field.ends_with(b"\n") {
-                        1
-                    } else {
-                        0
-                    };
-                out.push((
-                    block_start + colon..block_start + colon + value_end,
-                    b" quoted-printable".to_vec(),
-                ));
-            }
-            None => {
-                let mut line = b"Content-Transfer-Encoding: quoted-printable".to_vec();
-                line.extend_from_slice(eolb.as_bytes());
-                out.push((insert_at..insert_at, line));
-            }
-        }
+        set(
+            "Content-Transfer-Encoding",
+            &|_| b" quoted-printable".to_vec(),
+            b"Content-Transfer-Encoding: quoted-printable",
+        );
     }
     out
 }

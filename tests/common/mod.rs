@@ -263,6 +263,14 @@ impl Running {
             .await
             .unwrap()
     }
+
+    /// A new TCP connection negotiated with [`postfix_offer`], past CONNECT and HELO `vm`: where
+    /// most wire tests start.
+    pub async fn postfix_session(&self) -> Mta<tokio::net::TcpStream> {
+        let mut mta = Mta::negotiate(self.tcp_client().await, postfix_offer()).await;
+        mta.connect("vm").await;
+        mta
+    }
 }
 
 /// Settings fast enough for tests.
@@ -376,6 +384,14 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Mta<S> {
             })
             .await;
         assert!(r.is_empty() || r == vec![Reply::Continue], "{r:?}");
+    }
+
+    /// A plain message is still accepted: the connection survived what came before.
+    pub async fn still_accepts(&mut self) {
+        assert_eq!(
+            self.message("ok@example.org", b"x\r\n").await,
+            vec![Reply::Continue]
+        );
     }
 
     /// One message, Postfix style, up to and including BODYEOB; returns the EOM answer.

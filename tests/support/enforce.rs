@@ -129,3 +129,51 @@ pub fn normalise(d: &Delivered) -> Vec<u8> {
     }
     m[pos..].to_vec()
 }
+
+impl Scenario {
+    /// The envelope the scenario is sent with (client 127.0.0.1 unless `case.client` says).
+    pub fn envelope(&self) -> markgate::policy::Envelope {
+        let client = self.case.client.as_deref().unwrap_or("127.0.0.1");
+        markgate::policy::Envelope {
+            sender: self.case.from.clone(),
+            recipients: self.case.to.clone(),
+            client_ip: Some(client.parse().expect("client ip")),
+            ..Default::default()
+        }
+    }
+
+    /// The recipients that must receive the message (all but `removed`), sorted.
+    pub fn kept_recipients(&self, removed: &[&str]) -> Vec<String> {
+        let mut want: Vec<String> = self
+            .case
+            .to
+            .iter()
+            .filter(|t| !removed.contains(&t.as_str()))
+            .cloned()
+            .collect();
+        want.sort();
+        want
+    }
+
+    /// The reply to DATA holds every fragment `case.toml` lists.
+    pub fn check_reply(&self, data_reply: &str, problems: &mut Vec<String>) {
+        for frag in &self.case.reply {
+            if !data_reply.contains(frag.as_str()) {
+                problems.push(format!("reply to DATA {data_reply:?} lacks {frag:?}"));
+            }
+        }
+    }
+}
+
+/// The notice to the sender (`text`: its message as the harness reads it) names every removed
+/// recipient and comes from the null sender.
+pub fn check_notice(text: &str, notice: &Delivered, removed: &[&str], problems: &mut Vec<String>) {
+    for r in removed {
+        if !text.contains(r) {
+            problems.push(format!("the notice does not name {r}"));
+        }
+    }
+    if !notice.mail_args.starts_with("<>") {
+        problems.push(format!("notice not from <>: {}", notice.mail_args));
+    }
+}

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::mta;
 use super::peers;
 use super::ports;
 
@@ -371,20 +372,8 @@ impl Postfix {
     /// `--header 'Subject: x'`, `--body text`, `--xclient 'ADDR=… LOGIN=…'`; `--server` and a
     /// quiet-free transcript are added here.
     pub fn swaks(&self, args: &[&str]) -> SwaksResult {
-        let out = Command::new(peers::tool("swaks"))
-            .arg("--server")
-            .arg(format!("127.0.0.1:{}", self.smtp_port))
-            .args(["--timeout", "60", "--suppress-data"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run swaks");
-        let mut dialog = String::from_utf8_lossy(&out.stdout).into_owned();
-        dialog.push_str(&String::from_utf8_lossy(&out.stderr));
-        SwaksResult {
-            code: out.status.code().unwrap_or(-1),
-            dialog,
-        }
+        let quiet = ["--timeout", "60", "--suppress-data"];
+        mta::swaks(self.smtp_port, &[&quiet[..], args].concat())
     }
 
     /// Send an exact message (`data`: headers, empty line, body; CRLF or LF, ending with a line
@@ -401,24 +390,8 @@ impl Postfix {
         data: &[u8],
         extra: &[&str],
     ) -> SwaksResult {
-        let n = self
-            .sends
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
-        let file = self.root.join("outgoing").join(format!("msg-{n}.eml"));
-        // swaks ends the data with CRLF "." CRLF even when the data already ends with a line
-        // break, which would add an empty line to the body. Hand it the data without its final
-        // line break so that what goes on the wire is exactly `data`.
-        let trimmed = data
-            .strip_suffix(b"\r\n")
-            .or_else(|| data.strip_suffix(b"\n"))
-            .unwrap_or(data);
-        fs::write(&file, trimmed).expect("write outgoing message");
-        let to = to.join(",");
-        let file = format!("@{}", file.display());
-        let mut args = vec!["--from", from, "--to", &to, "--data", &file];
-        args.extend_from_slice(extra);
-        self.swaks(&args)
+        let swaks = |args: &[&str]| self.swaks(args);
+        mta::send_data(swaks, &self.root, &self.sends, from, to, data, extra)
     }
 
     /// Submit a message locally with Postfix's `sendmail` (the pickup path, which only
@@ -477,18 +450,7 @@ impl Postfix {
 
     /// Every dump file smtp-sink has written so far, oldest first.
     pub fn delivered(&self) -> Vec<Delivered> {
-        let mut files: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(self.root.join("sink"))
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .filter_map(|e| {
-                        let m = e.metadata().ok()?;
-                        Some((m.modified().ok()?, e.path()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        files.sort();
-        files.iter().map(|(_, p)| Delivered::parse(p)).collect()
+        mta::sink_dumps(&self.root)
     }
 
     /// Wait until at least `n` messages were delivered to the sink and Postfix has logged them as
@@ -639,39 +601,7 @@ milter_content_timeout = {t_content}
     }
 
     fn start_sink(&mut self) -> Result<(), String> {
-        // smtp-sink refuses to run as root without -u; it then writes the dumps as `postfix`.
-        // -d: one file per transaction, named from the template plus a random suffix.
-        let log_path = self.root.join("smtp-sink.log");
-        let log = fs::File::create(&log_path).expect("create sink log");
-        let child = Command::new(peers::tool("smtp-sink"))
-            .args(["-u", "postfix", "-4", "-d"])
-            .arg(self.root.join("sink").join("msg."))
-            .arg(format!("127.0.0.1:{}", self.sink_port))
-            .arg("1024")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup sink log"))
-            .stderr(log)
-            .spawn()
-            .expect("start smtp-sink");
-        self.sink = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let exited = self
-                .sink
-                .as_mut()
-                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
-            if exited || Instant::now() >= deadline {
-                return Err(format!(
-                    "smtp-sink did not listen on {}: {}",
-                    self.sink_port,
-                    fs::read_to_string(&log_path).unwrap_or_default()
-                ));
-            }
-            if ports::is_listening(self.sink_port) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        mta::start_sink(&self.root, self.sink_port, &mut self.sink)
     }
 
     fn postfix_cmd(&self, action: &str) -> std::process::Output {

@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use super::peers;
+use super::mta;
 use super::ports;
 use super::postfix::{Delivered, SwaksResult};
 
@@ -262,27 +262,7 @@ MAILER(`smtp')dnl
     }
 
     fn start_sink(&mut self) -> Result<(), String> {
-        let log_path = self.root.join("smtp-sink.log");
-        let log = fs::File::create(&log_path).expect("create sink log");
-        let child = Command::new(peers::tool("smtp-sink"))
-            .args(["-u", "postfix", "-4", "-d"])
-            .arg(self.root.join("sink").join("msg."))
-            .arg(format!("127.0.0.1:{}", self.sink_port))
-            .arg("1024")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup sink log"))
-            .stderr(log)
-            .spawn()
-            .expect("start smtp-sink");
-        self.sink = Some(child);
-        if ports::wait_listening(self.sink_port, 10) {
-            Ok(())
-        } else {
-            Err(format!(
-                "smtp-sink did not listen: {}",
-                fs::read_to_string(&log_path).unwrap_or_default()
-            ))
-        }
+        mta::start_sink(&self.root, self.sink_port, &mut self.sink)
     }
 
     fn start_daemon(&mut self) -> Result<(), String> {
@@ -309,20 +289,8 @@ MAILER(`smtp')dnl
 
     /// swaks against this Sendmail; `args` as for the Postfix harness (`--suppress-data` added).
     pub fn swaks(&self, args: &[&str]) -> SwaksResult {
-        let out = Command::new(peers::tool("swaks"))
-            .arg("--server")
-            .arg(format!("127.0.0.1:{}", self.smtp_port))
-            .args(["--timeout", "90", "--suppress-data"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run swaks");
-        let mut dialog = String::from_utf8_lossy(&out.stdout).into_owned();
-        dialog.push_str(&String::from_utf8_lossy(&out.stderr));
-        SwaksResult {
-            code: out.status.code().unwrap_or(-1),
-            dialog,
-        }
+        let quiet = ["--timeout", "90", "--suppress-data"];
+        mta::swaks(self.smtp_port, &[&quiet[..], args].concat())
     }
 
     /// Send an exact message with swaks `--data` (see the Postfix harness's `send_data_with`).
@@ -333,37 +301,13 @@ MAILER(`smtp')dnl
         data: &[u8],
         extra: &[&str],
     ) -> SwaksResult {
-        let n = self
-            .sends
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
-        let file = self.root.join("outgoing").join(format!("msg-{n}.eml"));
-        let trimmed = data
-            .strip_suffix(b"\r\n")
-            .or_else(|| data.strip_suffix(b"\n"))
-            .unwrap_or(data);
-        fs::write(&file, trimmed).expect("write outgoing message");
-        let to = to.join(",");
-        let file = format!("@{}", file.display());
-        let mut args = vec!["--from", from, "--to", &to, "--data", &file];
-        args.extend_from_slice(extra);
-        self.swaks(&args)
+        let swaks = |args: &[&str]| self.swaks(args);
+        mta::send_data(swaks, &self.root, &self.sends, from, to, data, extra)
     }
 
     /// Every dump file smtp-sink has written so far, oldest first.
     pub fn delivered(&self) -> Vec<Delivered> {
-        let mut files: Vec<(std::time::SystemTime, PathBuf)> = fs::read_dir(self.root.join("sink"))
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .filter_map(|e| {
-                        let m = e.metadata().ok()?;
-                        Some((m.modified().ok()?, e.path()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        files.sort();
-        files.iter().map(|(_, p)| Delivered::parse(p)).collect()
+        mta::sink_dumps(&self.root)
     }
 
     /// The delivered messages that `keep` accepts, once there are `n` of them and smtp-sink

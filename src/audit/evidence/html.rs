@@ -5,8 +5,9 @@
 
 use std::fmt::Write as _;
 
+use super::cells::{self, secs};
 use super::svg;
-use super::{ControlRow, Evidence, human_duration};
+use super::{ControlRow, Evidence};
 
 /// Escape text for HTML content and attribute values.
 pub fn esc(s: &str) -> String {
@@ -47,11 +48,7 @@ dl.totals dt{color:#555}dl.totals dd{margin:0;font-weight:bold}
 "#;
 
 fn opt(s: &Option<String>) -> String {
-    s.as_deref().map_or_else(|| "—".to_string(), esc)
-}
-
-fn secs(v: Option<f64>) -> String {
-    v.map_or_else(|| "—".to_string(), human_duration)
+    cells::or_dash(s, esc)
 }
 
 fn class_of(s: &str) -> String {
@@ -116,10 +113,7 @@ pub fn render(e: &Evidence) -> String {
 
 fn chain(s: &mut String, e: &Evidence) {
     let c = &e.chain;
-    let range = match (c.first_seq, c.last_seq) {
-        (Some(a), Some(b)) => format!("seq {a} to {b}"),
-        _ => "no records".into(),
-    };
+    let range = cells::seq_range(c);
     let start = if c.starts_at_genesis {
         "from the first record of the chain"
     } else {
@@ -142,10 +136,10 @@ fn chain(s: &mut String, e: &Evidence) {
             let _ = write!(
                 s,
                 "<p id=\"first-bad\">First bad record: <b>{}</b> at <code>{}:{}</code>{}: {}</p>",
-                esc(&format!("{:?}", p.kind).to_lowercase()),
+                esc(&cells::kind(p)),
                 esc(&p.file.display().to_string()),
                 p.line,
-                p.seq.map(|q| format!(" (seq {q})")).unwrap_or_default(),
+                cells::seq_note(p),
                 esc(&p.detail)
             );
         }
@@ -198,25 +192,16 @@ fn controls(s: &mut String, e: &Evidence) {
 }
 
 fn control_row(s: &mut String, r: &ControlRow) {
-    let mut extra = Vec::new();
-    if r.shadow_messages > 0 {
-        extra.push(format!(
-            "{} in shadow mode (not enforced)",
-            r.shadow_messages
-        ));
-    }
-    if r.undeliverable > 0 {
-        extra.push(format!("{} alert(s) undeliverable", r.undeliverable));
-    }
-    if r.unalerted_overdue > 0 {
-        extra.push(format!(
-            "{} incident(s) with no alert after 24 h",
-            r.unalerted_overdue
-        ));
-    }
-    if r.pending > 0 {
-        extra.push(format!("{} alert(s) pending", r.pending));
-    }
+    let extra: Vec<String> = [
+        (r.shadow_messages, "in shadow mode (not enforced)"),
+        (r.undeliverable, "alert(s) undeliverable"),
+        (r.unalerted_overdue, "incident(s) with no alert after 24 h"),
+        (r.pending, "alert(s) pending"),
+    ]
+    .into_iter()
+    .filter(|&(n, _)| n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
     let extra = if extra.is_empty() {
         String::new()
     } else {
@@ -228,11 +213,7 @@ fn control_row(s: &mut String, r: &ControlRow) {
         id = esc(&r.id),
         fw = esc(&r.framework),
         req = esc(&r.requirement),
-        rules = if r.rules.is_empty() {
-            "— (no rule names this control)".to_string()
-        } else {
-            esc(&r.rules.join(", "))
-        },
+        rules = cells::rules(r, esc),
         m = r.messages,
         i = r.incidents,
         p50v = r

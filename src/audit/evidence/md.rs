@@ -3,7 +3,8 @@
 
 use std::fmt::Write as _;
 
-use super::{Evidence, human_duration};
+use super::Evidence;
+use super::cells::{self, secs};
 
 /// Make a value safe inside a Markdown table cell.
 fn cell(s: &str) -> String {
@@ -14,11 +15,7 @@ fn cell(s: &str) -> String {
 }
 
 fn opt(s: &Option<String>) -> String {
-    s.as_deref().map_or_else(|| "—".to_string(), cell)
-}
-
-fn secs(v: Option<f64>) -> String {
-    v.map_or_else(|| "—".to_string(), human_duration)
+    cells::or_dash(s, cell)
 }
 
 /// The document.
@@ -38,10 +35,7 @@ pub fn render(e: &Evidence) -> String {
     );
 
     let c = &e.chain;
-    let range = match (c.first_seq, c.last_seq) {
-        (Some(a), Some(b)) => format!("seq {a} to {b}"),
-        _ => "no records".into(),
-    };
+    let range = cells::seq_range(c);
     if c.intact {
         let _ = writeln!(
             s,
@@ -64,10 +58,10 @@ pub fn render(e: &Evidence) -> String {
             let _ = writeln!(
                 s,
                 "**First bad record**: {} at `{}:{}`{}: {}\n",
-                format!("{:?}", p.kind).to_lowercase(),
+                cells::kind(p),
                 p.file.display(),
                 p.line,
-                p.seq.map(|q| format!(" (seq {q})")).unwrap_or_default(),
+                cells::seq_note(p),
                 cell(&p.detail)
             );
         }
@@ -102,11 +96,7 @@ pub fn render(e: &Evidence) -> String {
 
     s.push_str("## Controls\n\n| Control | Requirement | Enforced by (policy rules) | Messages acted on | Incidents | Incident → alert p50 | max | CoCo-11 24 h bound | Status |\n|---|---|---|---:|---:|---:|---:|---|---|\n");
     for r in &e.controls {
-        let rules = if r.rules.is_empty() {
-            "— (no rule names this control)".to_string()
-        } else {
-            cell(&r.rules.join(", "))
-        };
+        let rules = cells::rules(r, cell);
         let _ = writeln!(
             s,
             "| {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} |",

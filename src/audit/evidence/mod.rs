@@ -13,6 +13,7 @@
 //! Must not: write anything but its output, decide anything about mail, or trust a broken
 //! chain silently (the verification result is the first thing every format shows).
 
+mod cells;
 pub mod collect;
 pub mod html;
 pub mod md;

@@ -90,15 +90,7 @@ pub fn parse_header(
         end = trailing(body, end, body.len(), true, &mut core.diagnostics);
     }
     check_length(start, end, &mut core.diagnostics);
-    Ok(UkMarking {
-        uk_prefix: core.uk_prefix,
-        level: core.level,
-        qualifiers: core.qualifiers,
-        start,
-        end,
-        rest: s.len(),
-        diagnostics: core.diagnostics,
-    })
+    Ok(core.marking(start, end, s.len()))
 }
 
 /// Parse a marking at the start of `subject[from..]` (after the reply chain): `LEVEL…: text`.
@@ -128,15 +120,7 @@ pub fn parse_subject_prefix(
     }
     let rest = terminator(s, end, &mut core.diagnostics)?;
     check_length(from, end, &mut core.diagnostics);
-    Some(UkMarking {
-        uk_prefix: core.uk_prefix,
-        level: core.level,
-        qualifiers: core.qualifiers,
-        start: from,
-        end,
-        rest,
-        diagnostics: core.diagnostics,
-    })
+    Some(core.marking(from, end, rest))
 }
 
 /// Parse a bracketed marking at `subject[from..]`: `[PROTECT - PERSONAL] text`.
@@ -167,15 +151,7 @@ pub fn parse_subject_bracketed(
     }
     let end = close + 1;
     check_length(from, end, &mut core.diagnostics);
-    Some(UkMarking {
-        uk_prefix: core.uk_prefix,
-        level: core.level,
-        qualifiers: core.qualifiers,
-        start: from,
-        end,
-        rest: skip_ws(s, end),
-        diagnostics: core.diagnostics,
-    })
+    Some(core.marking(from, end, skip_ws(s, end)))
 }
 
 /// The canonical text of a marking, as markgate writes it.
@@ -208,6 +184,46 @@ pub fn render(
     out
 }
 
+/// The entry points of one UK scheme (`uk_gpms`, `uk_gsc`): this grammar with the scheme's
+/// [`UkStyle`] fixed, so the two modules cannot drift apart.
+macro_rules! scheme_entry_points {
+    ($style:expr) => {
+        use super::uk::{self, UkMarking};
+        use super::{Diagnostic, Vocabulary};
+
+        /// Parse a label header value; see [`uk::parse_header`].
+        pub fn parse_header(value: &str, vocab: &Vocabulary) -> Result<UkMarking, Vec<Diagnostic>> {
+            uk::parse_header(value, vocab, $style)
+        }
+
+        /// Parse a subject marking at `from` (prefix form); see [`uk::parse_subject_prefix`].
+        pub fn parse_subject_prefix(
+            subject: &str,
+            from: usize,
+            vocab: &Vocabulary,
+            case_insensitive: bool,
+        ) -> Option<UkMarking> {
+            uk::parse_subject_prefix(subject, from, vocab, $style, case_insensitive)
+        }
+
+        /// Parse a bracketed subject marking at `from`; see [`uk::parse_subject_bracketed`].
+        pub fn parse_subject_bracketed(
+            subject: &str,
+            from: usize,
+            vocab: &Vocabulary,
+            case_insensitive: bool,
+        ) -> Option<UkMarking> {
+            uk::parse_subject_bracketed(subject, from, vocab, $style, case_insensitive)
+        }
+
+        /// The canonical text markgate writes for a parsed marking.
+        pub fn render(m: &UkMarking, vocab: &Vocabulary) -> String {
+            uk::render(m.uk_prefix, m.level, &m.qualifiers, vocab, $style)
+        }
+    };
+}
+pub(super) use scheme_entry_points;
+
 /// GSC order: caveats and handling instructions before descriptors.
 pub(crate) fn gsc_rank(kind: QualifierKind) -> u8 {
     match kind {
@@ -222,6 +238,21 @@ struct Core {
     qualifiers: Vec<usize>,
     end: usize,
     diagnostics: Vec<Diagnostic>,
+}
+
+impl Core {
+    /// The marking this core reads as, found at `start..end`, the subject text from `rest`.
+    fn marking(self, start: usize, end: usize, rest: usize) -> UkMarking {
+        UkMarking {
+            uk_prefix: self.uk_prefix,
+            level: self.level,
+            qualifiers: self.qualifiers,
+            start,
+            end,
+            rest,
+            diagnostics: self.diagnostics,
+        }
+    }
 }
 
 fn parse_core(s: &[u8], pos: usize, vocab: &Vocabulary, style: UkStyle, ci: bool) -> Option<Core> {
@@ -347,13 +378,8 @@ fn best_level(
     vocab: &Vocabulary,
     ci: bool,
 ) -> Option<(usize, usize, MatchInfo)> {
-    let mut best: Option<(usize, usize, MatchInfo)> = None;
-    for (idx, level) in vocab.levels.iter().enumerate() {
-        for phrase in std::iter::once(&level.name).chain(level.aliases.iter()) {
-            consider(&mut best, idx, s, pos, phrase, ci);
-        }
-    }
-    best
+    let names = vocab.levels.iter().map(|l| (&l.name, &l.aliases));
+    best_of(names, s, pos, ci)
 }
 
 fn best_qualifier(
@@ -362,9 +388,21 @@ fn best_qualifier(
     vocab: &Vocabulary,
     ci: bool,
 ) -> Option<(usize, usize, MatchInfo)> {
+    let names = vocab.qualifiers.iter().map(|q| (&q.name, &q.aliases));
+    best_of(names, s, pos, ci)
+}
+
+/// The best match at `pos` among vocabulary entries (each a name and its aliases): the index
+/// of the entry, where the match ends, and how it matched.
+fn best_of<'v>(
+    entries: impl Iterator<Item = (&'v String, &'v Vec<String>)>,
+    s: &[u8],
+    pos: usize,
+    ci: bool,
+) -> Option<(usize, usize, MatchInfo)> {
     let mut best: Option<(usize, usize, MatchInfo)> = None;
-    for (idx, q) in vocab.qualifiers.iter().enumerate() {
-        for phrase in std::iter::once(&q.name).chain(q.aliases.iter()) {
+    for (idx, (name, aliases)) in entries.enumerate() {
+        for phrase in std::iter::once(name).chain(aliases.iter()) {
             consider(&mut best, idx, s, pos, phrase, ci);
         }
     }

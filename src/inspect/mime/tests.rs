@@ -1,0 +1,381 @@
+use super::fold::is_ascii_whitespace_char;
+use super::*;
+
+fn golden(case: &str) -> Vec<u8> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/rewrite")
+        .join(case)
+        .join("in.eml");
+    std::fs::read(p).unwrap_or_default()
+}
+
+fn types(shape: &MimeShape, ids: &[usize]) -> Vec<String> {
+    ids.iter()
+        .map(|&i| shape.parts[i].content_type.clone())
+        .collect()
+}
+
+#[test]
+fn message_text_follows_the_disclaimer_rules() {
+    let s = analyze(&golden("corpus-related-html-inline-image"), None);
+    assert_eq!(types(&s, &s.text_parts), ["text/plain", "text/html"]);
+    assert_eq!(types(&s, &s.attachments), ["image/png"]);
+    assert_eq!(s.parts[s.attachments[0]].role, PartRole::RelatedResource);
+
+    let s = analyze(&golden("calendar-alternative"), None);
+    assert_eq!(types(&s, &s.text_parts), ["text/plain", "text/html"]);
+    assert_eq!(types(&s, &s.attachments), ["text/calendar"]);
+
+    let s = analyze(&golden("tnef-mixed"), None);
+    assert_eq!(types(&s, &s.text_parts), ["text/plain"]);
+    assert_eq!(types(&s, &s.attachments), ["application/ms-tnef"]);
+
+    let s = analyze(&golden("forwarded-rfc822"), None);
+    assert_eq!(types(&s, &s.text_parts), ["text/plain"]);
+    assert_eq!(s.rfc822_parts.len(), 1);
+    assert!(s.attachments.is_empty());
+
+    let s = analyze(&golden("nested-attachments"), None);
+    assert_eq!(types(&s, &s.text_parts), ["text/plain", "text/html"]);
+    assert_eq!(
+        types(&s, &s.attachments),
+        [
+            "image/gif",
+            "text/plain",
+            "application/octet-stream",
+            "text/html"
+        ]
+    );
+    assert!(s.parts.iter().all(|p| !p.encoding_problem));
+}
+
+#[test]
+fn signed_and_encrypted_are_recognised() {
+    let s = analyze(&golden("corpus-smime-signed"), None);
+    assert!(
+        matches!(s.security[..], [Security::MultipartSigned { part: 0, ref protocol }] if protocol == "application/x-pkcs7-signature")
+    );
+    assert_eq!(types(&s, &s.signed_text_parts), ["text/plain"]);
+    assert!(s.text_parts.is_empty());
+    assert_eq!(s.parts[2].role, PartRole::Signature);
+
+    let s = analyze(&golden("pkcs7-encrypted"), None);
+    assert_eq!(s.security, [Security::SmimeEncrypted { part: 0 }]);
+
+    let s = analyze(&golden("inline-pgp-signed"), None);
+    assert_eq!(s.security, [Security::InlinePgpSigned { part: 0 }]);
+}
+
+#[test]
+fn marker_found_in_quoted_qp_and_html() {
+    let m = "Communications sent to or from this organisation may be subject to recording and/or monitoring in accordance with relevant legislation.";
+    let s = analyze(&golden("corpus-reply-with-quoted-disclaimer"), Some(m));
+    assert_eq!(s.disclaimer_present, Some(true));
+    let s = analyze(&golden("html-quoted-disclaimer"), Some(m));
+    assert_eq!(s.disclaimer_present, Some(true));
+    assert!(
+        s.text_parts
+            .iter()
+            .all(|&p| s.parts[p].marker_present == Some(true))
+    );
+    let s = analyze(&golden("corpus-plain-unmarked"), Some(m));
+    assert_eq!(s.disclaimer_present, Some(false));
+}
+
+#[test]
+fn normalisation() {
+    assert_eq!(
+        normalize_text(
+            "<p>A&nbsp;b</p><p>C &amp; <b>d</b>&#233;&#x21;</p><script>x</script>",
+            true
+        ),
+        "a b c & dé!"
+    );
+    assert_eq!(
+        normalize_text("> > Quoted\n>  text\u{a0}here", false),
+        "quoted text here"
+    );
+}
+
+#[test]
+fn transfer_decoders_are_lenient_and_honest() {
+    assert_eq!(
+        decode_qp(b"a=\r\nb=3D\r\nc \r\n"),
+        (b"ab=\r\nc\r\n".to_vec(), true)
+    );
+    assert_eq!(
+        decode_qp(b"caf\xe9 =ZZ\n"),
+        (b"caf\xe9 =ZZ\n".to_vec(), false)
+    );
+    assert_eq!(
+        decode_base64(b"aGVs\r\nbG8=\r\n"),
+        (b"hello".to_vec(), true)
+    );
+    assert!(!decode_base64(b"aGVs*bG8=").1);
+}
+
+#[test]
+fn never_panics_on_junk() {
+    for junk in [
+        &b""[..],
+        b"\r\n",
+        b"\n\n\n",
+        b"Content-Type: multipart/mixed; boundary=\"\"\r\n\r\n--\r\n--",
+        b"Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Type: multipart/alternative; boundary=a\r\n\r\n--a--",
+        b"Content-Type: text/plain; charset=utf-16\r\nContent-Transfer-Encoding: base64\r\n\r\n//79/w==",
+        b"\xff\xfe\x00:",
+    ] {
+        let s = analyze(junk, Some("marker"));
+        for p in &s.parts {
+            let _ = decode_part_text(junk, p);
+        }
+    }
+}
+
+/// The folding written out on its own, line by line as `normalize_text` first did it: `Folder`
+/// must give exactly the same string.
+fn normalize_reference(text: &str) -> String {
+    let mut out = String::new();
+    let mut pending_space = false;
+    for line in text.split('\n') {
+        let line = line.trim_start_matches(|c: char| c == '>' || c.is_whitespace());
+        pending_space |= !out.is_empty();
+        for c in line.chars() {
+            if c.is_whitespace() {
+                pending_space = !out.is_empty();
+            } else if matches!(
+                c,
+                '\u{200B}' | '\u{200C}' | '\u{200D}' | '\u{FEFF}' | '\u{AD}'
+            ) {
+                continue;
+            } else {
+                if pending_space {
+                    out.push(' ');
+                    pending_space = false;
+                }
+                out.extend(c.to_lowercase());
+            }
+        }
+    }
+    out
+}
+
+/// Every file of the corpora the folding tests read.
+pub(crate) fn corpus_files() -> Vec<Vec<u8>> {
+    fn files(dir: &std::path::Path, out: &mut Vec<Vec<u8>>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                files(&p, out);
+            } else if let Ok(b) = std::fs::read(&p) {
+                out.push(b);
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut texts = Vec::new();
+    for d in [
+        "tests/rewrite",
+        "tests/corpus",
+        "fuzz/corpus/inspect",
+        "benches/data",
+    ] {
+        files(&root.join(d), &mut texts);
+    }
+    texts
+}
+
+#[test]
+fn normalize_ascii_matches_the_per_char_folding() {
+    let texts = corpus_files();
+    let mut checked = 0;
+    for t in &texts {
+        // Whole files and their ASCII-only lossy versions, so every one is exercised.
+        let lossy = String::from_utf8_lossy(t);
+        let ascii: String = lossy.chars().filter(char::is_ascii).collect();
+        for input in [lossy.as_ref(), ascii.as_str()] {
+            if input.is_ascii() {
+                checked += 1;
+                assert_eq!(normalize_text(input, false), normalize_reference(input));
+            }
+        }
+    }
+    assert!(checked > 300, "only {checked} texts");
+}
+
+#[test]
+fn normalize_fast_path_matches_the_per_char_folding() {
+    let pieces = [
+        "a",
+        "Z",
+        " ",
+        "\t",
+        "\n",
+        "\r\n",
+        "\u{b}",
+        "\u{c}",
+        ">",
+        "> >",
+        "\u{a0}",
+        "\u{85}",
+        "\u{2003}",
+        "\u{200b}",
+        "\u{feff}",
+        "\u{ad}",
+        "É",
+        "İ",
+        "ß",
+        "Σ",
+        "THIS EMAIL",
+        "Monitored",
+        "\u{3000}",
+        "x\u{200d}y",
+        "\n> ",
+        "  \n\n",
+    ];
+    // Every sequence of up to three pieces, plus longer mixed strings.
+    let mut inputs = vec![String::new()];
+    for a in pieces {
+        for b in pieces {
+            for c in pieces {
+                inputs.push(format!("{a}{b}{c}"));
+            }
+        }
+    }
+    inputs.push(pieces.concat());
+    inputs.push(pieces.iter().rev().copied().collect::<String>());
+    for input in &inputs {
+        assert_eq!(
+            normalize_text(input, false),
+            normalize_reference(input),
+            "input {input:?}"
+        );
+    }
+}
+
+/// `marker_in_text` must answer exactly what folding the whole text and searching gives,
+/// whichever shortcut it takes: never "absent" when the folded text holds the marker, never
+/// "present" when it does not.
+fn check_marker(text: &str, html: bool, marker: &str, counts: &mut [usize; 2]) {
+    let want = normalize_text(text, html).contains(marker);
+    assert_eq!(
+        marker_in_text(text, html, marker),
+        want,
+        "marker {marker:?} html {html} in {text:?}"
+    );
+    counts[usize::from(want)] += 1;
+    // normalize_marker's shortcut for markers folded already.
+    assert_eq!(normalize_marker(marker), normalize_text(marker, false));
+}
+
+/// Markers made from the folded text itself (so present), and the same with one character
+/// changed or in upper case (so absent, or present only through folding).
+fn markers_from(folded: &str) -> Vec<String> {
+    let chars: Vec<char> = folded.chars().collect();
+    let mut out = Vec::new();
+    for len in [8, 20, 45] {
+        for start in [
+            0,
+            chars.len() / 3,
+            chars.len() / 2,
+            chars.len().saturating_sub(len),
+        ] {
+            let piece: String = chars.iter().skip(start).take(len).collect();
+            let m = normalize_marker(&piece);
+            if m.is_empty() {
+                continue;
+            }
+            let mut changed: Vec<char> = m.chars().collect();
+            let mid = changed.len() / 2;
+            changed[mid] = if changed[mid] == 'q' { 'z' } else { 'q' };
+            out.push(changed.into_iter().collect());
+            out.push(m.to_uppercase());
+            out.push(m);
+        }
+    }
+    out
+}
+
+#[test]
+fn ascii_whitespace_is_what_folding_calls_whitespace() {
+    for b in 0..=0x7Fu8 {
+        assert_eq!(
+            is_ascii_whitespace_char(b),
+            char::from(b).is_whitespace(),
+            "{b:#x}"
+        );
+    }
+}
+
+#[test]
+fn marker_search_agrees_with_folding_over_the_corpora() {
+    let fixed = [
+        "may be subject to recording and/or monitoring in accordance with relevant legislation",
+        "recording and/or monitoring",
+        "This Email",
+        "monitored",
+        "keep",
+        "> quoted",
+        "a  b",
+        "caf\u{e9} au lait",
+    ];
+    let mut counts = [0usize; 2];
+    for t in corpus_files() {
+        let lossy = String::from_utf8_lossy(&t);
+        let ascii: String = lossy.chars().filter(char::is_ascii).collect();
+        for input in [lossy.as_ref(), ascii.as_str()] {
+            for html in [false, true] {
+                let mut markers: Vec<String> = fixed.iter().map(|m| (*m).to_owned()).collect();
+                markers.extend(fixed.iter().map(|m| normalize_marker(m)));
+                markers.extend(markers_from(&normalize_text(input, html)));
+                for m in &markers {
+                    check_marker(input, html, m, &mut counts);
+                }
+            }
+        }
+    }
+    let [absent, present] = counts;
+    assert!(
+        absent > 10_000 && present > 5_000,
+        "{absent} absent, {present} present"
+    );
+}
+
+#[test]
+fn marker_search_agrees_with_folding_where_folding_makes_the_match() {
+    let m = normalize_marker("Recording and/or MONITORING");
+    let mut counts = [0usize; 2];
+    for (text, html) in [
+        ("recording and/or monitoring", false),
+        ("RECORDING AND/OR MONITORING", false),
+        ("recording   and/or\n> > monitoring", false),
+        ("recording\tand/or\r\n monitoring", false),
+        ("recording and/or moni\u{200b}toring", false),
+        ("recording and/or moni\u{ad}toring", false),
+        ("recording\u{a0}and/or monitoring", false),
+        ("recording and/or monitorin", false),
+        ("recording and/or", false),
+        ("<p>recording <b>and/or</b> monitoring</p>", true),
+        ("recording and&#47;or &#109;onitoring", true),
+        ("recording and/or <!-- x -->monitoring", true),
+        ("recording and/<i>or</i> moni<br>toring", true),
+        ("", false),
+    ] {
+        check_marker(text, html, &m, &mut counts);
+    }
+    // ASCII letters that only folding makes: the Kelvin sign lowercases to `k`, a dotted
+    // capital I to `i` and a combining dot; and markers that are not folded themselves.
+    for (text, marker) in [
+        ("\u{212a}eep it", "keep it"),
+        ("\u{212a}EEP it", "keep it"),
+        ("\u{130}t is", "i\u{307}t is"),
+        ("x > y", "x > y"),
+        ("> y", "> y"),
+        ("a\u{1}b c", "a\u{1}b c"),
+        ("Keep It", "Keep It"),
+        ("keep  it", "keep  it"),
+    ] {
+        check_marker(text, false, marker, &mut counts);
+    }
+    assert!(counts[0] >= 6 && counts[1] >= 13, "{counts:?}");
+}
