@@ -3,7 +3,13 @@
 //! record, and the 4xx answers for internal and audit failures.
 
 use super::*;
+use crate::alert::IncidentKind;
+use crate::audit::record::{
+    Cause, Direction as AuditDirection, Edit, Mode as AuditMode, RecipientStatus,
+    Verdict as AuditVerdict,
+};
 use crate::policy::BUILTIN_POLICY;
+use crate::policy::decide::Direction;
 
 const COUNCIL: &str = "alice@example-council.gcsx.gov.uk";
 const PARTNER: &str = "bob@partner.gcsx.gov.uk";
