@@ -134,10 +134,10 @@ start() {
 		listen_lib="inet:$port@127.0.0.1"
 	fi
 	case $name in
-	markgate | markgate-ledger-off)
+	markgate | markgate-ledger-on | markgate-ledger-off)
 		rm -f "$work/ledger.sqlite" "$work/ledger.sqlite-wal" "$work/ledger.sqlite-shm"
-		if [ "$name" = markgate ]; then write_config "$spec" "$work/markgate.toml"
-		else write_config "$spec" "$work/markgate.toml" off; fi
+		if [ "$name" = markgate-ledger-off ]; then write_config "$spec" "$work/markgate.toml" off
+		else write_config "$spec" "$work/markgate.toml"; fi
 		"$markgate" run --config "$work/markgate.toml" 2>>"$out/markgate.log" &
 		;;
 	libmilter-nothing) (umask 0; exec "$work/ref-nothing" "$listen_lib") 2>>"$out/ref.log" & ;;
@@ -156,13 +156,14 @@ start() {
 }
 stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
 
-expect_for() { if [ "$1" = markgate ] || [ "$1" = markgate-ledger-off ]; then echo mg; elif [ "$1" = libmilter-nothing ]; then echo none; else echo ref; fi; }
+expect_for() { if [ "${1%%-ledger-*}" = markgate ]; then echo mg; elif [ "$1" = libmilter-nothing ]; then echo none; else echo ref; fi; }
 
 run_load() { # name transport msgfile conns count
 	local name=$1 transport=$2 msg=$3 conns=$4 count=$5 e
 	e=$(expect_for "$name")
+	# Every message its own Message-ID, as real mail: markgate's thread ledger files each one.
 	local args=(--connect "$spec" --eml "benches/data/$msg" --connections "$conns" --messages "$count"
-		--warmup $((conns * 2)) --pid "$pid" --json --label "$name|$transport|$msg|$conns")
+		--warmup $((conns * 2)) --unique-ids --pid "$pid" --json --label "$name|$transport|$msg|$conns")
 	case $e in
 	mg) args+=("${mg_expect[@]}") ;;
 	ref) args+=("${ref_expect[@]}") ;;
@@ -249,17 +250,19 @@ if [ "$only" = all ] || [ "$only" = load ]; then
 fi
 
 # Thread ledger on (SQLite, the default) against off, in the same run: 64 connections for
-# throughput, 1 connection for the p50 each message pays. Alternated on/off/on/off so drift of
-# the shared machine hits both alike. Generate and time a 10-million-entry ledger with
-# `cargo bench --bench ledger_scale` (minutes; not part of this script).
+# throughput, 1 connection for the p50 each message pays. Alternated on/off three times so
+# drift of the shared machine hits both alike (the table gives the median), and long enough
+# (seconds, not a fraction of one) that a stray process on the machine is not the result.
+# Generate and time a 10-million-entry ledger with `cargo bench --bench ledger_scale`
+# (minutes; not part of this script).
 if [ "$only" = all ] || [ "$only" = ledger ]; then
-	for round in 1 2; do
-		for name in markgate markgate-ledger-off; do
+	for round in 1 2 3; do
+		for name in markgate-ledger-on markgate-ledger-off; do
 			echo "== ledger: $name (round $round)" >&2
 			start "$name" unix
 			for conns in 64 1; do
-				n=4000
-				[ "$conns" = 1 ] && n=1500
+				n=16000
+				[ "$conns" = 1 ] && n=3000
 				[ "$quick" = 1 ] && n=$((n / 10))
 				run_load "$name" unix small-2k.eml "$conns" "$n"
 			done

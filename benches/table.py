@@ -102,24 +102,34 @@ def main():
     led = {}
     for r in rows:
         p = r["label"].split("|")
-        if (len(p) == 4 and p[0] in ("markgate", "markgate-ledger-off") and p[1] == "unix"
-                and p[2] == "small-2k.eml" and "msgs_per_sec" in r):
+        if (len(p) == 4 and p[0] in ("markgate-ledger-on", "markgate-ledger-off")
+                and p[1] == "unix" and p[2] == "small-2k.eml" and "msgs_per_sec" in r):
             led.setdefault((p[0], p[3]), []).append(r)
 
     def med(rs, key):
-        v = sorted(r[key] for r in rs)
+        v = sorted(r.get(key) or 0 for r in rs)
         return v[len(v) // 2] if v else 0
 
+    def spread(rs, key):
+        v = sorted(r.get(key) or 0 for r in rs)
+        return f"{v[0]:.0f}-{v[-1]:.0f}" if v else "-"
+
     if any(k[0] == "markgate-ledger-off" for k in led):
-        print("### Thread ledger (SQLite) on vs off (unix, small-2k.eml, median of runs)\n")
-        print("| conns | ledger on msg/s | ledger off msg/s | on/off | on p50 ms | off p50 ms |")
-        print("|---|---|---|---|---|---|")
+        print("### Thread ledger (SQLite) on vs off (unix, small-2k.eml, unique Message-IDs, "
+              "median of the rounds, range in brackets)\n")
+        print("| conns | rounds | ledger on msg/s | ledger off msg/s | on/off | on p50 ms | off p50 ms "
+              "| on CPU µs/msg | off CPU µs/msg |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for conns in ("64", "1"):
-            on, off = led.get(("markgate", conns), []), led.get(("markgate-ledger-off", conns), [])
+            on = led.get(("markgate-ledger-on", conns), [])
+            off = led.get(("markgate-ledger-off", conns), [])
             if on and off:
-                print(f"| {conns} | {med(on, 'msgs_per_sec'):.0f} | {med(off, 'msgs_per_sec'):.0f} "
+                print(f"| {conns} | {min(len(on), len(off))} "
+                      f"| {med(on, 'msgs_per_sec'):.0f} ({spread(on, 'msgs_per_sec')}) "
+                      f"| {med(off, 'msgs_per_sec'):.0f} ({spread(off, 'msgs_per_sec')}) "
                       f"| {ratio(med(on, 'msgs_per_sec'), med(off, 'msgs_per_sec'))} "
-                      f"| {med(on, 'p50_us') / 1000:.3f} | {med(off, 'p50_us') / 1000:.3f} |")
+                      f"| {med(on, 'p50_us') / 1000:.3f} | {med(off, 'p50_us') / 1000:.3f} "
+                      f"| {med(on, 'cpu_us_per_msg'):.0f} | {med(off, 'cpu_us_per_msg'):.0f} |")
         print()
     shown = {"|".join(k) for k in load_rows} | {r["label"] for r in big + idle + cg + disk}
     other = [r for r in rows if r["label"] not in shown]

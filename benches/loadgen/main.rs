@@ -118,6 +118,11 @@ struct Args {
     /// Worker threads for the generator itself (it should not compete with the milter).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Give every message a Message-ID of its own (the file's, with the queue id put in front
+    /// of the local part), as real mail has: a milter that remembers messages (markgate's
+    /// thread ledger) then files each under a new key instead of one key many times.
+    #[arg(long)]
+    unique_ids: bool,
 }
 
 /// The socket as Postfix drives it: writes go into a buffer that is sent when a reply is read
@@ -240,6 +245,17 @@ impl Endpoint {
             "--connect {spec:?}: expected unix:/path, inet:HOST:PORT or inet:PORT@HOST"
         ))
     }
+}
+
+/// `<local@domain>` as `<QID.local@domain>` (a value without `<` gets the queue id in front).
+fn unique_id(value: &Bytes, qid: &str) -> Bytes {
+    let at = value.iter().position(|&b| b == b'<').map_or(0, |i| i + 1);
+    let mut v = Vec::with_capacity(value.len() + qid.len() + 1);
+    v.extend_from_slice(&value[..at]);
+    v.extend_from_slice(qid.as_bytes());
+    v.push(b'.');
+    v.extend_from_slice(&value[at..]);
+    Bytes::from(v)
 }
 
 /// One message ready to send: headers as Postfix passes them and the body in CRLF form.
@@ -775,6 +791,11 @@ async fn message<S: AsyncRead + AsyncWrite + Unpin>(
             } else {
                 value.slice(usize::from(value.first() == Some(&b' '))..)
             };
+            let value = if run.args.unique_ids && name.eq_ignore_ascii_case(b"message-id") {
+                unique_id(&value, qid)
+            } else {
+                value
+            };
             let header = Command::Header {
                 name: name.clone(),
                 value,
@@ -1158,6 +1179,13 @@ impl Report {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn unique_ids_put_the_queue_id_in_front_of_the_local_part() {
+        let id = |v: &'static [u8]| unique_id(&Bytes::from_static(v), "4Q00000001");
+        assert_eq!(&id(b" <a@b>")[..], b" <4Q00000001.a@b>");
+        assert_eq!(&id(b"a@b")[..], b"4Q00000001.a@b");
+    }
     use super::*;
 
     #[test]

@@ -251,6 +251,93 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 /// quoted-printable, CRLF to LF) has the same digest. A message mail-parser cannot read is
 /// digested as its raw bytes after the header.
 pub fn text_digest(whole: &[u8]) -> [u8; 32] {
+    match plain_ascii_body(whole) {
+        Some(body) => {
+            let mut h = Sha256::new();
+            h.update(b"t\0");
+            normalised_text(&mut h, body);
+            h.finalize().into()
+        }
+        None => parsed_digest(whole),
+    }
+}
+
+/// The body of a message that is one plain-text part in ASCII, with no transfer encoding:
+/// most mail, and its text as a reader sees it is its body as it stands, so the digest needs
+/// no MIME parse (the same value as [`parsed_digest`], which the tests check on the corpus).
+/// `None` for anything else: parameters other than an ASCII-compatible charset, a transfer
+/// encoding, a second Content-Type, a byte above 127.
+fn plain_ascii_body(whole: &[u8]) -> Option<&str> {
+    let (head, body) = split_at_body(whole)?;
+    if !body.is_ascii() {
+        return None;
+    }
+    let (mut content_type, mut encoding) = (0, 0);
+    let mut fields = head.split(|&b| b == b'\n').peekable();
+    while let Some(line) = fields.next() {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii();
+        let is_type = name.eq_ignore_ascii_case(b"content-type");
+        let is_encoding = name.eq_ignore_ascii_case(b"content-transfer-encoding");
+        if !is_type && !is_encoding {
+            continue;
+        }
+        let mut value = line[colon + 1..].to_ascii_lowercase();
+        while let Some(next) = fields
+            .peek()
+            .filter(|l| l.first().is_some_and(|b| *b == b' ' || *b == b'\t'))
+        {
+            value.extend_from_slice(next);
+            fields.next();
+        }
+        let value = std::str::from_utf8(&value).ok()?;
+        let value: String = value.split_whitespace().collect();
+        if is_type {
+            content_type += 1;
+            let mut params = value.split(';');
+            if params.next() != Some("text/plain") {
+                return None;
+            }
+            for p in params.filter(|p| !p.is_empty()) {
+                let charset = p.strip_prefix("charset=")?.trim_matches('"');
+                if !matches!(charset, "us-ascii" | "utf-8" | "utf8") {
+                    return None;
+                }
+            }
+        } else {
+            encoding += 1;
+            if !matches!(value.as_str(), "7bit" | "8bit" | "binary") {
+                return None;
+            }
+        }
+    }
+    if content_type > 1 || encoding > 1 {
+        return None;
+    }
+    std::str::from_utf8(body).ok()
+}
+
+/// Header block and body, split at the first empty line (`None` when there is none).
+fn split_at_body(whole: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut pos = 0;
+    while pos < whole.len() {
+        let end = whole[pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(whole.len(), |i| pos + i + 1);
+        let line = &whole[pos..end];
+        if line == b"\n" || line == b"\r\n" {
+            return Some((&whole[..pos], &whole[end..]));
+        }
+        pos = end;
+    }
+    None
+}
+
+/// [`text_digest`] through mail-parser: every part decoded.
+fn parsed_digest(whole: &[u8]) -> [u8; 32] {
     use mail_parser::{MessageParser, PartType};
     let mut h = Sha256::new();
     // Only the MIME headers shape the decoded text: a parser that skips the others (Received
@@ -383,6 +470,41 @@ mod tests {
         assert_eq!(normalise_subject("Rename"), "rename");
         let once = normalise_subject(" FW: re:  a ");
         assert_eq!(normalise_subject(&once), once);
+    }
+
+    #[test]
+    fn the_plain_text_shortcut_gives_the_parsed_digest() {
+        let mut messages = crate::inspect::mime::tests::corpus_files();
+        let base = b"Subject: x\r\nContent-Type: text/plain; charset=\"us-ascii\"\r\n\r\n".to_vec();
+        for body in [
+            &b""[..],
+            b"\r\n",
+            b"\r\n\r\nstarts with empty lines\r\n",
+            b"trailing space   \r\nand tabs\t\r\n\r\n\r\n",
+            b"no final line end",
+            b"lf only\nlines\n",
+            b"a lone\rcarriage return\r\n",
+        ] {
+            messages.push([&base[..], body].concat());
+            messages.push([&b"Subject: y\n\n"[..], body].concat());
+            messages.push(
+                [&b"Content-Type: text/plain;\r\n\tcharset=utf-8\r\nContent-Transfer-Encoding: 7bit\r\n\r\n"[..], body]
+                    .concat(),
+            );
+        }
+        let mut shortcut = 0;
+        for m in &messages {
+            if plain_ascii_body(m).is_some() {
+                shortcut += 1;
+            }
+            assert_eq!(
+                text_digest(m),
+                parsed_digest(m),
+                "{}",
+                String::from_utf8_lossy(&m[..m.len().min(300)])
+            );
+        }
+        assert!(shortcut >= 21, "the shortcut was taken {shortcut} times");
     }
 
     #[test]
