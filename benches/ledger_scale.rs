@@ -120,7 +120,11 @@ fn main() {
                     let w = Arc::clone(&writer);
                     Box::pin(async move { w.record_many(batch).await.expect("bulk write") })
                 };
+                let reader = Arc::clone(&store);
+                let inline = move |q: &Query| reader.lookup_inline(q);
                 measure(store, "sqlite", entries, lookups, Some(&path), Some(&bulk)).await;
+                // The daemon's own path: the same lookups on the caller's thread.
+                inline_lookups(&inline, entries, lookups);
             }
         }
     });
@@ -193,20 +197,7 @@ async fn measure<S: Store>(
         let mut lat = Vec::with_capacity(lookups);
         let mut hits = 0usize;
         for n in 0..lookups as u64 {
-            let i = (n.wrapping_mul(2_654_435_761)) % entries;
-            let (own, digest, subject) = keys(entries + n);
-            let parent = if n % 2 == 0 {
-                keys(i).0
-            } else {
-                keys(entries * 2 + n).0
-            };
-            let q = Query {
-                ids: vec![parent],
-                own_id: Some(own),
-                thread_indexes: vec![],
-                text: Some((digest, subject)),
-                since: now - 30 * 86_400,
-            };
+            let q = query(n, entries);
             let t = Instant::now();
             let found = store.lookup(q).await.expect("lookup");
             lat.push(t.elapsed());
@@ -240,6 +231,52 @@ async fn measure<S: Store>(
             lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e6)
         );
     }
+}
+
+/// Lookup `n` of the run: its own id, a parent that exists for even `n`, its text.
+fn query(n: u64, entries: u64) -> Query {
+    let now = 2_000_000_000i64;
+    let i = (n.wrapping_mul(2_654_435_761)) % entries;
+    let (own, digest, subject) = keys(entries + n);
+    let parent = if n % 2 == 0 {
+        keys(i).0
+    } else {
+        keys(entries * 2 + n).0
+    };
+    Query {
+        ids: vec![parent],
+        own_id: Some(own),
+        thread_indexes: vec![],
+        text: Some((digest, subject)),
+        since: now - 30 * 86_400,
+    }
+}
+
+/// The same lookups on the calling thread (`SqliteStore::lookup_inline`, what the daemon
+/// does), other keys than the thread's run so the page cache is not simply warm for them.
+fn inline_lookups(
+    inline: &dyn Fn(&Query) -> Option<markgate::ledger::Found>,
+    entries: u64,
+    lookups: usize,
+) {
+    let mut lat = Vec::with_capacity(lookups);
+    let mut hits = 0usize;
+    for n in lookups as u64..2 * lookups as u64 {
+        let q = query(n, entries);
+        let t = Instant::now();
+        let found = inline(&q).expect("the file can be read");
+        lat.push(t.elapsed());
+        hits += usize::from(!found.is_empty());
+    }
+    lat.sort();
+    let pct = |p: usize| lat[(lat.len() * p / 100).min(lat.len() - 1)].as_secs_f64() * 1e6;
+    println!(
+        "{{\"label\":\"ledger|sqlite|scale|inline\",\"entries\":{entries},\"lookups\":{},\"hits\":{hits},\"p50_us\":{:.0},\"p99_us\":{:.0},\"max_us\":{:.0}}}",
+        lat.len(),
+        pct(50),
+        pct(99),
+        lat.last().map_or(0.0, |d| d.as_secs_f64() * 1e6)
+    );
 }
 
 fn cleanup(path: &std::path::Path, keep: bool) {
