@@ -206,3 +206,73 @@ fn one_envelope_for_every_message_when_given() {
     let o = markgate(&["policy", "test", "--rcpt", "a@example.com", &m]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
+
+/// The shipped uk-gsc and au-epms policies carry `[thread]` too: the same dry run refuses a
+/// reply marked lower than the message it answers, in each scheme's own spelling.
+#[test]
+fn the_uk_gsc_and_au_epms_policies_refuse_a_downgraded_reply() {
+    let cases = [
+        (
+            "uk-gsc.toml",
+            "bob@other.gov.uk",
+            "alice@example-department.gov.uk",
+            "OFFICIAL-SENSITIVE: Budget 2027",
+            "RE: Budget 2027",
+            "is marked OFFICIAL-SENSITIVE (rule THREAD-DOWNGRADE)",
+        ),
+        (
+            "au-epms.toml",
+            "bob@other.gov.au",
+            "alice@agency.gov.au",
+            "Budget 2027 [SEC=OFFICIAL:Sensitive]",
+            "RE: Budget 2027 [SEC=OFFICIAL]",
+            "is marked [SEC=OFFICIAL:Sensitive] (rule THREAD-DOWNGRADE, ISM-1089)",
+        ),
+    ];
+    for (file, partner, ours, subject, reply_subject, says) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        let policy = format!("{}/policies/{file}", env!("CARGO_MANIFEST_DIR"));
+        let orig_id = format!("orig.1@{}", partner.split('@').nth(1).unwrap());
+        let inbound = write(
+            d,
+            "1.eml",
+            &[
+                ("From", partner),
+                ("To", ours),
+                ("Subject", subject),
+                ("Message-ID", &format!("<{orig_id}>")),
+            ],
+            "The draft figures.",
+        );
+        let reply = write(
+            d,
+            "2.eml",
+            &[
+                ("From", ours),
+                ("To", "carol@example.com"),
+                ("Subject", reply_subject),
+                ("Message-ID", "<reply.1@example.net>"),
+                ("In-Reply-To", &format!("<{orig_id}>")),
+            ],
+            "Thanks.",
+        );
+        let ledger = d.join("l.sqlite").display().to_string();
+        let o = markgate(&[
+            "policy", "test", "--policy", &policy, "--ledger", &ledger, &inbound, &reply,
+        ]);
+        let out = text(&o);
+        assert!(o.status.success(), "{file}: {out}");
+        let first = section(&out, &inbound);
+        assert!(first.contains("direction: Inbound"), "{file}: {first}");
+        assert!(first.contains("recorded in the ledger"), "{file}: {first}");
+        let second = section(&out, &reply);
+        assert!(second.contains("direction: Outbound"), "{file}: {second}");
+        assert!(
+            second.contains("rule THREAD-DOWNGRADE: thread-downgrade → Reject"),
+            "{file}: {second}"
+        );
+        assert!(second.contains("answer: 550 5.7.1"), "{file}: {second}");
+        assert!(second.contains(says), "{file}: {second}");
+    }
+}
