@@ -777,6 +777,7 @@ fn report(name: &str, eval: &crate::filter::Evaluation, json: bool) {
         }
         if let Some(n) = &notice {
             println!("notice to {}:", n.to);
+            println!("  | Subject: {}", n.subject);
             for l in n.body.lines() {
                 println!("  | {l}");
             }
