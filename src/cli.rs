@@ -27,10 +27,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-/// `markgate ledger …`, `policy test --ledger` and the daemon's ledger (issue 12).
-mod ledger;
 /// `policy test`'s envelope: given, or read from each message's headers.
 mod envelope;
+/// `markgate ledger …`, `policy test --ledger` and the daemon's ledger (issue 12).
+mod ledger;
 use tracing::{error, info, warn};
 
 use crate::config::Config;

@@ -848,17 +848,22 @@ mod tests {
         );
         assert_eq!(live.config.ledger.path, old_file);
         let log = String::from_utf8_lossy(&logs.0.lock().expect("lock")).into_owned();
-        let warned: Vec<&str> = log.lines().filter(|l| l.contains("[ledger] changed")).collect();
+        let warned: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("[ledger] changed"))
+            .collect();
         assert_eq!(warned.len(), 1, "{log}");
         assert!(warned[0].contains("WARN"), "{log}");
         assert!(
-            warned[0].contains(
-                "ledger.backend, ledger.path, ledger.url, ledger.prefix, ledger.timeout"
-            ),
+            warned[0]
+                .contains("ledger.backend, ledger.path, ledger.url, ledger.prefix, ledger.timeout"),
             "{log}"
         );
         assert!(warned[0].contains("restart"), "{log}");
-        assert!(!log.contains("setting=ledger."), "one warning, not one per key: {log}");
+        assert!(
+            !log.contains("setting=ledger."),
+            "one warning, not one per key: {log}"
+        );
     }
 
     #[test]

@@ -47,9 +47,7 @@ fn section<'a>(out: &'a str, name: &str) -> &'a str {
         .find(&format!("message: {name}"))
         .unwrap_or_else(|| panic!("no report for {name}:\n{out}"));
     let rest = &out[start..];
-    let end = rest[1..]
-        .find("\nmessage: ")
-        .map_or(rest.len(), |e| e + 1);
+    let end = rest[1..].find("\nmessage: ").map_or(rest.len(), |e| e + 1);
     &rest[..end]
 }
 
@@ -86,8 +84,18 @@ fn a_thread_in_and_out_is_dry_run_against_a_ledger_file() {
             "Thanks, noted.",
         )
     };
-    let down = reply("2-downgraded.eml", DOWN, "carol@example.com", "UNCLASSIFIED");
-    let fixed = reply("3-fixed.eml", FIXED, "bob@partner.gcsx.gov.uk", "RESTRICTED");
+    let down = reply(
+        "2-downgraded.eml",
+        DOWN,
+        "carol@example.com",
+        "UNCLASSIFIED",
+    );
+    let fixed = reply(
+        "3-fixed.eml",
+        FIXED,
+        "bob@partner.gcsx.gov.uk",
+        "RESTRICTED",
+    );
     let ledger = d.join("thread.sqlite");
     let ledger_s = ledger.display().to_string();
 
@@ -115,7 +123,10 @@ fn a_thread_in_and_out_is_dry_run_against_a_ledger_file() {
     );
     assert!(second.contains("answer: 550 5.7.1"), "{second}");
     assert!(second.contains(&format!("answers {ORIG}")), "{second}");
-    assert!(second.contains("output message: none (refused)"), "{second}");
+    assert!(
+        second.contains("output message: none (refused)"),
+        "{second}"
+    );
     assert!(!second.contains("recorded in the ledger"), "{second}");
     assert!(
         out.contains("from <alice@example-council.gcsx.gov.uk> to <carol@example.com>; outbound"),
@@ -191,7 +202,10 @@ fn one_envelope_for_every_message_when_given() {
     ]);
     let out = text(&o);
     assert!(o.status.success(), "{out}");
-    assert!(!out.contains("envelope (from the message's headers)"), "{out}");
+    assert!(
+        !out.contains("envelope (from the message's headers)"),
+        "{out}"
+    );
     assert!(out.contains("direction: Outbound"), "{out}");
     // The given recipient, not the message's To: (RESTRICTED to the internet is refused).
     assert!(

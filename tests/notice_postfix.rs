@@ -93,7 +93,11 @@ fn records(audit: &std::path::Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn an_epms_notice_passes_the_gateway_that_sent_it() {
-    if !peers::available("an_epms_notice_passes_the_gateway_that_sent_it", TOOLS, true) {
+    if !peers::available(
+        "an_epms_notice_passes_the_gateway_that_sent_it",
+        TOOLS,
+        true,
+    ) {
         return;
     }
     let policy = policy();
@@ -117,7 +121,11 @@ fn an_epms_notice_passes_the_gateway_that_sent_it() {
     let client = ["--xclient", "ADDR=127.0.0.1 NAME=client.test"];
 
     // The null sender is not exempt: an unmarked message from <> is refused like any other.
-    let bounce = message("bounce.1@agency.gov.au", "Undelivered Mail Returned to Sender", "");
+    let bounce = message(
+        "bounce.1@agency.gov.au",
+        "Undelivered Mail Returned to Sender",
+        "",
+    );
     let r = pf.send_data_with("", &[BOB], &bounce, &client);
     let reply = data_reply(&r);
     assert!(
@@ -173,7 +181,10 @@ fn an_epms_notice_passes_the_gateway_that_sent_it() {
         if let Some(r) = found {
             break r;
         }
-        assert!(Instant::now() < deadline, "no decision record for the notice");
+        assert!(
+            Instant::now() < deadline,
+            "no decision record for the notice"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(rec["data"]["direction"], "outbound", "{rec}");

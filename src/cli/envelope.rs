@@ -92,7 +92,10 @@ fn addresses(raw: &[u8]) -> (String, Vec<String>) {
         Some(v) => v
             .as_address()
             .and_then(first)
-            .or_else(|| v.as_text().map(|t| t.trim().trim_matches(['<', '>']).to_owned()))
+            .or_else(|| {
+                v.as_text()
+                    .map(|t| t.trim().trim_matches(['<', '>']).to_owned())
+            })
             .unwrap_or_default(),
         None => msg.from().and_then(first).unwrap_or_default(),
     };

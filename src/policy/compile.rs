@@ -20,11 +20,11 @@ use super::model::*;
 use super::raw::{self, TableReader, quote_list};
 
 mod labels_ext;
+/// `[notice]`: the marking on markgate's own sender notices.
+mod notice;
 mod routes;
 /// `[thread]` (issue 12), in its own file.
 mod thread;
-/// `[notice]`: the marking on markgate's own sender notices.
-mod notice;
 
 /// Compile policy text. `name` is used in messages (normally the file path) and is what
 /// `include` paths are relative to; `identity` is the file's identity as `read` reports

@@ -77,7 +77,9 @@ mod tests {
         let mut text = std::fs::read_to_string(&path).expect("shipped policy");
         if !keep_notice {
             let at = text.find("\n[notice]\n").expect("a [notice] table");
-            let end = text[at + 1..].find("\n\n").map_or(text.len(), |e| at + 1 + e);
+            let end = text[at + 1..]
+                .find("\n\n")
+                .map_or(text.len(), |e| at + 1 + e);
             text.replace_range(at..end, "");
         }
         match Policy::from_str(file, &text) {
@@ -115,7 +117,11 @@ mod tests {
     #[test]
     fn never_below_the_message_it_quotes() {
         let p = policy("au-epms.toml", true);
-        let d = decided(&p, "budget [SEC=PROTECTED, CAVEAT=RI:AUSTEO]", "agency.gov.au");
+        let d = decided(
+            &p,
+            "budget [SEC=PROTECTED, CAVEAT=RI:AUSTEO]",
+            "agency.gov.au",
+        );
         assert_eq!(
             subject(&p, &d, "Removed"),
             "Removed [SEC=PROTECTED, CAVEAT=RI:AUSTEO]"
