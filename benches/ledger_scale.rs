@@ -6,6 +6,13 @@
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) it is a smoke run of 2 000 entries.
 //!     cargo bench --bench ledger_scale -- --redis redis://127.0.0.1:PORT/ [--entries N]
+//!     cargo bench --bench ledger_scale -- --redis-server [--entries N]
+//!
+//! With Redis the figure is memory: the server's `used_memory` (INFO memory) before and after
+//! the entries are written, and the difference per entry. `--redis-server` starts its own
+//! `redis-server` (Debian package redis-server) on a free loopback port with its files in a
+//! temporary directory and no persistence, loads 200 000 entries unless `--entries` says
+//! otherwise, and stops it by its process id afterwards.
 //!
 //! The file goes to `target/ledger-scale.sqlite` unless `--path` says otherwise (never into
 //! the repository) and is deleted afterwards unless `--keep`. An existing file of the right
@@ -106,7 +113,16 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let redis_url = arg(&args, "--redis");
+    // `--redis-server`: a private redis-server for the memory figure (kept until the end).
+    let private = args
+        .iter()
+        .any(|a| a == "--redis-server")
+        .then(PrivateRedis::start);
+    let entries = match (&private, arg(&args, "--entries")) {
+        (Some(_), None) => 200_000,
+        _ => entries,
+    };
+    let redis_url = arg(&args, "--redis").or_else(|| private.as_ref().map(|r| r.url.clone()));
     rt.block_on(async {
         match &redis_url {
             Some(url) => {
@@ -131,6 +147,53 @@ fn main() {
     if redis_url.is_none() {
         cleanup(&path, keep);
     }
+    drop(private);
+}
+
+/// A `redis-server` this benchmark started: loopback only, a free port, no persistence, its
+/// working directory a temporary one. Stopped (by its own process id) when dropped.
+struct PrivateRedis {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server (apt-get install redis-server)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        PrivateRedis {
+            child,
+            url: format!("redis://127.0.0.1:{port}/"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A bulk writer for the generation phase (SQLite's `record_many`), or none (one by one).
@@ -146,7 +209,8 @@ async fn measure<S: Store>(
     bulk: Option<Bulk<'_>>,
 ) {
     {
-        let have = store.stats().await.expect("stats").entries;
+        let before = store.stats().await.expect("stats");
+        let have = before.entries;
         let now = 2_000_000_000i64;
         let started = Instant::now();
         if have < entries {
@@ -205,6 +269,16 @@ async fn measure<S: Store>(
         }
         lat.sort();
         let pct = |p: usize| lat[(lat.len() * p / 100).min(lat.len() - 1)].as_secs_f64() * 1e6;
+        if path.is_none() {
+            // Redis: what the entries written here added to the server's memory.
+            let added = stats.entries.saturating_sub(before.entries);
+            println!(
+                "{{\"label\":\"ledger|{backend}|memory\",\"entries_added\":{added},\"used_memory_before\":{},\"used_memory_after\":{},\"bytes_per_entry\":{:.0}}}",
+                before.bytes,
+                stats.bytes,
+                stats.bytes.saturating_sub(before.bytes) as f64 / added.max(1) as f64
+            );
+        }
         let (file, wal) = match path {
             Some(path) => {
                 let mut w = path.to_path_buf().into_os_string();
@@ -238,7 +312,7 @@ fn query(n: u64, entries: u64) -> Query {
     let now = 2_000_000_000i64;
     let i = (n.wrapping_mul(2_654_435_761)) % entries;
     let (own, digest, subject) = keys(entries + n);
-    let parent = if n % 2 == 0 {
+    let parent = if n.is_multiple_of(2) {
         keys(i).0
     } else {
         keys(entries * 2 + n).0

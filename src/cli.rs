@@ -27,6 +27,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+/// `policy test`'s envelope: given, or read from each message's headers.
+mod envelope;
 /// `markgate ledger …`, `policy test --ledger` and the daemon's ledger (issue 12).
 mod ledger;
 mod messages;
@@ -118,12 +120,15 @@ enum PolicyCommand {
         /// Policy file; without it, the built-in default (policies/uk-gpms.toml).
         #[arg(long, value_name = "FILE")]
         policy: Option<PathBuf>,
-        /// Envelope sender (MAIL FROM); "" for the null sender.
-        #[arg(long, value_name = "ADDR")]
-        from: String,
+        /// Envelope sender (MAIL FROM); "" for the null sender. Leave out --from and --rcpt
+        /// to read each message's envelope from its own headers (sender: Return-Path, else
+        /// From; recipients: To, Cc, Bcc; outbound when the sender's domain is one of the
+        /// policy's own, else inbound), e.g. for a thread that came in and went out.
+        #[arg(long, value_name = "ADDR", requires = "rcpt")]
+        from: Option<String>,
         /// Envelope recipient (RCPT TO); repeat the option (or separate with commas) for
         /// several.
-        #[arg(long, value_name = "ADDR", required = true, value_delimiter = ',')]
+        #[arg(long, value_name = "ADDR", value_delimiter = ',', requires = "from")]
         rcpt: Vec<String>,
         /// The SMTP client's address (decides direction with the policy's networks).
         #[arg(long, value_name = "IP")]
@@ -139,7 +144,9 @@ enum PolicyCommand {
         json: bool,
         /// A thread ledger (SQLite file, created if missing): each message is checked against
         /// it, then recorded in it, in the order given, so a thread can be dry-run. Entries
-        /// are written to this file: use a copy of a production ledger.
+        /// are written to this file: use a copy of a production ledger. Without --from and
+        /// --rcpt each message has its own envelope, read from its headers, so a thread that
+        /// came in and went out is one call.
         #[arg(long, value_name = "FILE")]
         ledger: Option<PathBuf>,
         /// Message files (.eml), one or more.
@@ -270,16 +277,23 @@ pub fn main() -> ExitCode {
                     messages,
                 },
         } => {
-            let envelope = crate::policy::Envelope {
-                sender: from.trim_matches(['<', '>']).to_owned(),
-                recipients: rcpt
-                    .iter()
-                    .map(|r| r.trim_matches(['<', '>']).to_owned())
-                    .collect(),
-                client_ip,
-                auth_user: auth,
-                daemon_name,
-                next_hops: Vec::new(),
+            let envelope = match from {
+                Some(from) => envelope::Envelopes::Given(crate::policy::Envelope {
+                    sender: from.trim_matches(['<', '>']).to_owned(),
+                    recipients: rcpt
+                        .iter()
+                        .map(|r| r.trim_matches(['<', '>']).to_owned())
+                        .collect(),
+                    client_ip,
+                    auth_user: auth,
+                    daemon_name,
+                    next_hops: Vec::new(),
+                }),
+                None => envelope::Envelopes::FromHeaders {
+                    client_ip,
+                    auth_user: auth,
+                    daemon_name,
+                },
             };
             if let Some(file) = ledger {
                 let code = ledger::policy_test_thread(
@@ -686,7 +700,7 @@ fn check(config_path: Option<&Path>, policy_path: Option<&Path>) -> u8 {
 /// pipeline, and the output message from `rewrite::apply`.
 fn policy_test(
     policy_path: Option<&Path>,
-    envelope: &crate::policy::Envelope,
+    envelope: &envelope::Envelopes,
     json: bool,
     messages: &[PathBuf],
 ) -> u8 {
@@ -703,7 +717,11 @@ fn policy_test(
         }
     };
     messages::for_each(messages, |name, raw| {
-        let eval = match filter::evaluate(&policy, envelope.clone(), &RawSource::new(raw)) {
+        let (envelope, read) = envelope.for_message(&policy, raw);
+        if let Some(line) = read.filter(|_| !json) {
+            println!("{line}");
+        }
+        let eval = match filter::evaluate(&policy, envelope, &RawSource::new(raw)) {
             Ok(e) => e,
             Err(e) => {
                 eprintln!("markgate: {name}: {e} (the daemon would answer 451 4.3.0)");
@@ -749,6 +767,7 @@ fn report(name: &str, eval: &crate::filter::Evaluation, json: bool) {
         }
         if let Some(n) = &notice {
             println!("notice to {}:", n.to);
+            println!("  | Subject: {}", n.subject);
             for l in n.body.lines() {
                 println!("  | {l}");
             }

@@ -680,7 +680,10 @@ pub fn sender_notice(eval: &Evaluation) -> Option<Notice> {
     body.push_str(&format!("Subject of your message: {subject}\n"));
     Some(Notice {
         to: eval.envelope.sender.clone(),
-        subject: "Some recipients of your message were removed (security policy)".into(),
+        // Marked in the policy's scheme (`policy::notice`): it passes the gateway again.
+        subject: (eval.decision.notice_subject.as_deref())
+            .unwrap_or(crate::policy::notice::SUBJECT)
+            .into(),
         body,
     })
 }

@@ -292,11 +292,24 @@ impl<S: PolicySource> Reloader<S> {
                 let policy_path = policy_name(&live.config);
                 let about = self.source.about(&live.policy);
                 self.current.store(Arc::new(live));
-                for key in &needs_restart {
+                for key in needs_restart.iter().filter(|k| !k.starts_with("ledger.")) {
                     warn!(
                         setting = key,
                         "changed in the config file but only takes effect at restart; still \
                          running with the old value (systemctl restart markgate)"
+                    );
+                }
+                let ledger: Vec<&str> = needs_restart
+                    .iter()
+                    .copied()
+                    .filter(|k| k.starts_with("ledger."))
+                    .collect();
+                if !ledger.is_empty() {
+                    warn!(
+                        settings = %ledger.join(", "),
+                        "[ledger] changed in the config file, but the thread ledger is opened \
+                         once at start: still using the old ledger until markgate is restarted \
+                         (systemctl restart markgate)"
                     );
                 }
                 info!(
@@ -449,6 +462,14 @@ pub fn restart_only_changes(running: &Config, fresh: &Config) -> Vec<&'static st
         "metrics.listen",
         running.metrics.listen != fresh.metrics.listen,
     );
+    // The thread ledger is opened once at start (a SQLite file, or a Redis connection), so
+    // all of `[ledger]` is restart-only: the running store keeps serving until a restart.
+    let (l, f) = (&running.ledger, &fresh.ledger);
+    check("ledger.backend", l.backend != f.backend);
+    check("ledger.path", l.path != f.path);
+    check("ledger.url", l.url != f.url);
+    check("ledger.prefix", l.prefix != f.prefix);
+    check("ledger.timeout", l.timeout != f.timeout);
     // Keys added to Config later and not listed above are still caught, by name-less
     // comparison: anything else that differs is restart-only too.
     if out.is_empty() && keep_restart_only(running, fresh.clone()) != *running {
@@ -760,6 +781,88 @@ mod tests {
             live.config.limits.spill_threshold,
             2 * 1024 * 1024,
             "live setting applied"
+        );
+    }
+
+    #[test]
+    fn a_changed_ledger_is_named_warned_about_and_kept() {
+        #[derive(Clone, Default)]
+        struct Logs(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Logs {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("lock").extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let logs = Logs::default();
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+
+        let f = Files::new();
+        let old_file = f.path("ledger.sqlite");
+        f.config(&format!(
+            "[ledger]\nbackend = \"sqlite\"\npath = {:?}\n",
+            old_file.display().to_string()
+        ));
+        f.write("policy.txt", "policy 1");
+        let r = start(&f, Arc::new(Counting::default()), None);
+        // Only a policy change: the ledger is not mentioned.
+        f.write("policy.txt", "policy 2");
+        let ReloadOutcome::Applied { needs_restart, .. } = r.reload() else {
+            panic!("must apply")
+        };
+        assert!(needs_restart.is_empty(), "{needs_restart:?}");
+
+        f.config(
+            "[ledger]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6390/\"\n\
+             prefix = \"gw2:\"\ntimeout = \"50ms\"\n[limits]\nspill_threshold = \"2MiB\"\n",
+        );
+        f.write("policy.txt", "policy 3");
+        let ReloadOutcome::Applied { needs_restart, .. } = r.reload() else {
+            panic!("must apply")
+        };
+        assert_eq!(
+            needs_restart,
+            vec![
+                "ledger.backend",
+                "ledger.path",
+                "ledger.url",
+                "ledger.prefix",
+                "ledger.timeout"
+            ]
+        );
+        let live = r.current().snapshot();
+        assert_eq!(*live.policy, 3, "the policy follows the reload");
+        assert_eq!(live.config.limits.spill_threshold, 2 * 1024 * 1024);
+        assert_eq!(
+            live.config.ledger.backend,
+            crate::ledger::BackendKind::Sqlite,
+            "the old ledger is kept"
+        );
+        assert_eq!(live.config.ledger.path, old_file);
+        let log = String::from_utf8_lossy(&logs.0.lock().expect("lock")).into_owned();
+        let warned: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("[ledger] changed"))
+            .collect();
+        assert_eq!(warned.len(), 1, "{log}");
+        assert!(warned[0].contains("WARN"), "{log}");
+        assert!(
+            warned[0]
+                .contains("ledger.backend, ledger.path, ledger.url, ledger.prefix, ledger.timeout"),
+            "{log}"
+        );
+        assert!(warned[0].contains("restart"), "{log}");
+        assert!(
+            !log.contains("setting=ledger."),
+            "one warning, not one per key: {log}"
         );
     }
 

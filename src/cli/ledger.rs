@@ -211,7 +211,7 @@ fn time_text(t: i64) -> String {
 /// shown, then recorded (when it would be delivered), in order.
 pub(super) fn policy_test_thread(
     policy_path: Option<&Path>,
-    envelope: &crate::policy::Envelope,
+    envelope: &super::envelope::Envelopes,
     json: bool,
     ledger: &Path,
     messages: &[PathBuf],
@@ -272,9 +272,13 @@ pub(super) fn policy_test_thread(
                 return ControlFlow::Break(EXIT_RUNTIME);
             }
         }
+        let (envelope, read) = envelope.for_message(&policy, raw);
+        if let Some(line) = read.filter(|_| !json) {
+            println!("{line}");
+        }
         let eval = match filter::evaluate_in_thread(
             &policy,
-            envelope.clone(),
+            envelope,
             &source,
             &crate::large::Limits::default(),
             &facts,

@@ -20,6 +20,8 @@ use super::model::*;
 use super::raw::{self, TableReader, quote_list};
 
 mod labels_ext;
+/// `[notice]`: the marking on markgate's own sender notices.
+mod notice;
 mod routes;
 /// `[thread]` (issue 12), in its own file.
 mod thread;
@@ -93,6 +95,7 @@ const TOP_KEYS: &[&str] = &[
     "release",
     "origin",
     "thread",
+    "notice",
 ];
 
 /// SHA-256 (hex) of the policy text; with fragments, of the policy text and each fragment's
@@ -167,6 +170,7 @@ impl<'a> Compiler<'a> {
         let release_t = top.table("release", &mut p);
         let origin_t = top.table("origin", &mut p);
         let thread_t = top.table("thread", &mut p);
+        let notice_t = top.table("notice", &mut p);
         for (key, missing) in [
             ("policy", meta.is_none()),
             ("scheme", scheme_t.is_none()),
@@ -195,6 +199,7 @@ impl<'a> Compiler<'a> {
         let origin = self.origin(origin_t);
         self.feature_rules(&rules, &release, origin.as_ref());
         let thread = thread_t.map(|t| self.thread(t, &rules));
+        let notice = self.notice(notice_t);
 
         let scheme = scheme?;
         Some(Policy {
@@ -218,6 +223,7 @@ impl<'a> Compiler<'a> {
             inbound,
             routes,
             thread,
+            notice,
             scheme,
             vendors,
             purview_write,

@@ -219,6 +219,10 @@ pub struct Decision {
     pub disclaimer: DisclaimerDecision,
     /// When recipients are removed: the notice for the sender (the rule's text).
     pub sender_notice: Option<String>,
+    /// The notice's subject, marked in the policy's scheme (`policy::notice`), whenever
+    /// there is a notice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notice_subject: Option<String>,
     /// Set in shadow mode.
     pub shadow: Option<Shadow>,
     /// Every rule id behind this decision, deduplicated, in order.
@@ -637,9 +641,17 @@ pub fn decide_in_thread(
         strip_headers,
         disclaimer,
         sender_notice,
+        notice_subject: None,
         shadow: None,
         rule_ids,
     };
+    if decision.sender_notice.is_some() {
+        decision.notice_subject = Some(super::notice::subject(
+            policy,
+            &decision,
+            super::notice::SUBJECT,
+        ));
+    }
     if policy.mode == Mode::Shadow {
         into_shadow(policy, &mut decision);
     }
@@ -1140,5 +1152,6 @@ fn into_shadow(policy: &Policy, d: &mut Decision) {
         ),
     };
     d.sender_notice = None;
+    d.notice_subject = None;
     d.shadow = Some(shadow);
 }

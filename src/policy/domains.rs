@@ -152,6 +152,19 @@ impl Network {
 
     /// Does the network contain `ip`? IPv4-mapped IPv6 addresses (`::ffff:127.0.0.1`) are
     /// compared as IPv4, since that is how a dual-stack listener reports IPv4 clients.
+    /// The network's first host address (127.0.0.1 for 127.0.0.0/8; a single host itself).
+    pub fn first_host(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) if self.prefix < 31 => {
+                IpAddr::V4(std::net::Ipv4Addr::from(u32::from(a).wrapping_add(1)))
+            }
+            IpAddr::V6(a) if self.prefix < 127 => {
+                IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a).wrapping_add(1)))
+            }
+            a => a,
+        }
+    }
+
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),

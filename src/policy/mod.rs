@@ -24,6 +24,7 @@ pub mod facts;
 mod include;
 pub mod labels;
 pub mod model;
+pub mod notice;
 pub mod origin;
 mod raw;
 pub mod release;

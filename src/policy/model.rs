@@ -49,6 +49,8 @@ pub struct Policy {
     pub origin: Option<super::origin::OriginCheck>,
     /// `[thread]`: thread memory (downgrade and redirect rules); `None` turns it off.
     pub thread: Option<super::thread::ThreadPolicy>,
+    /// `[notice]`: the marking on markgate's own sender notices (`policy::notice`).
+    pub notice: super::notice::NoticePolicy,
     /// Warnings from loading (a policy with warnings still loads).
     pub warnings: Vec<super::error::Problem>,
 }
