@@ -608,8 +608,10 @@ async fn serve(
     )
     .with_metrics(metrics.clone());
     // Thread memory (issue 12): `cli/ledger.rs`.
+    let mut ledger_at_stop = None;
     if let Some(l) = ledger::open_for_daemon(&config, &live.policy, &audit)? {
         l.spawn_pruner(reloader.current());
+        ledger_at_stop = Some(l.clone());
         filter = filter.with_ledger(l);
     }
     let filter = Arc::new(filter);
@@ -642,6 +644,10 @@ async fn serve(
         Ok(Ok(())) => {}
         Ok(Err(e)) => warn!(error = %e, "SIGHUP/SIGUSR1 handling could not be set up"),
         Err(e) => warn!(error = %e, "the signal task failed"),
+    }
+    // Every message is answered: commit the ledger's last entries before the process goes.
+    if let Some(l) = &ledger_at_stop {
+        l.flush().await;
     }
     alerts.shutdown().await;
     if let Err(e) = audit

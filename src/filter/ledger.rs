@@ -103,6 +103,19 @@ impl LedgerHandle {
         &*self.inner.clock
     }
 
+    /// Commit every entry remembered so far (a stopping daemon, after its last message), so a
+    /// clean stop forgets nothing; a failure is logged (what is lost is memory, not mail).
+    pub async fn flush(&self) {
+        if let Backend::Sqlite(s) = &self.inner.store {
+            let wait = self.inner.timeout.max(Duration::from_secs(5));
+            match tokio::time::timeout(wait, s.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "the last ledger entries were not committed"),
+                Err(_) => warn!(?wait, "the ledger did not commit its last entries in time"),
+            }
+        }
+    }
+
     /// Prune now with this retention; errors are logged, not raised (mail is unaffected).
     pub async fn prune(&self, retention_days: u32) -> Option<u64> {
         let before = self.inner.clock.now() - retention_secs(retention_days);

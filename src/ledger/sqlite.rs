@@ -91,6 +91,8 @@ enum Job {
     Stats(Reply<Stats>),
     /// Detached writes are waiting and the thread was idle.
     Nudge,
+    /// Commit everything taken or waiting now (a stopping daemon).
+    Flush(Reply<()>),
 }
 
 /// What the store's handles and its thread share.
@@ -207,6 +209,12 @@ impl SqliteStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Commit every entry remembered so far, now: a stopping daemon calls this after its last
+    /// message, so a clean stop forgets nothing of the last moments.
+    pub async fn flush(&self) -> Result<(), LedgerError> {
+        self.ask(Job::Flush).await
     }
 
     /// Look up on the calling thread, without a trip to the ledger thread: what the file
@@ -377,10 +385,10 @@ impl Worker {
                             }
                         }
                     }
-                    self.commit();
+                    let _ = self.commit();
                 }
                 Some(Job::Prune(before, r)) => {
-                    self.commit();
+                    let _ = self.commit();
                     let result = self.prune(before, &rx, &mut queue);
                     let _ = r.send(result);
                 }
@@ -391,11 +399,11 @@ impl Worker {
                 .as_ref()
                 .is_some_and(|o| o.since.elapsed() >= COMMIT_AFTER || o.entries >= MAX_BATCH);
             if due {
-                self.commit();
+                let _ = self.commit();
             }
         }
         self.take_pending();
-        self.commit();
+        let _ = self.commit();
         let _ = self.flush_counters();
     }
 
@@ -516,10 +524,10 @@ impl Worker {
     }
 
     /// Commit the open transaction (with the lookup counters) and tell everyone waiting.
-    fn commit(&mut self) {
+    fn commit(&mut self) -> Result<(), LedgerError> {
         use std::sync::atomic::Ordering;
         let Some(open) = self.open.take() else {
-            return;
+            return Ok(());
         };
         let lookups = self.shared.lookups.swap(0, Ordering::Relaxed);
         let hits = self.shared.hits.swap(0, Ordering::Relaxed);
@@ -538,6 +546,7 @@ impl Worker {
         for done in open.detached {
             done(result.clone());
         }
+        result
     }
 
     fn rollback(&mut self, why: &LedgerError) {
@@ -582,7 +591,7 @@ impl Worker {
             return Ok(());
         }
         self.begin()?;
-        self.commit();
+        let _ = self.commit();
         Ok(())
     }
 
@@ -596,7 +605,7 @@ impl Worker {
                         if let Some(open) = self.open_mut() {
                             open.waiting.push(r);
                         }
-                        self.commit();
+                        let _ = self.commit();
                     }
                     Err(e) => {
                         let _ = r.send(Err(e));
@@ -610,7 +619,7 @@ impl Worker {
                         if let Some(open) = self.open_mut() {
                             open.waiting.push(r);
                         }
-                        self.commit();
+                        let _ = self.commit();
                     }
                     Err(e) => {
                         let _ = r.send(Err(e));
@@ -632,7 +641,7 @@ impl Worker {
                 let _ = r.send(self.read(|c| select(c, newest!("message_id = ?1"), &id, i64::MIN)));
             }
             Job::Stats(r) => {
-                self.commit();
+                let _ = self.commit();
                 let _ = r.send(self.stats());
             }
             Job::Prune(_, r) => {
@@ -640,6 +649,10 @@ impl Worker {
                 let _ = r.send(Ok(0));
             }
             Job::Nudge => {}
+            Job::Flush(r) => {
+                self.take_pending();
+                let _ = r.send(self.commit());
+            }
         }
     }
 
