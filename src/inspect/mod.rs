@@ -17,6 +17,7 @@
 //! Must not: change the message, decide anything, do I/O or log. The results are the plain data
 //! types of `policy::facts`, so decide() never depends on how they were found.
 
+pub mod digest;
 pub mod forward;
 pub mod markings;
 pub mod mime;

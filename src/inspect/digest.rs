@@ -1,0 +1,321 @@
+//! The text digest the thread ledger files a message under: a SHA-256 of the text a reader
+//! sees, so that a copy of an inbound message leaving again is recognised even when a relay
+//! re-encoded it (8bit to quoted-printable, CRLF to LF, another line-end at the end).
+//!
+//! Owns: the walk over the MIME tree that finds the text parts (`text/*`, and parts with no
+//! Content-Type where that means text/plain), decodes only those (transfer encoding, then
+//! charset, with the pipeline's own decoders in `inspect::mime`), and normalises them: line
+//! ends made LF, trailing white space of each line and trailing empty lines removed.
+//! Attachments and forwarded messages are not part of the digest and are never decoded: a
+//! 200 KB attachment costs a boundary scan, not a base64 decode and a hash of its bytes.
+//!
+//! Must not: keep or return any of the text (only the digest leaves), or do I/O.
+
+use sha2::{Digest as _, Sha256};
+
+use super::mime::{TransferEncoding, decode_charset, decode_transfer};
+
+/// Deepest multipart nesting followed; deeper parts are left out of the digest.
+const MAX_DEPTH: usize = 32;
+
+/// SHA-256 of the message text as a reader sees it (see the module comment). Two messages
+/// with the same text parts in the same order have the same digest, whatever their headers,
+/// attachments and encodings.
+pub fn text_digest(whole: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    entity(&mut h, whole, true, 0);
+    h.finalize().into()
+}
+
+/// One MIME entity (the message, or a part): its header block, then its body by type.
+/// `text_by_default`: no Content-Type means text/plain (false inside multipart/digest, where it
+/// means message/rfc822).
+fn entity(h: &mut Sha256, raw: &[u8], text_by_default: bool, depth: usize) {
+    let (head, body) = split_at_body(raw).unwrap_or((raw, &[]));
+    let fields = Fields::read(head);
+    let (kind, params) = match fields.content_type.as_deref() {
+        Some(ct) => split_type(ct),
+        None if text_by_default => ("text/plain".to_owned(), Vec::new()),
+        None => ("message/rfc822".to_owned(), Vec::new()),
+    };
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if let Some(sub) = kind.strip_prefix("multipart/") {
+        let Some(boundary) = param("boundary").filter(|b| !b.is_empty()) else {
+            return;
+        };
+        if depth >= MAX_DEPTH {
+            return;
+        }
+        for part in parts(body, boundary.as_bytes()) {
+            entity(h, part, sub != "digest", depth + 1);
+        }
+    } else if kind.starts_with("text/") {
+        let cte = TransferEncoding::parse(fields.transfer_encoding.as_deref());
+        let (bytes, _) = decode_transfer(body, &cte);
+        let (text, _) = decode_charset(&bytes, param("charset"));
+        h.update(b"t\0");
+        normalised_text(h, &text);
+    }
+    // Anything else (attachments, message/*) is not text a reader reads in this message.
+}
+
+/// The bodies of a multipart's parts: what lies between its `--boundary` lines, up to the
+/// closing `--boundary--` (or the end). The preamble and epilogue are not parts.
+fn parts<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
+    let mut out = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut pos = 0;
+    while pos < body.len() {
+        let end = memchr::memchr(b'\n', &body[pos..]).map_or(body.len(), |i| pos + i + 1);
+        let line = &body[pos..end];
+        if let Some(rest) = line
+            .strip_prefix(b"--")
+            .and_then(|l| l.strip_prefix(boundary))
+        {
+            let rest = rest.trim_ascii_end();
+            let closing = rest == b"--";
+            if rest.is_empty() || closing {
+                if let Some(s) = start {
+                    out.push(&body[s..pos]);
+                }
+                if closing {
+                    return out;
+                }
+                start = Some(end);
+            }
+        }
+        pos = end;
+    }
+    if let Some(s) = start {
+        out.push(&body[s..]);
+    }
+    out
+}
+
+/// The Content-Type and Content-Transfer-Encoding of a header block (unfolded; the first of
+/// each when a field is repeated).
+#[derive(Default)]
+struct Fields {
+    content_type: Option<String>,
+    transfer_encoding: Option<String>,
+}
+
+impl Fields {
+    fn read(head: &[u8]) -> Fields {
+        let mut f = Fields::default();
+        let mut lines = head.split(|&b| b == b'\n').peekable();
+        while let Some(line) = lines.next() {
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let name = line[..colon].trim_ascii();
+            let slot = if name.eq_ignore_ascii_case(b"content-type") {
+                &mut f.content_type
+            } else if name.eq_ignore_ascii_case(b"content-transfer-encoding") {
+                &mut f.transfer_encoding
+            } else {
+                continue;
+            };
+            let mut value = line[colon + 1..].to_vec();
+            while let Some(next) =
+                lines.next_if(|l| l.first().is_some_and(|b| *b == b' ' || *b == b'\t'))
+            {
+                value.extend_from_slice(next);
+            }
+            if slot.is_none() {
+                *slot = Some(String::from_utf8_lossy(&value).trim().to_owned());
+            }
+        }
+        f
+    }
+}
+
+/// `type/subtype; name=value; name="quoted; value"` as the lower-case type and its parameters
+/// (names lower-cased, quotes removed). Comments and RFC 2231 continuations are not followed:
+/// a boundary or charset written that way is rare, and then the digest just reads less.
+fn split_type(value: &str) -> (String, Vec<(String, String)>) {
+    let mut pieces = Vec::new();
+    let (mut cur, mut quoted, mut escaped) = (String::new(), false, false);
+    for c in value.chars() {
+        match c {
+            _ if escaped => {
+                cur.push(c);
+                escaped = false;
+            }
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ';' if !quoted => pieces.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    pieces.push(cur);
+    let mut it = pieces.into_iter();
+    let kind: String = it
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let params = it
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            Some((k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        })
+        .collect();
+    (kind, params)
+}
+
+/// Header block and body, split at the first empty line (`None` when there is none).
+fn split_at_body(whole: &[u8]) -> Option<(&[u8], &[u8])> {
+    let mut pos = 0;
+    while pos < whole.len() {
+        let end = memchr::memchr(b'\n', &whole[pos..]).map_or(whole.len(), |i| pos + i + 1);
+        let line = &whole[pos..end];
+        if line == b"\n" || line == b"\r\n" {
+            return Some((&whole[..pos], &whole[end..]));
+        }
+        pos = end;
+    }
+    None
+}
+
+/// The text with LF line ends, each line's trailing white space and the trailing empty lines
+/// removed, hashed line by line.
+fn normalised_text(h: &mut Sha256, text: &str) {
+    let mut empty_run = 0usize;
+    for line in text.split('\n') {
+        let line = line.trim_end();
+        if line.is_empty() {
+            empty_run += 1;
+            continue;
+        }
+        for _ in 0..empty_run {
+            h.update(b"\n");
+        }
+        empty_run = 0;
+        h.update(line.as_bytes());
+        h.update(b"\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same text parts read through mail-parser, the reference for the walk above.
+    fn by_mail_parser(whole: &[u8]) -> Option<[u8; 32]> {
+        use mail_parser::{MessageParser, PartType};
+        let msg = MessageParser::new().parse(whole)?;
+        let mut h = Sha256::new();
+        for part in &msg.parts {
+            if let PartType::Text(t) | PartType::Html(t) = &part.body {
+                h.update(b"t\0");
+                normalised_text(&mut h, t);
+            }
+        }
+        Some(h.finalize().into())
+    }
+
+    /// The repository's sample messages (not the fuzz corpus: mostly broken on purpose).
+    fn real_messages() -> Vec<(String, Vec<u8>)> {
+        fn files(dir: &std::path::Path, out: &mut Vec<(String, Vec<u8>)>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    files(&p, out);
+                } else if p.extension().is_some_and(|x| x == "eml")
+                    && let Ok(b) = std::fs::read(&p)
+                {
+                    out.push((p.display().to_string(), b));
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut out = Vec::new();
+        for d in ["tests/rewrite", "tests/corpus", "tests/enforce", "benches/data"] {
+            files(&root.join(d), &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn the_walk_reads_the_text_parts_mail_parser_reads() {
+        let mut agree = 0;
+        let mut disagree = Vec::new();
+        for (name, m) in real_messages() {
+            let Some(reference) = by_mail_parser(&m) else {
+                continue;
+            };
+            if reference == text_digest(&m) {
+                agree += 1;
+            } else {
+                disagree.push(name);
+            }
+        }
+        // Every sample message reads the same both ways. (The decoders are the pipeline's own,
+        // not mail-parser's, so broken MIME may be read differently; every copy of such a
+        // message still gets the same digest, which is all the ledger needs.)
+        assert!(
+            agree >= 150 && disagree.is_empty(),
+            "{agree} agree; {} disagree: {disagree:?}",
+            disagree.len()
+        );
+    }
+
+    #[test]
+    fn reencoding_and_line_ends_do_not_change_it() {
+        let a = b"Subject: x\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nCaf\xc3\xa9 r\xc3\xa9sum\xc3\xa9  \r\nline two\r\n\r\n\r\n";
+        let b = b"Subject: x\nContent-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: quoted-printable\n\nCaf=C3=A9 r=C3=A9sum=C3=A9\nline two\n";
+        assert_eq!(text_digest(a), text_digest(b));
+        let c = b"Subject: x\n\nsomething else\n";
+        assert_ne!(text_digest(a), text_digest(c));
+        let empty_lines_inside = b"Subject: x\n\na\n\n\nb\n";
+        let fewer = b"Subject: x\n\na\n\nb\n";
+        assert_ne!(text_digest(empty_lines_inside), text_digest(fewer));
+    }
+
+    #[test]
+    fn attachments_are_not_read_and_text_parts_are() {
+        let with = |attachment: &str, text: &str| {
+            format!(
+                "Subject: x\r\nContent-Type: multipart/mixed; boundary=\"b;1\"\r\n\r\npreamble\r\n\
+                 --b;1\r\nContent-Type: text/plain\r\n\r\n{text}\r\n\
+                 --b;1\r\nContent-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n{attachment}\r\n\
+                 --b;1--\r\nepilogue\r\n"
+            )
+        };
+        let one = with("JVBERi0xLjQK", "The report.");
+        let other = with("AAAAAAAA", "The report.");
+        assert_eq!(text_digest(one.as_bytes()), text_digest(other.as_bytes()));
+        let changed = with("JVBERi0xLjQK", "Another report.");
+        assert_ne!(text_digest(one.as_bytes()), text_digest(changed.as_bytes()));
+        // The same text as a single part: the part's own text, nothing of the structure.
+        let single = "Subject: y\n\nThe report.\n";
+        assert_eq!(text_digest(one.as_bytes()), text_digest(single.as_bytes()));
+    }
+
+    #[test]
+    fn nesting_is_bounded_and_odd_input_is_digested() {
+        let mut deep = String::new();
+        for i in 0..100 {
+            deep.push_str(&format!(
+                "Content-Type: multipart/mixed; boundary=b{i}\n\n--b{i}\n"
+            ));
+        }
+        deep.push_str("Content-Type: text/plain\n\ndeep\n");
+        let _ = text_digest(deep.as_bytes());
+        for odd in [
+            &b""[..],
+            b"\n",
+            b"no header end",
+            b"Content-Type: multipart/x\n\n--\n",
+        ] {
+            let _ = text_digest(odd);
+        }
+    }
+}
