@@ -595,37 +595,27 @@ impl Worker {
         Ok(())
     }
 
+    /// Write entries a caller waits for and commit now (with whatever else is open); the
+    /// caller hears the commit's result.
+    fn write_now<'e>(&mut self, entries: impl Iterator<Item = &'e Entry>, r: Reply<()>) {
+        match self.insert(entries) {
+            Ok(()) => {
+                if let Some(open) = self.open_mut() {
+                    open.waiting.push(r);
+                }
+                let _ = self.commit();
+            }
+            Err(e) => {
+                let _ = r.send(Err(e));
+            }
+        }
+    }
+
     /// Everything but records (batched in `run`) and prunes.
     fn serve(&mut self, job: Job) {
         match job {
-            Job::Record(e, r) => {
-                let result = self.insert(std::iter::once(&*e));
-                match result {
-                    Ok(()) => {
-                        if let Some(open) = self.open_mut() {
-                            open.waiting.push(r);
-                        }
-                        let _ = self.commit();
-                    }
-                    Err(e) => {
-                        let _ = r.send(Err(e));
-                    }
-                }
-            }
-            Job::Many(es, r) => {
-                let result = self.insert(es.iter());
-                match result {
-                    Ok(()) => {
-                        if let Some(open) = self.open_mut() {
-                            open.waiting.push(r);
-                        }
-                        let _ = self.commit();
-                    }
-                    Err(e) => {
-                        let _ = r.send(Err(e));
-                    }
-                }
-            }
+            Job::Record(e, r) => self.write_now(std::iter::once(&*e), r),
+            Job::Many(es, r) => self.write_now(es.iter(), r),
             Job::Lookup(q, r) => {
                 let result = self.read(|c| lookup(c, &q));
                 if let Ok(found) = &result {
