@@ -237,7 +237,12 @@ mod tests {
         }
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut out = Vec::new();
-        for d in ["tests/rewrite", "tests/corpus", "tests/enforce", "benches/data"] {
+        for d in [
+            "tests/rewrite",
+            "tests/corpus",
+            "tests/enforce",
+            "benches/data",
+        ] {
             files(&root.join(d), &mut out);
         }
         out
