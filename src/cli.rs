@@ -794,20 +794,29 @@ fn report(name: &str, eval: &crate::filter::Evaluation, json: bool) {
     }
 }
 
+/// `--since` and `--until` as the audit reader's bounds (a usage error names the option).
+fn time_bounds(
+    since: Option<&str>,
+    until: Option<&str>,
+) -> Result<(Option<time::OffsetDateTime>, Option<time::OffsetDateTime>), Failure> {
+    let bound = |t: Option<&str>, end: bool, option: &str| {
+        t.map(|t| crate::audit::parse_time_bound(t, end))
+            .transpose()
+            .map_err(|e| usage(anyhow::anyhow!("{option}: {e}")))
+    };
+    Ok((
+        bound(since, false, "--since")?,
+        bound(until, true, "--until")?,
+    ))
+}
+
 fn audit_report(
     since: Option<&str>,
     until: Option<&str>,
     json: bool,
     files: &[PathBuf],
 ) -> Result<(), Failure> {
-    let since = since
-        .map(|t| crate::audit::parse_time_bound(t, false))
-        .transpose()
-        .map_err(|e| usage(anyhow::anyhow!("--since: {e}")))?;
-    let until = until
-        .map(|t| crate::audit::parse_time_bound(t, true))
-        .transpose()
-        .map_err(|e| usage(anyhow::anyhow!("--until: {e}")))?;
+    let (since, until) = time_bounds(since, until)?;
     let loaded = crate::audit::load_records(files)
         .context("cannot read the audit files")
         .map_err(runtime)?;
@@ -837,14 +846,7 @@ fn audit_evidence(
     files: &[PathBuf],
 ) -> Result<u8, Failure> {
     use crate::audit::evidence::{self, Format, KnownPolicy};
-    let since = since
-        .map(|t| crate::audit::parse_time_bound(t, false))
-        .transpose()
-        .map_err(|e| usage(anyhow::anyhow!("--since: {e}")))?;
-    let until = until
-        .map(|t| crate::audit::parse_time_bound(t, true))
-        .transpose()
-        .map_err(|e| usage(anyhow::anyhow!("--until: {e}")))?;
+    let (since, until) = time_bounds(since, until)?;
     let format = Format::from_name(format)
         .ok_or_else(|| usage(anyhow::anyhow!("--format: expected html, md or json")))?;
     let mut known = Vec::new();
