@@ -306,21 +306,27 @@ mod tests {
 
     #[test]
     fn nesting_is_bounded_and_odd_input_is_digested() {
-        let mut deep = String::new();
-        for i in 0..100 {
-            deep.push_str(&format!(
-                "Content-Type: multipart/mixed; boundary=b{i}\n\n--b{i}\n"
-            ));
-        }
-        deep.push_str("Content-Type: text/plain\n\ndeep\n");
-        let _ = text_digest(deep.as_bytes());
-        for odd in [
-            &b""[..],
-            b"\n",
-            b"no header end",
-            b"Content-Type: multipart/x\n\n--\n",
-        ] {
-            let _ = text_digest(odd);
-        }
+        let nested = |levels: usize| {
+            let mut m = String::new();
+            for i in 0..levels {
+                m.push_str(&format!(
+                    "Content-Type: multipart/mixed; boundary=b{i}\n\n--b{i}\n"
+                ));
+            }
+            m.push_str("Content-Type: text/plain\n\ndeep\n");
+            m
+        };
+        let no_text: [u8; 32] = Sha256::digest(b"").into();
+        // Within the bound the innermost text is read; past it nothing is.
+        assert_eq!(
+            text_digest(nested(5).as_bytes()),
+            text_digest(b"Subject: y\n\ndeep\n")
+        );
+        assert_eq!(text_digest(nested(100).as_bytes()), no_text);
+        // A multipart without a boundary, or without parts, has no text.
+        assert_eq!(text_digest(b"Content-Type: multipart/x\n\n--\n"), no_text);
+        // No header end: all header, an empty text/plain body.
+        assert_eq!(text_digest(b"no header end"), text_digest(b""));
+        assert_eq!(text_digest(b"\n"), text_digest(b"Subject: z\n\n"));
     }
 }
