@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use support::postfix::{Delivered, Postfix, PostfixConfig, TOOLS};
 use support::{peers, ports};
 
-const COUNCIL: &str = "alice.smith@example-council.gcsx.gov.uk";
+use support::messages::{COUNCIL, EXCHANGE_AUTO_FORWARD, from_council};
 const DISCLAIMER: &str = "may be subject to recording and/or monitoring";
 
 /// `markgate run` + Postfix.
@@ -257,22 +257,7 @@ fn an_exchange_auto_forward_from_the_council_to_the_internet_is_refused() {
         return;
     }
     let gw = Gateway::start();
-    let (code, dialog) = gw.swaks(&[
-        "--from",
-        COUNCIL,
-        "--to",
-        "bob.private@mailbox.example.com",
-        "--header",
-        "Subject: FW: RESTRICTED: Safeguarding referral 4471",
-        "--header",
-        "X-MS-Exchange-Inbox-Rules-Loop: alice.smith@example-council.gcsx.gov.uk",
-        "--header",
-        "X-MS-Exchange-Generated-Message-Source: Mailbox Rules Agent",
-        "--header",
-        "Auto-Submitted: auto-forwarded",
-        "--body",
-        "Referral details follow.",
-    ]);
+    let (code, dialog) = gw.swaks(&from_council(EXCHANGE_AUTO_FORWARD));
     assert_ne!(code, 0, "{dialog}");
     let refusal = dialog
         .lines()

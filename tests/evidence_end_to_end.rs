@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use support::postfix::{Postfix, PostfixConfig, TOOLS};
 use support::{peers, ports};
 
-const COUNCIL: &str = "alice.smith@example-council.gcsx.gov.uk";
+use support::messages::{COUNCIL, EXCHANGE_AUTO_FORWARD, from_council};
 const SOC: &str = "soc@example-council.gcsx.gov.uk";
 
 fn swaks(pf: &Postfix, args: &[&str]) -> (i32, String) {
@@ -105,25 +105,7 @@ fn the_daemons_trail_becomes_evidence_with_measured_alert_times() {
     assert_eq!(code, 0, "{dialog}");
     wait_delivered(&pf, to);
 
-    let (code, dialog) = swaks(
-        &pf,
-        &[
-            "--from",
-            COUNCIL,
-            "--to",
-            "bob.private@mailbox.example.com",
-            "--header",
-            "Subject: FW: RESTRICTED: Safeguarding referral 4471",
-            "--header",
-            "X-MS-Exchange-Inbox-Rules-Loop: alice.smith@example-council.gcsx.gov.uk",
-            "--header",
-            "X-MS-Exchange-Generated-Message-Source: Mailbox Rules Agent",
-            "--header",
-            "Auto-Submitted: auto-forwarded",
-            "--body",
-            "Referral details follow.",
-        ],
-    );
+    let (code, dialog) = swaks(&pf, &from_council(EXCHANGE_AUTO_FORWARD));
     assert_ne!(code, 0, "{dialog}");
     assert!(dialog.contains("AUTOFWD-DOWN"), "{dialog}");
     // Both incident alerts (auto-forward, above ceiling) reach the security team. They pass

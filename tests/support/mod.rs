@@ -8,6 +8,7 @@
 pub mod daemon;
 pub mod enforce;
 pub mod markgate;
+pub mod messages;
 pub mod mta;
 pub mod peers;
 pub mod ports;
