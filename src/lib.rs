@@ -40,5 +40,7 @@ pub mod reload;
 pub mod rewrite;
 /// Logging setup and what each log level is for.
 pub mod telemetry;
+#[cfg(test)]
+mod test_logs;
 /// One message: envelope, headers in order, body (spilled to disk when large).
 pub mod transaction;

@@ -786,24 +786,7 @@ mod tests {
 
     #[test]
     fn a_changed_ledger_is_named_warned_about_and_kept() {
-        #[derive(Clone, Default)]
-        struct Logs(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Logs {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().expect("lock").extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let logs = Logs::default();
-        let sink = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || sink.clone())
-            .with_ansi(false)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (logs, _guard) = crate::test_logs::Logs::capture();
 
         let f = Files::new();
         let old_file = f.path("ledger.sqlite");
@@ -847,7 +830,7 @@ mod tests {
             "the old ledger is kept"
         );
         assert_eq!(live.config.ledger.path, old_file);
-        let log = String::from_utf8_lossy(&logs.0.lock().expect("lock")).into_owned();
+        let log = logs.text();
         let warned: Vec<&str> = log
             .lines()
             .filter(|l| l.contains("[ledger] changed"))

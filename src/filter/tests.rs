@@ -483,8 +483,6 @@ fn the_policy_snapshot_is_taken_at_mail_and_kept() {
 // ---------------------------------------------------------------------------------------------
 
 mod pipeline_panic {
-    use std::sync::Mutex;
-
     use bytes::Bytes;
 
     use super::*;
@@ -496,21 +494,6 @@ mod pipeline_panic {
 
     /// The text of the injected panic: it must reach the log and never the audit trail.
     const PANIC_TEXT: &str = "injected pipeline panic for a test";
-
-    /// Log lines written while a test runs (the connection and its handler run on the test's
-    /// current-thread runtime, so a thread-local subscriber sees them).
-    #[derive(Clone, Default)]
-    struct Logs(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Logs {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
 
     fn b(s: &[u8]) -> Bytes {
         Bytes::copy_from_slice(s)
@@ -569,13 +552,9 @@ mod pipeline_panic {
         body: &[u8],
         spill_threshold: usize,
     ) -> (Vec<Reply>, Vec<Reply>, Vec<serde_json::Value>, String) {
-        let logs = Logs::default();
-        let sink = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || sink.clone())
-            .with_ansi(false)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        // The connection and its handler run on the test's current-thread runtime, so a
+        // thread-local subscriber sees their log lines.
+        let (logs, _guard) = crate::test_logs::Logs::capture();
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
@@ -656,7 +635,7 @@ mod pipeline_panic {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        let log = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let log = logs.text();
         (first, second, records, log)
     }
 
