@@ -81,6 +81,58 @@ async fn queued_records_share_one_fsync() {
     assert!(report.starts_at_genesis);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_record_is_written_by_its_producer_and_a_dropped_one_still_lands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.jsonl");
+    let (handle, writer) =
+        audit::open(&audit_support::config(&path, SyncMode::Batch)).expect("open");
+    // Before the writer runs, records wait in the queue: none is written by its producer.
+    let early = {
+        let h = handle.clone();
+        tokio::spawn(async move { h.record(msg(0)).await })
+    };
+    while handle.queue_depth() < 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(handle.stats().records_written, 0);
+    writer.spawn().expect("spawn");
+    assert_eq!(early.await.expect("join").expect("ack").seq, Some(1));
+    assert_eq!(handle.stats().inline_records, 0, "{:?}", handle.stats());
+
+    // The writer idle, a lone record: written and synced on the producer's own thread.
+    let ack = handle.record(msg(1)).await.expect("ack");
+    assert_eq!(ack.seq, Some(2));
+    assert!(ack.durable);
+    let stats = handle.stats();
+    assert_eq!(stats.inline_records, 1, "{stats:?}");
+    assert_eq!(stats.fsyncs, 2, "{stats:?}");
+
+    // A record whose producer stops waiting (its connection closed) is written all the same.
+    let pending = handle.submit(msg(2)).await.expect("submit");
+    assert_eq!(
+        handle.stats().records_written,
+        2,
+        "nothing handed over before the wait"
+    );
+    drop(pending);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while handle.stats().records_written < 3 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", handle.stats());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+
+    // After the shutdown nothing is written, by the thread or by a producer.
+    handle.shutdown().await.expect("shutdown");
+    assert_eq!(
+        handle.record(msg(3)).await.expect_err("closed"),
+        audit::AuditError::Closed
+    );
+    let report = verify_files(&[&path]);
+    assert!(report.ok(), "{report}");
+    assert_eq!(report.records, 3);
+}
+
 #[tokio::test]
 async fn sync_modes_count_fsyncs() {
     for (mode, expect_durable) in [(SyncMode::Always, true), (SyncMode::None, false)] {

@@ -14,6 +14,13 @@
 //! acknowledgement, so an accepted message always has a durable record, while many messages
 //! share one `fsync`.
 //!
+//! A lone record skips the thread: a producer that finds the writer idle (nothing queued, its
+//! lock free) writes and syncs its own record under the same lock and through the same commit
+//! as a batch ([`Writer::try_inline`]), which spares a message the two thread hand-offs that
+//! cost it more than the `fsync`. Under load the lock is busy and records queue as above.
+//! [`AuditHandle::submit`] therefore only encodes; the record is handed over when its
+//! producer waits for it (or drops it: it is written all the same).
+//!
 //! Failure rule: when a write or `fsync` fails (disk full, permissions, read-only file system)
 //! the bytes of that batch are cut off again (`ftruncate` back to the last committed size), the
 //! chain state rolls back, and every producer in the batch gets [`AuditError::Sink`] so the
@@ -113,6 +120,8 @@ pub struct AuditStats {
     pub records_written: u64,
     /// Batches committed.
     pub batches: u64,
+    /// Records their producer wrote itself, the writer thread being idle (each also a batch).
+    pub inline_records: u64,
     /// `fsync` calls made.
     pub fsyncs: u64,
     /// Duration of the last `fsync`, microseconds.
@@ -137,6 +146,7 @@ pub struct AuditStats {
 struct Shared {
     records_written: AtomicU64,
     batches: AtomicU64,
+    inline_records: AtomicU64,
     fsyncs: AtomicU64,
     last_fsync_micros: AtomicU64,
     write_errors: AtomicU64,
@@ -348,19 +358,76 @@ enum Request {
 /// A record handed to the writer whose answer has not come yet ([`AuditHandle::submit`]).
 /// Dropping it does not withdraw the record; only the answer is lost.
 #[derive(Debug)]
-pub struct PendingAck(oneshot::Receiver<Result<Ack, AuditError>>);
+pub struct PendingAck(Option<Held>);
+
+/// A record kept by its producer until it waits, and what it needs to write or queue it
+/// (taken out once handed over).
+#[derive(Debug)]
+struct Held {
+    event: Box<EncodedEvent>,
+    tx: mpsc::Sender<Request>,
+    core: Arc<std::sync::Mutex<Writer>>,
+}
 
 impl PendingAck {
     /// Wait until the record is written (and synced per the mode); `Err`: not durable.
-    pub async fn wait(self) -> Result<Ack, AuditError> {
-        self.0.await.map_err(|_| AuditError::Closed)?
+    pub async fn wait(mut self) -> Result<Ack, AuditError> {
+        let held = self.0.take().ok_or(AuditError::Closed)?;
+        let rx = held.hand_over().await?;
+        rx.await.map_err(|_| AuditError::Closed)?
     }
+}
+
+impl Held {
+    /// Write the record on this thread when the writer is idle (see [`Writer::try_inline`]),
+    /// else queue it for the writer thread as any other record.
+    async fn hand_over(self) -> Result<oneshot::Receiver<Result<Ack, AuditError>>, AuditError> {
+        let (ack, rx) = oneshot::channel();
+        let Held { event, tx, core } = self;
+        let request = match Writer::try_inline(&core, &tx, event, ack) {
+            None => return Ok(rx),
+            Some(request) => request,
+        };
+        tx.send(request).await.map_err(|_| AuditError::Closed)?;
+        Ok(rx)
+    }
+}
+
+impl Drop for PendingAck {
+    /// A record whose producer stopped waiting (its connection closed) is still written: queued
+    /// when there is room, else written here, waiting for the writer's lock.
+    fn drop(&mut self) {
+        let Some(Held { event, tx, core }) = self.0.take() else {
+            return;
+        };
+        let (ack, _rx) = oneshot::channel();
+        match tx.try_send(Request::Record(event, ack)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(Request::Record(event, ack))) => {
+                let mut writer = lock_writer(&core);
+                if writer.accepts_inline() {
+                    writer.commit_inline(event, ack);
+                }
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {}
+        }
+    }
+}
+
+/// The writer's state; a panic while holding it leaves the chain where the last committed
+/// batch put it (state only moves after a write succeeds), so keep using it.
+fn lock_writer(core: &std::sync::Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
+    core.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The producers' side: cheap to clone, one per task that records.
 #[derive(Debug, Clone)]
 pub struct AuditHandle {
     tx: mpsc::Sender<Request>,
+    /// The writer's state, shared with the writer thread so that a lone producer can write its
+    /// own record when the thread is idle (see [`Writer::try_inline`]).
+    core: Arc<std::sync::Mutex<Writer>>,
     shared: Arc<Shared>,
     health: watch::Receiver<SinkHealth>,
     path: PathBuf,
@@ -384,22 +451,23 @@ impl AuditHandle {
         self.submit(event).await?.wait().await
     }
 
-    /// The first half of [`AuditHandle::record`]: hand `event` to the writer (waiting only for
-    /// queue space) and return at once. The record is not durable until [`PendingAck::wait`]
-    /// says so; the caller may do other work meanwhile (the filter sends the message's
-    /// modifications, holding back only the final answer).
+    /// The first half of [`AuditHandle::record`]: encode `event` and return at once. The
+    /// record is not durable until [`PendingAck::wait`] says so; the caller may do other work
+    /// meanwhile (the filter sends the message's modifications, holding back only the final
+    /// answer). The record is handed to the writer when the caller waits (or drops the
+    /// `PendingAck`): then a lone record can be written on the caller's own thread, and
+    /// otherwise joins the writer thread's next batch.
     pub async fn submit(&self, event: AuditEvent) -> Result<PendingAck, AuditError> {
         // Serialized here, on the producer's thread: the writer's batch cycle (chain, write,
         // fsync, acknowledge) is the one serial part of the audit path, so keep it short.
         let encoded = EncodedEvent::new(&event).map_err(|e| AuditError::Encode(e.to_string()))?;
         drop(event);
         self.shared.ensure_dispatcher();
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Record(Box::new(encoded), tx))
-            .await
-            .map_err(|_| AuditError::Closed)?;
-        Ok(PendingAck(rx))
+        Ok(PendingAck(Some(Held {
+            event: Box::new(encoded),
+            tx: self.tx.clone(),
+            core: Arc::clone(&self.core),
+        })))
     }
 
     /// Close and reopen the audit file at its configured path, for logrotate (the daemon maps
@@ -437,6 +505,7 @@ impl AuditHandle {
             queue_depth: self.tx.max_capacity() - self.tx.capacity(),
             records_written: s.records_written.load(Ordering::Relaxed),
             batches: s.batches.load(Ordering::Relaxed),
+            inline_records: s.inline_records.load(Ordering::Relaxed),
             fsyncs: s.fsyncs.load(Ordering::Relaxed),
             last_fsync_micros: s.last_fsync_micros.load(Ordering::Relaxed),
             write_errors: s.write_errors.load(Ordering::Relaxed),
@@ -535,45 +604,46 @@ pub fn open(config: &AuditConfig) -> Result<(AuditHandle, WriterTask), AuditErro
         );
     }
 
+    let core = Arc::new(std::sync::Mutex::new(Writer {
+        path: path.clone(),
+        sync: config.sync,
+        fail_open: config.fail_open,
+        max_size: config.max_size,
+        preallocate: config.preallocate,
+        allocated: size,
+        keep: config.keep,
+        file_mode: config.file_mode,
+        host,
+        file: Some(file),
+        file_id: Some(file_id),
+        size,
+        seq: recovered.seq,
+        last_hash: recovered.hash,
+        pending,
+        needs_newline,
+        outage: None,
+        open_error: None,
+        syslog,
+        shared: shared.clone(),
+        health: health_tx,
+        direct: false,
+        running: false,
+        stopped: false,
+    }));
     let handle = AuditHandle {
         tx,
-        shared: shared.clone(),
+        core: Arc::clone(&core),
+        shared,
         health: health_rx,
         path: path.clone(),
     };
-    let writer = WriterTask {
-        state: Writer {
-            path,
-            sync: config.sync,
-            fail_open: config.fail_open,
-            max_size: config.max_size,
-            preallocate: config.preallocate,
-            allocated: size,
-            keep: config.keep,
-            file_mode: config.file_mode,
-            host,
-            file: Some(file),
-            file_id: Some(file_id),
-            size,
-            seq: recovered.seq,
-            last_hash: recovered.hash,
-            pending,
-            needs_newline,
-            outage: None,
-            open_error: None,
-            syslog,
-            shared,
-            health: health_tx,
-        },
-        rx,
-    };
-    Ok((handle, writer))
+    Ok((handle, WriterTask { core, rx }))
 }
 
 /// The writer, opened but not yet running.
 #[derive(Debug)]
 pub struct WriterTask {
-    state: Writer,
+    core: Arc<std::sync::Mutex<Writer>>,
     rx: mpsc::Receiver<Request>,
 }
 
@@ -581,12 +651,18 @@ impl WriterTask {
     /// Start the writer thread. It runs until [`AuditHandle::shutdown`] or until every handle
     /// is dropped.
     pub fn spawn(self) -> Result<std::thread::JoinHandle<()>, AuditError> {
+        // Records queued before the start go first: producers write their own only from now.
+        lock_writer(&self.core).running = true;
+        let core = Arc::clone(&self.core);
         std::thread::Builder::new()
             .name("markgate-audit".into())
             .spawn(move || self.run())
-            .map_err(|e| AuditError::Open {
-                path: String::new(),
-                error: format!("cannot start the audit writer thread: {e}"),
+            .map_err(|e| {
+                lock_writer(&core).running = false;
+                AuditError::Open {
+                    path: String::new(),
+                    error: format!("cannot start the audit writer thread: {e}"),
+                }
             })
     }
 
@@ -597,19 +673,26 @@ impl WriterTask {
             while let Ok(more) = self.rx.try_recv() {
                 batch.push(more);
             }
-            stop = self.state.process(batch);
+            let mut state = lock_writer(&self.core);
+            stop = state.process(batch);
             if stop.is_some() {
+                // Under the same lock: no producer writes its own record after the shutdown.
+                state.stopped = true;
                 break;
             }
         }
-        // Refuse what arrives after the shutdown request rather than leaving producers hanging.
+        // Refuse what arrives after the shutdown request rather than leaving producers hanging
+        // (and producers' own writes: `stopped`).
+        let mut state = lock_writer(&self.core);
+        state.stopped = true;
         self.rx.close();
         while let Ok(req) = self.rx.try_recv() {
             if let Request::Record(_, ack) = req {
                 let _ = ack.send(Err(AuditError::Closed));
             }
         }
-        self.state.final_sync();
+        state.final_sync();
+        drop(state);
         if let Some(done) = stop {
             let _ = done.send(());
         }
@@ -655,6 +738,13 @@ struct Writer {
     syslog: Option<SyslogForwarder>,
     shared: Arc<Shared>,
     health: watch::Sender<SinkHealth>,
+    /// Answers go straight to their producers (a producer is writing its own record on its
+    /// own thread), not through the dispatcher.
+    direct: bool,
+    /// The writer thread has started: records queued before it go first.
+    running: bool,
+    /// The writer thread has stopped (shutdown): no more records, from any thread.
+    stopped: bool,
 }
 
 /// One line ready to write.
@@ -671,6 +761,58 @@ struct Line {
 }
 
 impl Writer {
+    /// A producer's way to skip the writer thread: when the thread is idle (its queue empty,
+    /// the lock free), the producer writes and syncs its own record, under the same lock and
+    /// through the same [`Writer::commit`] as a batch, so the chain, rotation and failure rules
+    /// are the thread's own. That spares the two thread hand-offs of the queue (producer to
+    /// writer, writer to dispatcher) which cost a lone message more than its `fdatasync`. A
+    /// producer never waits for the lock: when the thread is busy, the record goes to the queue
+    /// and joins the next batch, so under load the group commit works as before. Returns the
+    /// request back when it must be queued.
+    fn try_inline(
+        core: &std::sync::Mutex<Writer>,
+        tx: &mpsc::Sender<Request>,
+        event: Box<EncodedEvent>,
+        ack: AckTx,
+    ) -> Option<Request> {
+        // Records already queued are older: they must not be overtaken.
+        if tx.capacity() != tx.max_capacity() {
+            return Some(Request::Record(event, ack));
+        }
+        let mut writer = match core.try_lock() {
+            Ok(w) => w,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Some(Request::Record(event, ack)),
+        };
+        if !writer.accepts_inline() {
+            return Some(Request::Record(event, ack));
+        }
+        writer.commit_inline(event, ack);
+        None
+    }
+
+    /// Whether a producer may write a record itself now.
+    fn accepts_inline(&self) -> bool {
+        self.running && !self.stopped
+    }
+
+    /// Commit one producer's record on the caller's thread, answering it directly.
+    fn commit_inline(&mut self, event: Box<EncodedEvent>, ack: AckTx) {
+        self.shared.inline_records.fetch_add(1, Ordering::Relaxed);
+        self.direct = true;
+        self.commit(vec![(event, ack)]);
+        self.direct = false;
+    }
+
+    /// Answer producers: directly when one writes its own record, else through the mailbox.
+    fn deliver(&self, answers: Vec<Answer>) {
+        if self.direct {
+            send_answers(answers);
+        } else {
+            self.shared.mailbox.deliver(answers);
+        }
+    }
+
     /// Handle one batch in arrival order; returns the shutdown answer if one was asked for.
     fn process(&mut self, batch: Vec<Request>) -> Option<oneshot::Sender<()>> {
         let mut records: Vec<(Box<EncodedEvent>, AckTx)> = Vec::new();
@@ -762,7 +904,7 @@ impl Writer {
                 }
             }
         }
-        self.shared.mailbox.deliver(encode_failed);
+        self.deliver(encode_failed);
 
         // Chunks: the whole batch with one fsync, or one line per fsync with `always`.
         let chunk_len = match self.sync {
@@ -799,7 +941,7 @@ impl Writer {
                             Some((ack, answer))
                         })
                         .collect();
-                    self.shared.mailbox.deliver(answers);
+                    self.deliver(answers);
                     for line in &chunk {
                         self.forward_syslog(line);
                     }
@@ -984,7 +1126,7 @@ impl Writer {
                 answers.push((ack, answer));
             }
         }
-        self.shared.mailbox.deliver(answers);
+        self.deliver(answers);
     }
 
     /// Close the current file and open the configured path again (append, create).

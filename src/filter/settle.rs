@@ -47,6 +47,10 @@ impl Settle {
         let verdict = match pending {
             None => LaterVerdict::Now(self.finish(verdict, edits, None)),
             Some(pending) => LaterVerdict::Later(Box::pin(async move {
+                // Not ready on the first poll, so the milter layer sends the modifications
+                // first: the record is only handed to the writer (and, when the writer is
+                // idle, written on this thread) as the verdict is awaited.
+                tokio::task::yield_now().await;
                 Ok(self.after_ack(verdict, edits, pending).await)
             })),
         };
