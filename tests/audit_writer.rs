@@ -100,24 +100,28 @@ async fn a_lone_record_is_written_by_its_producer_and_a_dropped_one_still_lands(
     assert_eq!(early.await.expect("join").expect("ack").seq, Some(1));
     assert_eq!(handle.stats().inline_records, 0, "{:?}", handle.stats());
 
-    // The writer idle, a lone record: written and synced on the producer's own thread.
-    let ack = handle.record(msg(1)).await.expect("ack");
-    assert_eq!(ack.seq, Some(2));
-    assert!(ack.durable);
+    // The writer idle, lone records: written and synced on the producer's own thread. (The
+    // thread may still hold its lock for a moment after answering record 1; then a record is
+    // queued, as it must be: so ask for most, not all.)
+    for n in 1..=20 {
+        let ack = handle.record(msg(n)).await.expect("ack");
+        assert_eq!(ack.seq, Some(n + 1));
+        assert!(ack.durable);
+    }
     let stats = handle.stats();
-    assert_eq!(stats.inline_records, 1, "{stats:?}");
-    assert_eq!(stats.fsyncs, 2, "{stats:?}");
+    assert!(stats.inline_records >= 10, "{stats:?}");
+    assert_eq!(stats.fsyncs, 21, "one fsync per lone record: {stats:?}");
 
     // A record whose producer stops waiting (its connection closed) is written all the same.
-    let pending = handle.submit(msg(2)).await.expect("submit");
+    let pending = handle.submit(msg(21)).await.expect("submit");
     assert_eq!(
         handle.stats().records_written,
-        2,
+        21,
         "nothing handed over before the wait"
     );
     drop(pending);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while handle.stats().records_written < 3 {
+    while handle.stats().records_written < 22 {
         assert!(std::time::Instant::now() < deadline, "{:?}", handle.stats());
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -125,12 +129,12 @@ async fn a_lone_record_is_written_by_its_producer_and_a_dropped_one_still_lands(
     // After the shutdown nothing is written, by the thread or by a producer.
     handle.shutdown().await.expect("shutdown");
     assert_eq!(
-        handle.record(msg(3)).await.expect_err("closed"),
+        handle.record(msg(22)).await.expect_err("closed"),
         audit::AuditError::Closed
     );
     let report = verify_files(&[&path]);
     assert!(report.ok(), "{report}");
-    assert_eq!(report.records, 3);
+    assert_eq!(report.records, 22);
 }
 
 #[tokio::test]

@@ -14,8 +14,8 @@
 //! acknowledgement, so an accepted message always has a durable record, while many messages
 //! share one `fsync`.
 //!
-//! A lone record skips the thread: a producer that finds the writer idle (nothing queued, its
-//! lock free) writes and syncs its own record under the same lock and through the same commit
+//! A lone record skips the thread: a producer whose record is the only one on its way, and
+//! that finds the writer idle (nothing queued, its lock free), writes and syncs its own record under the same lock and through the same commit
 //! as a batch ([`Writer::try_inline`]), which spares a message the two thread hand-offs that
 //! cost it more than the `fsync`. Under load the lock is busy and records queue as above.
 //! [`AuditHandle::submit`] therefore only encodes; the record is handed over when its
@@ -147,6 +147,8 @@ struct Shared {
     records_written: AtomicU64,
     batches: AtomicU64,
     inline_records: AtomicU64,
+    /// Records between `submit` and their answer ([`InFlight`]).
+    in_flight: std::sync::atomic::AtomicUsize,
     fsyncs: AtomicU64,
     last_fsync_micros: AtomicU64,
     write_errors: AtomicU64,
@@ -358,7 +360,30 @@ enum Request {
 /// A record handed to the writer whose answer has not come yet ([`AuditHandle::submit`]).
 /// Dropping it does not withdraw the record; only the answer is lost.
 #[derive(Debug)]
-pub struct PendingAck(Option<Held>);
+pub struct PendingAck(Option<Held>, InFlight);
+
+/// Counts a record from `submit` until its answer is in (or it is dropped): a record with
+/// company is queued, so that concurrent records still share one `fsync`.
+#[derive(Debug)]
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn new(shared: &Arc<Shared>) -> InFlight {
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(shared))
+    }
+
+    /// No other producer has a record on its way.
+    fn alone(&self) -> bool {
+        self.0.in_flight.load(Ordering::Acquire) == 1
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// A record kept by its producer until it waits, and what it needs to write or queue it
 /// (taken out once handed over).
@@ -373,20 +398,27 @@ impl PendingAck {
     /// Wait until the record is written (and synced per the mode); `Err`: not durable.
     pub async fn wait(mut self) -> Result<Ack, AuditError> {
         let held = self.0.take().ok_or(AuditError::Closed)?;
-        let rx = held.hand_over().await?;
+        let rx = held.hand_over(self.1.alone()).await?;
         rx.await.map_err(|_| AuditError::Closed)?
     }
 }
 
 impl Held {
-    /// Write the record on this thread when the writer is idle (see [`Writer::try_inline`]),
-    /// else queue it for the writer thread as any other record.
-    async fn hand_over(self) -> Result<oneshot::Receiver<Result<Ack, AuditError>>, AuditError> {
+    /// Write the record on this thread when it is `alone` and the writer is idle (see
+    /// [`Writer::try_inline`]), else queue it for the writer thread as any other record.
+    async fn hand_over(
+        self,
+        alone: bool,
+    ) -> Result<oneshot::Receiver<Result<Ack, AuditError>>, AuditError> {
         let (ack, rx) = oneshot::channel();
         let Held { event, tx, core } = self;
-        let request = match Writer::try_inline(&core, &tx, event, ack) {
-            None => return Ok(rx),
-            Some(request) => request,
+        let request = if alone {
+            match Writer::try_inline(&core, &tx, event, ack) {
+                None => return Ok(rx),
+                Some(request) => request,
+            }
+        } else {
+            Request::Record(event, ack)
         };
         tx.send(request).await.map_err(|_| AuditError::Closed)?;
         Ok(rx)
@@ -463,11 +495,14 @@ impl AuditHandle {
         let encoded = EncodedEvent::new(&event).map_err(|e| AuditError::Encode(e.to_string()))?;
         drop(event);
         self.shared.ensure_dispatcher();
-        Ok(PendingAck(Some(Held {
-            event: Box::new(encoded),
-            tx: self.tx.clone(),
-            core: Arc::clone(&self.core),
-        })))
+        Ok(PendingAck(
+            Some(Held {
+                event: Box::new(encoded),
+                tx: self.tx.clone(),
+                core: Arc::clone(&self.core),
+            }),
+            InFlight::new(&self.shared),
+        ))
     }
 
     /// Close and reopen the audit file at its configured path, for logrotate (the daemon maps
