@@ -3,7 +3,7 @@
 #
 #   benches/run.sh                   everything: milter load table, memory, callgrind, Postfix
 #   benches/run.sh --quick           fewer messages (a smoke run of the benchmark itself)
-#   benches/run.sh --only load|memory|callgrind|postfix|ledger   one part
+#   benches/run.sh --only load|targets|memory|callgrind|postfix|ledger   one part
 #   benches/run.sh --out DIR         keep results (results.jsonl, table.md, logs) in DIR
 #
 # Builds (release) markgate and markgate-load, compiles the reference milters in
@@ -158,12 +158,12 @@ stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
 
 expect_for() { if [ "${1%%-ledger-*}" = markgate ]; then echo mg; elif [ "$1" = libmilter-nothing ]; then echo none; else echo ref; fi; }
 
-run_load() { # name transport msgfile conns count
+run_load() { # name transport msgfile conns count [label]
 	local name=$1 transport=$2 msg=$3 conns=$4 count=$5 e
 	e=$(expect_for "$name")
 	# Every message its own Message-ID, as real mail: markgate's thread ledger files each one.
 	local args=(--connect "$spec" --eml "benches/data/$msg" --connections "$conns" --messages "$count"
-		--warmup $((conns * 2)) --unique-ids --pid "$pid" --json --label "$name|$transport|$msg|$conns")
+		--warmup $((conns * 2)) --unique-ids --pid "$pid" --json --label "${6:-$name|$transport|$msg|$conns}")
 	case $e in
 	mg) args+=("${mg_expect[@]}") ;;
 	ref) args+=("${ref_expect[@]}") ;;
@@ -247,6 +247,25 @@ if [ "$only" = all ] || [ "$only" = load ]; then
 		done
 	done
 	fsync_probe after >>"$results"
+fi
+
+# Issue 15's targets, markgate against the libmilter header+disclaimer reference: alternated
+# round by round (five rounds), so the machine's drift hits both alike; the table gives the
+# median of the per-round ratios and their range. (The load table above runs each milter once,
+# minutes apart: a neighbour's build during one of them moves its ratio more than any change.)
+if [ "$only" = all ] || [ "$only" = targets ]; then
+	for round in 1 2 3 4 5; do
+		for name in libmilter-disclaimer markgate; do
+			echo "== targets: $name (round $round)" >&2
+			start "$name" unix
+			for case in small-2k.eml:1:6000 small-2k.eml:8:16000 small-2k.eml:64:24000 large-200k.eml:1:1000; do
+				IFS=: read -r msg conns n <<<"$case"
+				[ "$quick" = 1 ] && n=$((n / 10))
+				run_load "$name" unix "$msg" "$conns" "$n" "target|$name|$msg|$conns"
+			done
+			stop
+		done
+	done
 fi
 
 # Thread ledger on (SQLite, the default) against off, in the same run: 64 connections for
