@@ -42,6 +42,18 @@ done
 # Postfix keeps its commands in /usr/sbin, which a non-login PATH may lack.
 export PATH="$PATH:/usr/sbin:/sbin"
 
+# The build's own tools: a C compiler (bundled SQLite, ring) and make (jemalloc, the daemon's
+# allocator, is built from source by its configure script).
+build_missing=()
+for tool in cc make; do
+	command -v "$tool" >/dev/null || build_missing+=("$tool")
+done
+if [ ${#build_missing[@]} -gt 0 ]; then
+	echo "scripts/test.sh: installing build tools (missing: ${build_missing[*]})" >&2
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends gcc libc6-dev make
+fi
+
 missing=()
 for tool in postfix smtp-sink postqueue sendmail swaks miltertest openssl redis-server; do
 	command -v "$tool" >/dev/null || missing+=("$tool")
