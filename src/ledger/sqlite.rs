@@ -19,6 +19,9 @@ use tokio::sync::oneshot;
 use super::{Entry, Found, LedgerError, Query, Stats, Store, Way};
 
 mod inline;
+mod mem;
+
+use mem::Mem;
 
 /// Most entries committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -106,19 +109,6 @@ struct Shared {
     hits: std::sync::atomic::AtomicU64,
 }
 
-/// Entries other connections to the file cannot see yet. Lookups on the callers' threads
-/// ([`inline`]) read these as well as the file, so a message is found from the moment it
-/// was answered.
-#[derive(Default)]
-struct Mem {
-    /// Detached writes not yet taken by the thread. They are not sent as jobs: the thread
-    /// takes them when it wakes anyway (a lookup, its commit timer), which saves a wake-up
-    /// per message; it is nudged only when it sleeps with nothing open.
-    pending: Vec<(Entry, Done)>,
-    /// Entries the thread has written into its open transaction, oldest first.
-    unseen: VecDeque<Entry>,
-}
-
 impl Shared {
     fn mem(&self) -> std::sync::MutexGuard<'_, Mem> {
         self.mem.lock().unwrap_or_else(|p| p.into_inner())
@@ -190,18 +180,18 @@ impl SqliteStore {
     pub fn record_detached(&self, entry: Entry, done: Done) {
         use std::sync::atomic::Ordering;
         let mut mem = self.shared.mem();
-        if mem.pending.len() >= MAX_PENDING {
+        if mem.pending() >= MAX_PENDING {
             drop(mem);
             done(Err(LedgerError(format!(
                 "{MAX_PENDING} entries are waiting for the ledger thread"
             ))));
             return;
         }
-        mem.pending.push((entry, done));
+        mem.push(entry, done);
         drop(mem);
         if self.shared.parked.swap(false, Ordering::SeqCst) && self.jobs.send(Job::Nudge).is_err() {
-            let taken = std::mem::take(&mut self.shared.mem().pending);
-            for (_, done) in taken {
+            let taken = self.shared.mem().drop_pending();
+            for done in taken {
                 done(Err(LedgerError("the ledger thread has stopped".into())));
             }
         }
@@ -306,7 +296,7 @@ fn open_connection(path: &Path, busy: Duration) -> Result<Connection, LedgerErro
 struct Open {
     since: std::time::Instant,
     entries: usize,
-    /// How many of them are in `Mem::unseen`.
+    /// How many of them are taken from [`Mem`] (and stay findable there until committed).
     unseen: usize,
     waiting: Vec<Reply<()>>,
     detached: Vec<Done>,
@@ -346,7 +336,7 @@ impl Worker {
                     }
                     None => {
                         self.shared.parked.store(true, Ordering::SeqCst);
-                        if !self.shared.mem().pending.is_empty() {
+                        if self.shared.mem().pending() > 0 {
                             self.shared.parked.store(false, Ordering::SeqCst);
                             None
                         } else {
@@ -411,30 +401,25 @@ impl Worker {
     /// lookups throughout: moved from `pending` to `unseen` under one lock, and out of
     /// `unseen` only once committed (or failed).
     fn take_pending(&mut self) {
-        let taken = {
+        let (taken, done) = {
             let mut mem = self.shared.mem();
-            if mem.pending.is_empty() {
+            if mem.pending() == 0 {
                 return;
             }
-            let taken = std::mem::take(&mut mem.pending);
-            mem.unseen.extend(taken.iter().map(|(e, _)| e.clone()));
-            taken
+            mem.take()
         };
         let n = taken.len();
-        match self.insert(taken.iter().map(|(e, _)| e)) {
+        match self.insert(taken.iter().map(|e| &**e)) {
             Ok(()) => {
                 if let Some(open) = self.open_mut() {
                     open.unseen += n;
-                    open.detached.extend(taken.into_iter().map(|(_, d)| d));
+                    open.detached.extend(done);
                 }
             }
             Err(err) => {
                 // `insert` rolled back and forgot the older unseen ones; these go too.
-                let mut mem = self.shared.mem();
-                let keep = mem.unseen.len().saturating_sub(n);
-                mem.unseen.truncate(keep);
-                drop(mem);
-                for (_, done) in taken {
+                self.shared.mem().forget_newest_taken(n);
+                for done in done {
                     done(Err(err.clone()));
                 }
             }
@@ -444,9 +429,7 @@ impl Worker {
     /// The open transaction's entries are in the file now, or never will be.
     fn forget_unseen(&self, open: &Open) {
         if open.unseen > 0 {
-            let mut mem = self.shared.mem();
-            let n = open.unseen.min(mem.unseen.len());
-            mem.unseen.drain(..n);
+            self.shared.mem().forget_taken(open.unseen);
         }
     }
 
