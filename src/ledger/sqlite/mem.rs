@@ -29,10 +29,12 @@ enum Key<'a> {
     Text(&'a str, &'a str),
 }
 
-/// One uncommitted entry and its place in the order of arrival.
+/// One uncommitted entry, its place in the order of arrival and the hashes it is filed
+/// under (kept: hashing them again to unfile it cost as much as the filing).
 struct Held {
     seq: u64,
     entry: Arc<Entry>,
+    keys: [Option<u64>; 3],
 }
 
 /// Uncommitted entries, oldest first: the first `taken` are in the thread's open transaction
@@ -64,7 +66,7 @@ impl Mem {
 
     /// The keys `e` can be found by (the same as the file's indexes: only inbound entries
     /// by their text).
-    fn keys_of(&self, e: &Entry) -> impl Iterator<Item = u64> {
+    fn keys_of(&self, e: &Entry) -> [Option<u64>; 3] {
         let id = e.message_id.as_deref().map(|id| self.hash(Key::Id(id)));
         let ti = e
             .thread_index
@@ -74,20 +76,21 @@ impl Mem {
             (Some(d), Way::Inbound) => Some(self.hash(Key::Text(d, &e.subject))),
             _ => None,
         };
-        id.into_iter().chain(ti).chain(text)
+        [id, ti, text]
     }
 
     /// Remember a detached write.
     pub(super) fn push(&mut self, entry: Entry, done: Done) {
         let seq = self.next;
         self.next += 1;
-        let keys: Vec<u64> = self.keys_of(&entry).collect();
-        for k in keys {
+        let keys = self.keys_of(&entry);
+        for k in keys.into_iter().flatten() {
             self.index.entry(k).or_default().push(seq);
         }
         self.held.push_back(Held {
             seq,
             entry: Arc::new(entry),
+            keys,
         });
         self.done.push(done);
     }
@@ -135,8 +138,7 @@ impl Mem {
     }
 
     fn unindex(&mut self, h: &Held) {
-        let keys: Vec<u64> = self.keys_of(&h.entry).collect();
-        for k in keys {
+        for k in h.keys.into_iter().flatten() {
             if let Some(seqs) = self.index.get_mut(&k) {
                 seqs.retain(|s| *s != h.seq);
                 if seqs.is_empty() {
