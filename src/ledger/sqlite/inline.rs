@@ -16,7 +16,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::{Found, Query, Shared, in_read_transaction, lookup as file_lookup};
+use super::{Found, Query, Shared, read_lookup};
 use crate::ledger::Entry;
 
 thread_local! {
@@ -35,7 +35,7 @@ pub(super) fn lookup(store: u64, path: &Path, shared: &Shared, q: &Query) -> Opt
             *slot = Some((store, open_reader(path).ok()?));
         }
         let (_, conn) = slot.as_ref()?;
-        match in_read_transaction(conn, |c| file_lookup(c, q)) {
+        match read_lookup(conn, q) {
             Ok(f) => Some(f),
             Err(_) => {
                 // Opened again next time: the file may have been replaced or repaired.
