@@ -108,9 +108,9 @@ struct Fields {
 impl Fields {
     fn read(head: &[u8]) -> Fields {
         let mut f = Fields::default();
-        let mut lines = head.split(|&b| b == b'\n').peekable();
+        let mut lines = lines(head).peekable();
         while let Some(line) = lines.next() {
-            let Some(colon) = line.iter().position(|&b| b == b':') else {
+            let Some(colon) = memchr::memchr(b':', line) else {
                 continue;
             };
             let name = line[..colon].trim_ascii();
@@ -133,6 +133,26 @@ impl Fields {
         }
         f
     }
+}
+
+/// The lines of `bytes` split at each LF, as `bytes.split(|b| *b == b'\n')` gives them (a
+/// last, empty one after a final LF), found with the memchr crate's search instead of a
+/// comparison per byte.
+fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(bytes);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match memchr::memchr(b'\n', r) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
 }
 
 /// `type/subtype; name=value; name="quoted; value"` as the lower-case type and its parameters
@@ -376,4 +396,13 @@ mod tests {
             assert_eq!(buffered, per_line(t), "{t:?}");
         }
     }
+
+    #[test]
+    fn lines_are_what_split_gives() {
+        for t in [&b""[..], b"\n", b"a", b"a\n", b"a\nb", b"\n\na\r\n\nb\n\n"] {
+            let want: Vec<&[u8]> = t.split(|b| *b == b'\n').collect();
+            assert_eq!(lines(t).collect::<Vec<_>>(), want, "{t:?}");
+        }
+    }
 }
+
