@@ -805,15 +805,12 @@ fn copies(
     since: i64,
 ) -> Result<Found, LedgerError> {
     let mut stmt = conn
+        // Short text: the statement cache hashes and copies it on every use.
         .prepare_cached(concat!(
-            "SELECT ",
-            columns!(),
-            ", 0 FROM (SELECT ",
+            "SELECT *, 0 FROM (SELECT ",
             columns!(),
             " FROM entries WHERE message_id = ?1 AND way = 0 AND time >= ?2",
-            " ORDER BY time DESC LIMIT 4) UNION ALL SELECT ",
-            columns!(),
-            ", 1 FROM (SELECT ",
+            " ORDER BY time DESC LIMIT 4) UNION ALL SELECT *, 1 FROM (SELECT ",
             columns!(),
             " FROM entries WHERE digest = ?3 AND subject = ?4 AND way = 0 AND time >= ?2",
             " ORDER BY time DESC LIMIT 4)"
