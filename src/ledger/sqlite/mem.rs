@@ -14,7 +14,7 @@
 //! Must not: touch the file, or decide when anything is committed (that is the thread's).
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 
 use super::Done;
@@ -59,9 +59,7 @@ impl Mem {
     }
 
     fn hash(&self, key: Key<'_>) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        h.finish()
+        self.hasher.hash_one(&key)
     }
 
     /// The keys `e` can be found by (the same as the file's indexes: only inbound entries
