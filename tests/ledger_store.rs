@@ -237,6 +237,140 @@ fn redis_retention_concurrency_and_shared_view() {
     });
 }
 
+/// Each entry's JSON is stored once, under its Message-ID; its thread-index and text keys name
+/// that key. Found by every key, found without a Message-ID too, pruned from every key; and
+/// entries written before (their JSON under every key, slotted by their text) are still
+/// found by each key and pruned.
+#[test]
+fn redis_stores_each_entry_once_and_reads_the_older_layout() {
+    let Some(r) = redis() else { return };
+    let url = format!("redis://127.0.0.1:{}/", r.1);
+    rt().block_on(async {
+        let store = RedisStore::new(&url, "once:", Duration::from_secs(5)).expect("store");
+        let client = redis::Client::open(url.as_str()).expect("client");
+        let mut c = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let keep = Duration::from_secs(600);
+        let mut e = entry("once@x", 100);
+        e.thread_index = Some("ab".repeat(27));
+        store.record(e.clone(), keep).await.expect("record");
+        let mut no_id = entry("", 100);
+        no_id.message_id = None;
+        no_id.digest = Some(format!("{:064x}", 77));
+        store.record(no_id.clone(), keep).await.expect("record");
+
+        // One copy of the JSON; the other keys name where it is.
+        let text_key = |d: &str| {
+            use sha2::Digest as _;
+            let s = sha2::Sha256::digest(b"budget 2027");
+            let hex: String = s.iter().map(|b| format!("{b:02x}")).collect();
+            format!("once:d:{d}:{hex}")
+        };
+        let vals = |key: String| {
+            let mut c = c.clone();
+            async move {
+                let v: Vec<String> = redis::cmd("HVALS")
+                    .arg(&key)
+                    .query_async(&mut c)
+                    .await
+                    .expect("hvals");
+                v
+            }
+        };
+        let home = vals("once:m:once@x".into()).await;
+        assert_eq!(home.len(), 1);
+        assert!(home[0].starts_with('{'), "{home:?}");
+        assert_eq!(
+            vals(format!("once:t:{}", "ab".repeat(27))).await,
+            ["m:once@x"]
+        );
+        assert_eq!(
+            vals(text_key(e.digest.as_deref().unwrap_or(""))).await,
+            ["m:once@x"]
+        );
+        // Without a Message-ID the JSON stays in its text key.
+        let own = vals(text_key(&format!("{:064x}", 77))).await;
+        assert!(own.len() == 1 && own[0].starts_with('{'), "{own:?}");
+
+        let by_all = Query {
+            ids: vec!["once@x".into()],
+            thread_indexes: vec!["ab".repeat(27)],
+            text: Some((e.digest.clone().unwrap_or_default(), "budget 2027".into())),
+            since: 0,
+            ..Query::default()
+        };
+        let found = store.lookup(by_all.clone()).await.expect("lookup");
+        assert_eq!(found.by_id, [e.clone()]);
+        assert_eq!(found.by_thread_index, [e.clone()]);
+        assert_eq!(found.by_text, [e.clone()]);
+        let by_text = Query {
+            text: Some((format!("{:064x}", 77), "budget 2027".into())),
+            ..Query::default()
+        };
+        assert_eq!(
+            store.lookup(by_text.clone()).await.expect("lookup").by_text,
+            [no_id]
+        );
+        // Outbound entries are found by id, never by text (as in SQLite): not filed under it.
+        let mut out = entry("out@x", 100);
+        out.way = Way::Outbound;
+        out.digest = Some(format!("{:064x}", 88));
+        store.record(out.clone(), keep).await.expect("record");
+        assert!(vals(text_key(&format!("{:064x}", 88))).await.is_empty());
+        let q_out = Query {
+            ids: vec!["out@x".into()],
+            text: Some((format!("{:064x}", 88), "budget 2027".into())),
+            ..Query::default()
+        };
+        let found = store.lookup(q_out.clone()).await.expect("lookup");
+        assert_eq!((found.by_id, found.by_text), (vec![out], vec![]));
+
+        // The layout before: the JSON under every key, the slot the entry's own text.
+        let mut old = entry("old@x", 100);
+        old.digest = Some(format!("{:064x}", 5));
+        let json = serde_json::to_string(&old).expect("json");
+        let slot = format!("old@x|inbound|{:064x}", 5);
+        let keys = ["once:m:old@x".to_owned(), text_key(&format!("{:064x}", 5))];
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.cmd("HSET").arg(k).arg(&slot).arg(&json).ignore();
+        }
+        pipe.cmd("ZADD")
+            .arg("once:times")
+            .arg(100)
+            .arg(&slot)
+            .ignore();
+        pipe.cmd("HSET")
+            .arg("once:slots")
+            .arg(&slot)
+            .arg(serde_json::to_string(&keys).expect("json"))
+            .ignore();
+        pipe.query_async::<()>(&mut c).await.expect("old layout");
+        let q = Query {
+            ids: vec!["old@x".into()],
+            text: Some((format!("{:064x}", 5), "budget 2027".into())),
+            ..Query::default()
+        };
+        let found = store.lookup(q.clone()).await.expect("lookup");
+        assert_eq!((found.by_id, found.by_text), (vec![old.clone()], vec![old]));
+
+        // Pruning takes every entry, of both layouts, out of every key.
+        assert_eq!(store.stats().await.expect("stats").entries, 4);
+        assert_eq!(store.prune(101).await.expect("prune"), 4);
+        for q in [by_all, by_text, q, q_out] {
+            assert!(store.lookup(q).await.expect("lookup").is_empty());
+        }
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg("once:[mtd]:*")
+            .query_async(&mut c)
+            .await
+            .expect("keys");
+        assert!(left.is_empty(), "{left:?}");
+    });
+}
+
 /// 64 milter connections at once to the built daemon, its ledger in SQLite: every message
 /// answered as expected (markgate-load checks each answer; a tempfail or a `database is
 /// locked` would fail it) and every accepted message recorded.

@@ -454,6 +454,24 @@ fn entry(e: &Entry, matched_by: &str) -> ThreadEntry {
 
 /// The entry a decided message leaves behind (`None` when it goes nowhere).
 pub fn entry_of(eval: &Evaluation, k: &ThreadKeys, time: i64) -> Option<Entry> {
+    entry_with(eval, k.message_id.clone(), k, k.subject.clone(), time)
+}
+
+/// [`entry_of`] taking the message's own keys (the daemon's path, done with them after this):
+/// its Message-ID and subject move into the entry instead of being copied.
+fn entry_from(eval: &Evaluation, mut k: ThreadKeys, time: i64) -> Option<Entry> {
+    let id = k.message_id.take();
+    let subject = std::mem::take(&mut k.subject);
+    entry_with(eval, id, &k, subject, time)
+}
+
+fn entry_with(
+    eval: &Evaluation,
+    message_id: Option<String>,
+    k: &ThreadKeys,
+    subject: String,
+    time: i64,
+) -> Option<Entry> {
     if !eval.delivers() {
         return None;
     }
@@ -465,9 +483,9 @@ pub fn entry_of(eval: &Evaluation, k: &ThreadKeys, time: i64) -> Option<Entry> {
         }
     }
     Some(Entry {
-        message_id: k.message_id.clone(),
+        message_id,
         thread_index: k.thread_index.as_deref().map(hex),
-        subject: k.subject.clone(),
+        subject,
         digest: k.digest.map(|d| hex(&d)),
         level: d.effective.level_name.clone(),
         marking: d.effective.marking.clone(),
@@ -512,7 +530,7 @@ pub(super) async fn remember(
     let (Some(ledger), Some(memo), Some(k)) = (ledger, memo, keys) else {
         return None;
     };
-    let entry = entry_of(eval, &k, ledger.inner.clock.now())?;
+    let entry = entry_from(eval, k, ledger.inner.clock.now())?;
     match memo.on_unavailable {
         OnUnavailable::FailOpen => {
             let me = ledger.clone();

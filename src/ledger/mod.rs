@@ -111,18 +111,6 @@ pub struct Entry {
     pub time: i64,
 }
 
-impl Entry {
-    /// A key telling entries apart within one Message-ID (a message can go in and out again).
-    fn slot(&self) -> String {
-        format!(
-            "{}|{}|{}",
-            self.message_id.as_deref().unwrap_or(""),
-            self.way.as_str(),
-            self.digest.as_deref().unwrap_or("")
-        )
-    }
-}
-
 /// One question: every key a message offers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Query {

@@ -2,13 +2,25 @@
 //!
 //! Keys (under the configured prefix, `markgate:ledger:` by default), each expiring by TTL
 //! after the policy's retention:
-//! - `m:<Message-ID>`: a hash, one field per entry of that id, the entry as JSON;
-//! - `t:<Thread-Index hex>`: the same for Exchange thread indexes;
-//! - `d:<digest hex>:<SHA-256 of the normalised subject, hex>`: the same for text + subject;
-//! - `times`: a sorted set of every entry by time, and `slots`, which keys hold each entry (for
-//!   `stats` and `prune`: pruning takes old entries out of their keys at once; the keys also
-//!   expire by themselves);
+//! - `m:<Message-ID>`: a hash, one field per entry of that id (the entry's slot, below), the
+//!   entry as JSON: each entry's JSON is stored here, once;
+//! - `t:<Thread-Index hex>`, `d:<digest hex>:<SHA-256 of the normalised subject, hex>`: hashes
+//!   that find entries by Exchange thread index and, inbound ones only (as SQLite's text index),
+//!   by text + subject; per entry, its slot and
+//!   `m:<Message-ID>`, the key (under the prefix) holding its JSON. An entry without a
+//!   Message-ID has no `m:` key, and its JSON is stored in these instead (as every entry's was
+//!   before: such values, starting with `{`, are read as entries wherever they are found);
+//! - `times`: a sorted set of every entry's slot by time, and `slots`, which keys hold each
+//!   slot (for `stats` and `prune`: pruning takes old entries out of their keys at once; the
+//!   keys also expire by themselves);
 //! - `lookups`, `hits`: counters for the hit rate.
+//!
+//! An entry's slot tells it apart within its keys: 32 hex digits of the SHA-256 of its
+//! Message-ID, direction and digest (entries written before were slotted by that text itself;
+//! both kinds are read, pruned and expire alike).
+//!
+//! A pointer whose `m:` key has expired or been pruned finds nothing: the entry it named was
+//! at least as old as that key's newest entry, so it is past the retention too.
 //!
 //! One multiplexed connection is shared by every message; when a call fails or times out it
 //! is dropped and the next call connects again, so a restarted Redis is picked up without
@@ -20,7 +32,7 @@ use redis::aio::MultiplexedConnection;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Mutex;
 
-use super::{Entry, Found, LedgerError, Query, Stats, Store};
+use super::{Entry, Found, LedgerError, Query, Stats, Store, Way};
 
 pub struct RedisStore {
     client: redis::Client,
@@ -98,21 +110,31 @@ impl Store for RedisStore {
     async fn record(&self, entry: Entry, keep: Duration) -> Result<(), LedgerError> {
         let json = serde_json::to_string(&entry).map_err(LedgerError::new)?;
         let ttl = i64::try_from(keep.as_secs().max(1)).unwrap_or(i64::MAX);
-        let slot = entry.slot();
+        let slot = slot(&entry);
+        // The key holding the JSON, and the keys that point at it (or hold it too, for an
+        // entry without a Message-ID).
+        let home = entry.message_id.as_deref().map(|id| format!("m:{id}"));
         let mut keys = Vec::new();
-        if let Some(id) = &entry.message_id {
-            keys.push(self.key("m", id));
+        if let Some(home) = &home {
+            keys.push(self.plain(home));
         }
         if let Some(ti) = &entry.thread_index {
             keys.push(self.key("t", ti));
         }
-        if let Some(d) = &entry.digest {
+        // Only inbound entries are ever wanted by their text (a copy leaving is matched
+        // against what came in; the thread rules read nothing else), so, as in SQLite's text
+        // index, only they are filed under it.
+        if let Some(d) = entry.digest.as_ref().filter(|_| entry.way == Way::Inbound) {
             keys.push(self.text_key(d, &entry.subject));
         }
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for k in &keys {
-            pipe.cmd("HSET").arg(k).arg(&slot).arg(&json).ignore();
+        for (i, k) in keys.iter().enumerate() {
+            let value = match &home {
+                Some(home) if i > 0 => home,
+                _ => &json,
+            };
+            pipe.cmd("HSET").arg(k).arg(&slot).arg(value).ignore();
             pipe.cmd("EXPIRE").arg(k).arg(ttl).ignore();
         }
         pipe.cmd("ZADD")
@@ -134,26 +156,48 @@ impl Store for RedisStore {
         let mut pipe = redis::pipe();
         let ids: Vec<&String> = query.ids.iter().chain(query.own_id.as_ref()).collect();
         for id in &ids {
-            pipe.cmd("HVALS").arg(self.key("m", id));
+            pipe.cmd("HGETALL").arg(self.key("m", id));
         }
         for ti in &query.thread_indexes {
-            pipe.cmd("HVALS").arg(self.key("t", ti));
+            pipe.cmd("HGETALL").arg(self.key("t", ti));
         }
         if let Some((d, s)) = &query.text {
-            pipe.cmd("HVALS").arg(self.text_key(d, s));
+            pipe.cmd("HGETALL").arg(self.text_key(d, s));
         }
         let n_ids = ids.len();
         let n_ti = query.thread_indexes.len();
-        let answers: Vec<Vec<String>> = if n_ids + n_ti == 0 && query.text.is_none() {
+        let answers: Vec<Vec<(String, String)>> = if n_ids + n_ti == 0 && query.text.is_none() {
             Vec::new()
         } else {
             self.run(&pipe).await?
         };
-        let parse = |values: &[Vec<String>]| -> Vec<Entry> {
+        // Values naming the key that holds the JSON are read from there, in one more round
+        // trip (only when a thread index or text matched).
+        let mut pointers = redis::pipe();
+        let mut pointed = 0;
+        for (slot, value) in answers.iter().flatten() {
+            if !value.starts_with('{') {
+                pointers.cmd("HGET").arg(self.plain(value)).arg(slot);
+                pointed += 1;
+            }
+        }
+        let resolved: Vec<Option<String>> = if pointed == 0 {
+            Vec::new()
+        } else {
+            self.run(&pointers).await?
+        };
+        let mut resolved = resolved.into_iter();
+        let mut parse = |values: &[Vec<(String, String)>]| -> Vec<Entry> {
             values
                 .iter()
                 .flatten()
-                .filter_map(|j| serde_json::from_str::<Entry>(j).ok())
+                .filter_map(|(_, v)| {
+                    if v.starts_with('{') {
+                        serde_json::from_str::<Entry>(v).ok()
+                    } else {
+                        serde_json::from_str::<Entry>(&resolved.next()??).ok()
+                    }
+                })
                 .filter(|e| e.time >= query.since)
                 .collect()
         };
@@ -247,6 +291,19 @@ impl Store for RedisStore {
             hits: hits.unwrap_or(0),
         })
     }
+}
+
+/// An entry's field in its keys: 32 hex digits of the SHA-256 of its Message-ID, direction and
+/// digest (what tells entries of one Message-ID apart; the text itself was ~130 bytes, stored
+/// four times per entry).
+fn slot(e: &Entry) -> String {
+    let mut h = Sha256::new();
+    h.update(e.message_id.as_deref().unwrap_or("").as_bytes());
+    h.update(b"|");
+    h.update(e.way.as_str().as_bytes());
+    h.update(b"|");
+    h.update(e.digest.as_deref().unwrap_or("").as_bytes());
+    crate::inspect::thread::hex(&h.finalize()[..16])
 }
 
 /// ZCARD, ZRANGE … WITHSCORES, GET lookups, GET hits, INFO memory.

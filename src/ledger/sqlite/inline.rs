@@ -16,8 +16,8 @@ use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags};
 
-use super::{Found, Mem, Query, Shared, in_read_transaction, lookup as file_lookup};
-use crate::ledger::{Entry, Way};
+use super::{Found, Query, Shared, read_lookup};
+use crate::ledger::Entry;
 
 thread_local! {
     /// This thread's reader: the store it belongs to and the connection.
@@ -28,14 +28,14 @@ thread_local! {
 pub(super) fn lookup(store: u64, path: &Path, shared: &Shared, q: &Query) -> Option<Found> {
     // Memory first: an entry leaves it only after its commit, so whatever is taken from
     // memory here and missed in the file below was still uncommitted when memory was read.
-    let mut found = from_memory(&shared.mem(), q);
+    let mut found = shared.mem().find(q);
     let file = READER.with(|cell| {
         let mut slot = cell.try_borrow_mut().ok()?;
         if slot.as_ref().is_none_or(|(id, _)| *id != store) {
             *slot = Some((store, open_reader(path).ok()?));
         }
         let (_, conn) = slot.as_ref()?;
-        match in_read_transaction(conn, |c| file_lookup(c, q)) {
+        match read_lookup(conn, q) {
             Ok(f) => Some(f),
             Err(_) => {
                 // Opened again next time: the file may have been replaced or repaired.
@@ -62,37 +62,6 @@ fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     )?;
     conn.execute_batch("PRAGMA query_only = 1; PRAGMA cache_size = -8192;")?;
     Ok(conn)
-}
-
-/// The uncommitted entries the query would find in the file, by the same rules as
-/// `super::lookup`.
-fn from_memory(mem: &Mem, q: &Query) -> Found {
-    let mut found = Found::default();
-    let pending = mem.pending.iter().map(|(e, _)| e);
-    for e in pending.chain(mem.unseen.iter()) {
-        if e.time < q.since {
-            continue;
-        }
-        let id = e.message_id.as_deref();
-        if id.is_some_and(|id| q.ids.iter().any(|i| i == id))
-            || (e.way == Way::Inbound && id.is_some() && q.own_id.as_deref() == id)
-        {
-            found.by_id.push(e.clone());
-        }
-        if let Some(ti) = &e.thread_index
-            && q.thread_indexes.contains(ti)
-        {
-            found.by_thread_index.push(e.clone());
-        }
-        if let (Some((digest, subject)), Some(d)) = (&q.text, &e.digest)
-            && e.way == Way::Inbound
-            && d == digest
-            && &e.subject == subject
-        {
-            found.by_text.push(e.clone());
-        }
-    }
-    found
 }
 
 /// Add the file's entries to memory's, each once (an entry committed between the two reads
