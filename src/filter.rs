@@ -923,70 +923,70 @@ impl Handler for Filter {
         message: Message,
     ) -> Result<Staged, HandlerError> {
         let started = std::time::Instant::now();
-        let Message { tx, live } = message;
-        let (thread, keys) =
-            match ledger::consult(self.ledger.as_ref(), &live.policy, &tx, conn).await {
-                Ok(found) => found,
-                Err(refusal) => return Ok(self.count_out(started, *refusal).into()),
-            };
-        let memo = ledger::Memo::of(&live.policy);
-        // A small in-memory message is decided right here: handing it to the blocking pool and
-        // back costs two thread switches, more than the pipeline itself. A spilled or large body
-        // may take milliseconds to parse, so it still goes to the blocking pool, off the
-        // connection tasks' threads. Either way a panic in the pipeline is caught and becomes
-        // a 4xx, as the failure rule says.
-        #[cfg(test)]
-        let fault = self.fault.clone();
-        let decide = move |tx: &Transaction, conn: &ConnectionFacts, live: &Live<Policy>| {
+        // The message and the pipeline's results end with this block: not kept in the state of
+        // this future (boxed for each message) across the awaits below, they cost no copying.
+        let (memo, keys, decided) = {
+            let Message { tx, live } = message;
+            let (thread, keys) =
+                match ledger::consult(self.ledger.as_ref(), &live.policy, &tx, conn).await {
+                    Ok(found) => found,
+                    Err(refusal) => return Ok(self.count_out(started, *refusal).into()),
+                };
+            let memo = ledger::Memo::of(&live.policy);
+            // A small in-memory message is decided right here: handing it to the blocking pool
+            // and back costs two thread switches, more than the pipeline itself. A spilled or
+            // large body may take milliseconds to parse, so it still goes to the blocking pool,
+            // off the connection tasks' threads. Either way a panic in the pipeline is caught
+            // and becomes a 4xx, as the failure rule says.
             #[cfg(test)]
-            if let Some(fault) = &fault {
-                fault(tx);
-            }
-            decide_message(tx, conn, live, &thread)
-        };
-        let queue_id = tx.queue_id().map(lossy);
-        let worked = if !tx.is_spilled() && tx.body_len() <= INLINE_BODY_LIMIT {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decide(&tx, conn, &live)))
-                .map_err(|payload| ("inline", "panicked", panic_text(payload.as_ref())))
-        } else {
-            let conn = conn.clone();
-            tokio::task::spawn_blocking(move || decide(&tx, &conn, &live))
-                .await
-                .map_err(|e| {
-                    if e.is_panic() {
-                        (
-                            "blocking pool",
-                            "panicked",
-                            panic_text(e.into_panic().as_ref()),
-                        )
-                    } else {
-                        ("blocking pool", "was cancelled", e.to_string())
-                    }
-                })
-        };
-        let (result, meta) = match worked {
-            Ok(r) => r,
-            Err((place, what, detail)) => {
-                // The panic message goes to the log only: it can quote message text (a slice
-                // panic shows the string), and the audit trail never carries message content.
-                error!(queue_id = queue_id.as_deref().unwrap_or(""), place, detail = %detail, "the decision pipeline {what}; answering 4xx");
-                self.count(started, None, "tempfail");
-                let why = format!(
-                    "the decision pipeline {what} ({place}); the details are in the daemon log"
-                );
-                return Ok(self.internal_error(why, queue_id).await.into());
-            }
-        };
-        let (eval, out, record) = match result {
-            Ok(r) => r,
-            Err(e) => {
-                error!(queue_id = meta.queue_id.as_deref().unwrap_or(""), error = %e, "cannot decide the message; answering 4xx");
-                self.count(started, None, "tempfail");
-                return Ok(self
-                    .internal_error(e.to_string(), meta.queue_id)
+            let fault = self.fault.clone();
+            let decide = move |tx: &Transaction, conn: &ConnectionFacts, live: &Live<Policy>| {
+                #[cfg(test)]
+                if let Some(fault) = &fault {
+                    fault(tx);
+                }
+                decide_message(tx, conn, live, &thread)
+            };
+            let queue_id = tx.queue_id().map(lossy);
+            let worked = if !tx.is_spilled() && tx.body_len() <= INLINE_BODY_LIMIT {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decide(&tx, conn, &live)))
+                    .map_err(|payload| ("inline", "panicked", panic_text(payload.as_ref())))
+            } else {
+                let conn = conn.clone();
+                tokio::task::spawn_blocking(move || decide(&tx, &conn, &live))
                     .await
-                    .into());
-            }
+                    .map_err(|e| {
+                        if e.is_panic() {
+                            let detail = panic_text(e.into_panic().as_ref());
+                            ("blocking pool", "panicked", detail)
+                        } else {
+                            ("blocking pool", "was cancelled", e.to_string())
+                        }
+                    })
+            };
+            let decided = match worked {
+                Ok((Ok(r), meta)) => Ok((r, meta)),
+                Ok((Err(e), meta)) => {
+                    error!(queue_id = meta.queue_id.as_deref().unwrap_or(""), error = %e, "cannot decide the message; answering 4xx");
+                    self.count(started, None, "tempfail");
+                    Err((e.to_string(), meta.queue_id))
+                }
+                Err((place, what, detail)) => {
+                    // The panic message goes to the log only: it can quote message text, and
+                    // the audit trail never carries message content.
+                    error!(queue_id = queue_id.as_deref().unwrap_or(""), place, detail = %detail, "the decision pipeline {what}; answering 4xx");
+                    self.count(started, None, "tempfail");
+                    let why = format!(
+                        "the decision pipeline {what} ({place}); the details are in the daemon log"
+                    );
+                    Err((why, queue_id))
+                }
+            };
+            (memo, keys, decided)
+        };
+        let ((eval, out, record), meta) = match decided {
+            Ok(d) => d,
+            Err((why, queue_id)) => return Ok(self.internal_error(why, queue_id).await.into()),
         };
 
         if let Some(refusal) = ledger::remember(self.ledger.as_ref(), memo, &eval, keys).await {

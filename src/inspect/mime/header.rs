@@ -22,7 +22,19 @@ pub(super) fn mime_header_counts(headers: &[mail_parser::Header<'_>]) -> (usize,
 /// The same counts over well-formed header lines (name at column 0, then a colon).
 pub(super) fn raw_mime_header_counts(block: &[u8]) -> (usize, usize) {
     let (mut ct, mut cte) = (0, 0);
-    for line in block.split(|&b| b == b'\n') {
+    // The lines as `split` on LF would give them, found with memchr instead of a test per byte.
+    let starts = std::iter::once(0).chain(memchr::memchr_iter(b'\n', block).map(|i| i + 1));
+    let ends = memchr::memchr_iter(b'\n', block).chain(std::iter::once(block.len()));
+    for (start, end) in starts.zip(ends) {
+        let line = &block[start..end];
+        // Both names start with `content-` at column 0 (a name has no white space before it):
+        // any other line is skipped without looking for its colon.
+        if !line
+            .get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"content-"))
+        {
+            continue;
+        }
         let Some(colon) = line.iter().position(|&b| b == b':') else {
             continue;
         };
@@ -103,4 +115,66 @@ pub(super) fn check_block(shape: &mut MimeShape, raw: &[u8], message: &mail_pars
     };
     shape.structure_reliable = false;
     shape.diagnostics.push(Diagnostic { part, code, detail });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::raw_mime_header_counts;
+
+    /// The counts as they were made before lines not starting with `content-` were skipped
+    /// unread: every line's name looked at.
+    fn counts_reading_every_name(block: &[u8]) -> (usize, usize) {
+        let (mut ct, mut cte) = (0, 0);
+        for line in block.split(|&b| b == b'\n') {
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let name = &line[..colon];
+            let name = match name.iter().rposition(|&b| b != b' ' && b != b'\t') {
+                Some(e) => &name[..=e],
+                None => continue,
+            };
+            if !name.iter().all(|&b| (33..=126).contains(&b)) {
+                continue;
+            }
+            ct += usize::from(name.eq_ignore_ascii_case(b"content-type"));
+            cte += usize::from(name.eq_ignore_ascii_case(b"content-transfer-encoding"));
+        }
+        (ct, cte)
+    }
+
+    #[test]
+    fn skipping_other_lines_counts_the_same() {
+        let blocks: &[&[u8]] = &[
+            b"Content-Type: text/plain\r\nContent-Transfer-Encoding: 7bit\r\n\r\n",
+            b"CONTENT-TYPE : text/plain\nSubject: x\n content-type: folded\n\n",
+            b"Content-Type\t: a\nContent-Typo: b\nContent-: c\nContent\n",
+            b" Content-Type: leading space is no header name\r\n",
+            b"\rContent-Type: leading CR\r\nContent-Type:\r\n",
+            b"Content-Ty pe: x\nContent-Transfer-Encoding: base64\ncontent-transfer-encoding:q\n",
+            b"content-type",
+            b"X: Content-Type: y\nReceived: from a (b [1.2.3.4])\n\tby c; Mon, 2 Nov 2026 09:30:00\n",
+            b"",
+            "Content-Type: caf\u{e9}\nContent-Typ\u{e9}: x\n".as_bytes(),
+        ];
+        for block in blocks {
+            assert_eq!(
+                raw_mime_header_counts(block),
+                counts_reading_every_name(block),
+                "{}",
+                String::from_utf8_lossy(block)
+            );
+        }
+        // Every message and fuzz input of the repository, whole (body lines included).
+        let files = crate::inspect::mime::tests::corpus_files();
+        assert!(files.len() > 200, "only {} corpus files", files.len());
+        for raw in files {
+            assert_eq!(
+                raw_mime_header_counts(&raw),
+                counts_reading_every_name(&raw),
+                "{}",
+                String::from_utf8_lossy(&raw)
+            );
+        }
+    }
 }
