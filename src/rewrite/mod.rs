@@ -207,24 +207,54 @@ impl RewriteRequest {
             if d.text.trim().is_empty() {
                 return Err(RequestError::EmptyDisclaimer);
             }
-            let marker = mime::fold_marker(d.effective_marker());
-            if !mime::marker_in_text(&d.text, false, &marker) {
-                return Err(RequestError::MarkerNotInDisclaimer {
-                    marker: d.effective_marker().to_string(),
-                    which: "plain",
-                });
-            }
-            if let Some(h) = &d.html
-                && !mime::marker_in_text(h, true, &marker)
-            {
-                return Err(RequestError::MarkerNotInDisclaimer {
-                    marker: d.effective_marker().to_string(),
-                    which: "HTML",
-                });
+            if !disclaimer_checked(d) {
+                check_marker(d)?;
+                remember_checked(d);
             }
         }
         Ok(())
     }
+}
+
+thread_local! {
+    /// The last disclaimer this thread found to hold its marker (text, HTML, marker). Every
+    /// message of a policy carries the same disclaimer, and searching it for its marker again
+    /// cost more than comparing it with the one already checked.
+    static CHECKED: std::cell::RefCell<Option<(String, Option<String>, String)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The disclaimer must hold its own marker (plain and HTML), or adding it would not be
+/// idempotent: the next pass would not find it and add it again.
+fn check_marker(d: &DisclaimerEdit) -> Result<(), RequestError> {
+    let marker = mime::fold_marker(d.effective_marker());
+    if !mime::marker_in_text(&d.text, false, &marker) {
+        return Err(RequestError::MarkerNotInDisclaimer {
+            marker: d.effective_marker().to_string(),
+            which: "plain",
+        });
+    }
+    if let Some(h) = &d.html
+        && !mime::marker_in_text(h, true, &marker)
+    {
+        return Err(RequestError::MarkerNotInDisclaimer {
+            marker: d.effective_marker().to_string(),
+            which: "HTML",
+        });
+    }
+    Ok(())
+}
+
+/// Whether `d` is, byte for byte, the disclaimer last found valid on this thread.
+fn disclaimer_checked(d: &DisclaimerEdit) -> bool {
+    CHECKED.with_borrow(|c| {
+        c.as_ref()
+            .is_some_and(|(t, h, m)| *t == d.text && *h == d.html && *m == d.marker)
+    })
+}
+
+fn remember_checked(d: &DisclaimerEdit) {
+    CHECKED.with_borrow_mut(|c| *c = Some((d.text.clone(), d.html.clone(), d.marker.clone())));
 }
 
 /// Plan the edits for one message.
@@ -518,4 +548,62 @@ pub fn rewrite_message(
     let plan = plan(request, &headers, raw, &shape)?;
     let out = apply(&plan, raw);
     Ok((shape, plan, out))
+}
+
+#[cfg(test)]
+mod validate_tests {
+    use super::*;
+    use crate::rewrite::disclaimer::{Placement, SignedAction};
+
+    fn request(text: &str, html: Option<&str>, marker: &str) -> RewriteRequest {
+        RewriteRequest {
+            disclaimer: Some(DisclaimerEdit {
+                text: text.into(),
+                html: html.map(Into::into),
+                placement: Placement::Append,
+                marker: marker.into(),
+                signed_action: SignedAction::Skip,
+            }),
+            ..RewriteRequest::default()
+        }
+    }
+
+    /// The remembered disclaimer only spares the search for the very same one: any other text,
+    /// HTML or marker is searched again, before and after a good one was remembered.
+    #[test]
+    fn a_checked_disclaimer_is_remembered_exactly() {
+        let good = request("Recorded and monitored.", None, "monitored");
+        let wrong_marker = request("Recorded and monitored.", None, "watched");
+        let wrong_html = request(
+            "Recorded and monitored.",
+            Some("<p>Recorded.</p>"),
+            "monitored",
+        );
+        for _ in 0..2 {
+            assert_eq!(good.validate(), Ok(()));
+            assert_eq!(good.validate(), Ok(()));
+            assert!(matches!(
+                wrong_marker.validate(),
+                Err(RequestError::MarkerNotInDisclaimer { which: "plain", .. })
+            ));
+            assert!(matches!(
+                wrong_html.validate(),
+                Err(RequestError::MarkerNotInDisclaimer { which: "HTML", .. })
+            ));
+        }
+        let html_ok = request(
+            "Recorded and monitored.",
+            Some("<p>Monitored.</p>"),
+            "monitored",
+        );
+        assert_eq!(html_ok.validate(), Ok(()));
+        assert!(
+            wrong_html.validate().is_err(),
+            "differs from the remembered one in its HTML"
+        );
+        assert_eq!(
+            request("  ", None, "").validate(),
+            Err(RequestError::EmptyDisclaimer)
+        );
+    }
 }
