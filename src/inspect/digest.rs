@@ -249,29 +249,16 @@ mod tests {
 
     /// The repository's sample messages (not the fuzz corpus: mostly broken on purpose).
     fn real_messages() -> Vec<(String, Vec<u8>)> {
-        fn files(dir: &std::path::Path, out: &mut Vec<(String, Vec<u8>)>) {
-            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    files(&p, out);
-                } else if p.extension().is_some_and(|x| x == "eml")
-                    && let Ok(b) = std::fs::read(&p)
-                {
-                    out.push((p.display().to_string(), b));
-                }
-            }
-        }
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-        let mut out = Vec::new();
-        for d in [
+        crate::inspect::mime::tests::repo_files(&[
             "tests/rewrite",
             "tests/corpus",
             "tests/enforce",
             "benches/data",
-        ] {
-            files(&root.join(d), &mut out);
-        }
-        out
+        ])
+        .into_iter()
+        .filter(|(p, _)| p.extension().is_some_and(|x| x == "eml"))
+        .map(|(p, b)| (p.display().to_string(), b))
+        .collect()
     }
 
     #[test]

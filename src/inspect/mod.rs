@@ -11,6 +11,9 @@
 //!   GPMS, an EPMS marking under a UK scheme, duplicated markers): malformed, never read.
 //! - [`vendor`]: labels written by desktop products (Purview, Titus, Boldon James,
 //!   Janusseal) in their own headers, mapped through the policy to markings.
+//! - [`thread`] and [`digest`]: the keys the thread ledger files a message under (Message-ID,
+//!   references, Exchange thread headers, the normalised subject) and the SHA-256 digest of its
+//!   decoded text parts; the ledger itself is `crate::ledger`, reached only through the filter.
 //! - [`stream`]: the same text facts computed line by line, for a part too large to hold (the
 //!   bounded path of `crate::large`).
 //!

@@ -160,29 +160,37 @@ fn normalize_reference(text: &str) -> String {
     out
 }
 
-/// Every file of the corpora the folding tests read.
-pub(crate) fn corpus_files() -> Vec<Vec<u8>> {
-    fn files(dir: &std::path::Path, out: &mut Vec<Vec<u8>>) {
+/// Every file under `dirs` (relative to the repository), recursively, with its path.
+pub(crate) fn repo_files(dirs: &[&str]) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    fn files(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, Vec<u8>)>) {
         for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let p = e.path();
             if p.is_dir() {
                 files(&p, out);
             } else if let Ok(b) = std::fs::read(&p) {
-                out.push(b);
+                out.push((p, b));
             }
         }
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut texts = Vec::new();
-    for d in [
+    let mut out = Vec::new();
+    for d in dirs {
+        files(&root.join(d), &mut out);
+    }
+    out
+}
+
+/// Every file of the corpora the folding tests read.
+pub(crate) fn corpus_files() -> Vec<Vec<u8>> {
+    repo_files(&[
         "tests/rewrite",
         "tests/corpus",
         "fuzz/corpus/inspect",
         "benches/data",
-    ] {
-        files(&root.join(d), &mut texts);
-    }
-    texts
+    ])
+    .into_iter()
+    .map(|(_, b)| b)
+    .collect()
 }
 
 #[test]
