@@ -512,3 +512,107 @@ fn detached_writes_are_found_at_once_and_committed_soon() {
         assert_eq!((stats.entries, stats.lookups, stats.hits), (1, 3, 3));
     });
 }
+
+/// The key filter (lookups skip the file when no entry has any of their keys) never hides an
+/// entry: not one written before a restart, not one written by this store, and not one
+/// another process wrote into the file, once this store has written since (it notices the
+/// foreign commit and reads the file until its filter is built again).
+#[test]
+fn the_key_filter_never_hides_an_entry() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("k.sqlite");
+    let copy_of = |e: &Entry| Query {
+        own_id: e.message_id.clone(),
+        text: Some((e.digest.clone().unwrap_or_default(), e.subject.clone())),
+        since: 0,
+        ..Query::default()
+    };
+    let by_text = |e: &Entry| Query {
+        own_id: Some("<not-this-one@example>".into()),
+        ..copy_of(e)
+    };
+    let rt = rt();
+    rt.block_on(async {
+        let first = SqliteStore::open(&path, Duration::from_secs(5)).expect("open");
+        let before: Vec<Entry> = (0..50)
+            .map(|i| entry(&format!("<before-{i}@x>"), 10))
+            .collect();
+        first.record_many(before.clone()).await.expect("record");
+        drop(first);
+
+        let store = SqliteStore::open(&path, Duration::from_secs(5)).expect("reopen");
+        store
+            .record_many(vec![entry("<after@x>", 20)])
+            .await
+            .expect("record");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !store.key_filter_ready() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the filter was never built"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let unseen = Query {
+            own_id: Some("<never-sent@x>".into()),
+            text: Some((format!("{:064x}", 999), "other".into())),
+            since: 0,
+            ..Query::default()
+        };
+        assert!(store.lookup_inline(&unseen).expect("inline").is_empty());
+        for e in before.iter().chain([&entry("<after@x>", 20)]) {
+            let found = store.lookup_inline(&copy_of(e)).expect("inline");
+            assert_eq!(found.by_id.len(), 1, "{:?} by id", e.message_id);
+            assert!(!found.by_text.is_empty(), "{:?} by text", e.message_id);
+            assert!(
+                !store
+                    .lookup_inline(&by_text(e))
+                    .expect("inline")
+                    .by_text
+                    .is_empty()
+            );
+        }
+        // A detached write is found at once, before its commit.
+        let detached = entry("<detached-entry@x>", 30);
+        store.record_detached(detached.clone(), Box::new(|_| {}));
+        assert_eq!(
+            store
+                .lookup_inline(&copy_of(&detached))
+                .expect("inline")
+                .by_id
+                .len(),
+            1
+        );
+
+        // Another process writes the file.
+        let foreign = entry("<written-elsewhere-long-id@x>", 40);
+        {
+            let other = SqliteStore::open(&path, Duration::from_secs(5)).expect("second opener");
+            other
+                .record_many(vec![foreign.clone()])
+                .await
+                .expect("record");
+        }
+        // This store's next write transaction notices it.
+        store
+            .record_many(vec![entry("<next@x>", 50)])
+            .await
+            .expect("record");
+        let found = store.lookup_inline(&copy_of(&foreign)).expect("inline");
+        assert_eq!(
+            found.by_id.len(),
+            1,
+            "the foreign entry is read from the file"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !store.key_filter_ready() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the filter was not rebuilt"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let found = store.lookup_inline(&copy_of(&foreign)).expect("inline");
+        assert_eq!(found.by_id.len(), 1, "and is in the rebuilt filter");
+    });
+}

@@ -187,11 +187,7 @@ impl LedgerHandle {
             query.own_id = keys.message_id.clone();
             query.text = keys.digest.map(|d| (hex(&d), keys.subject.clone()));
         }
-        if query.ids.is_empty()
-            && query.thread_indexes.is_empty()
-            && query.own_id.is_none()
-            && query.text.is_none()
-        {
+        if !query.has_keys() {
             return Ok(Found::default());
         }
         if let Backend::Sqlite(s) = &self.inner.store

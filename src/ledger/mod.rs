@@ -127,6 +127,16 @@ pub struct Query {
     pub since: i64,
 }
 
+impl Query {
+    /// It asks for at least one key.
+    pub fn has_keys(&self) -> bool {
+        !self.ids.is_empty()
+            || self.own_id.is_some()
+            || !self.thread_indexes.is_empty()
+            || self.text.is_some()
+    }
+}
+
 /// What a [`Query`] found, by key kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Found {

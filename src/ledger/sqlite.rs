@@ -20,6 +20,7 @@ use super::{Entry, Found, LedgerError, Query, Stats, Store, Way};
 
 mod inline;
 mod mem;
+mod seen;
 
 use mem::Mem;
 
@@ -102,6 +103,9 @@ enum Job {
 #[derive(Default)]
 struct Shared {
     mem: std::sync::Mutex<Mem>,
+    /// The keys the file and memory may hold (lookups whose keys none has skip the file).
+    /// Locked after `mem` when both are held.
+    seen: seen::Seen,
     /// The thread is blocked waiting for a job with no transaction open.
     parked: std::sync::atomic::AtomicBool,
     /// Lookups and hits not yet added to the `counters` table.
@@ -187,6 +191,7 @@ impl SqliteStore {
             ))));
             return;
         }
+        self.shared.seen.add(&entry);
         mem.push(entry, done);
         drop(mem);
         if self.shared.parked.swap(false, Ordering::SeqCst) && self.jobs.send(Job::Nudge).is_err() {
@@ -195,6 +200,12 @@ impl SqliteStore {
                 done(Err(LedgerError("the ledger thread has stopped".into())));
             }
         }
+    }
+
+    /// The key filter has been built and lookups consult it before the file (the tests wait
+    /// for this; a lookup is answered correctly either way).
+    pub fn key_filter_ready(&self) -> bool {
+        self.shared.seen.ready()
     }
 
     pub fn path(&self) -> &Path {
@@ -213,7 +224,13 @@ impl SqliteStore {
     /// which waits up to the timeout.
     pub fn lookup_inline(&self, q: &Query) -> Option<Found> {
         use std::sync::atomic::Ordering;
-        let found = inline::lookup(self.id, &self.path, &self.shared, q)?;
+        let narrowed = self.shared.seen.narrow(q);
+        let q = narrowed.as_ref().unwrap_or(q);
+        let found = if q.has_keys() {
+            inline::lookup(self.id, &self.path, &self.shared, q)?
+        } else {
+            Found::default()
+        };
         self.shared.lookups.fetch_add(1, Ordering::Relaxed);
         if !found.is_empty() {
             self.shared.hits.fetch_add(1, Ordering::Relaxed);
@@ -306,6 +323,9 @@ struct Worker {
     conn: Connection,
     shared: std::sync::Arc<Shared>,
     open: Option<Open>,
+    /// The file's `data_version` at the last write transaction: it changes when another
+    /// connection (another process) has committed since.
+    data_version: Option<i64>,
 }
 
 impl Worker {
@@ -314,6 +334,7 @@ impl Worker {
             conn,
             shared,
             open: None,
+            data_version: None,
         }
     }
 
@@ -368,6 +389,7 @@ impl Worker {
                         }
                     }
                     for (e, r) in batch {
+                        self.shared.seen.add(&e);
                         match self.insert(std::iter::once(&*e)) {
                             Ok(()) => self.open_mut().map_or((), |o| o.waiting.push(r)),
                             Err(err) => {
@@ -444,6 +466,7 @@ impl Worker {
                 .prepare_cached("BEGIN IMMEDIATE")
                 .and_then(|mut b| b.execute([]))
                 .map_err(LedgerError::new)?;
+            self.notice_foreign_writes();
             self.open = Some(Open {
                 since: std::time::Instant::now(),
                 entries: 0,
@@ -453,6 +476,35 @@ impl Worker {
             });
         }
         Ok(())
+    }
+
+    /// Another process committed to the file since this thread's last write transaction (a
+    /// `markgate policy test --ledger` on the live file): its entries are not in the key
+    /// filter, so lookups read the file until the filter is built again.
+    fn notice_foreign_writes(&mut self) {
+        let version = self
+            .conn
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)));
+        match version {
+            Ok(v) => {
+                if self.data_version.replace(v).is_some_and(|old| old != v) {
+                    self.shared.seen.mark_foreign_write();
+                }
+            }
+            Err(_) => self.shared.seen.mark_foreign_write(),
+        }
+    }
+
+    /// Build the key filter when it is due. Only here, between write transactions: every
+    /// entry not yet committed is then in memory, where the build takes its keys from.
+    fn build_filter_if_due(&self) {
+        if self.open.is_none()
+            && self.shared.seen.build_due()
+            && let Some(path) = self.conn.path()
+        {
+            seen::start_build(self.shared.clone(), PathBuf::from(path));
+        }
     }
 
     /// Insert into the open transaction (beginning one). A failed insert rolls the whole
@@ -529,6 +581,9 @@ impl Worker {
         for done in open.detached {
             done(result.clone());
         }
+        if result.is_ok() {
+            self.build_filter_if_due();
+        }
         result
     }
 
@@ -581,7 +636,8 @@ impl Worker {
     /// Write entries a caller waits for and commit now (with whatever else is open); the
     /// caller hears the commit's result.
     fn write_now<'e>(&mut self, entries: impl Iterator<Item = &'e Entry>, r: Reply<()>) {
-        match self.insert(entries) {
+        let shared = self.shared.clone();
+        match self.insert(entries.inspect(|e| shared.seen.add(e))) {
             Ok(()) => {
                 if let Some(open) = self.open_mut() {
                     open.waiting.push(r);

@@ -50,7 +50,7 @@ pub(super) fn lookup(store: u64, path: &Path, shared: &Shared, q: &Query) -> Opt
     Some(found)
 }
 
-fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+pub(super) fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,

@@ -146,6 +146,11 @@ impl Mem {
         }
     }
 
+    /// Every entry held, committed or not.
+    pub(super) fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.held.iter().map(|h| &*h.entry)
+    }
+
     fn get(&self, seq: u64) -> Option<&Entry> {
         let i = self.held.binary_search_by_key(&seq, |h| h.seq).ok()?;
         Some(&self.held[i].entry)
