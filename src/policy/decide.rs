@@ -241,7 +241,8 @@ pub fn decide_in_thread(
     envelope: &Envelope,
     thread: &ThreadFacts,
 ) -> Decision {
-    let (direction, direction_reason) = direction(policy, envelope);
+    let (direction, why) = direction(policy, envelope);
+    let direction_reason = why.to_string();
     let mut hits: Vec<RuleHit> = Vec::new();
     let trusted = super::vendor::trusted(policy, facts, direction);
     let facts: &Facts = &trusted;
@@ -335,7 +336,7 @@ pub fn decide_in_thread(
     // Per recipient.
     let source_rating = match direction {
         Direction::Outbound => policy.domains.own_level,
-        Direction::Inbound => policy.domains.ceiling(domain_of(&envelope.sender)).0,
+        Direction::Inbound => policy.domains.ceiling_level(domain_of(&envelope.sender)),
     };
     let marked_level = Some(effective.level).filter(|_| effective.source != LevelSource::Assumed);
     let mut recipients = Vec::new();
@@ -739,52 +740,66 @@ pub(crate) fn domain_of(addr: &str) -> &str {
     a.rsplit_once('@').map_or("", |(_, d)| d)
 }
 
-pub(crate) fn direction(policy: &Policy, env: &Envelope) -> (Direction, String) {
+pub(crate) fn direction<'e>(policy: &'e Policy, env: &'e Envelope) -> (Direction, Why<'e>) {
     for w in &policy.domains.outbound_when {
         match w {
             OutboundWhen::Network => {
                 if let Some(ip) = env.client_ip
                     && let Some(net) = policy.domains.networks.iter().find(|n| n.contains(ip))
                 {
-                    return (Direction::Outbound, format!("client {ip} is in {net}"));
+                    return (Direction::Outbound, Why::Network(ip, net));
                 }
             }
             OutboundWhen::Authenticated => {
                 if let Some(user) = env.auth_user.as_deref().filter(|u| !u.is_empty()) {
-                    return (
-                        Direction::Outbound,
-                        format!("client authenticated as {user}"),
-                    );
+                    return (Direction::Outbound, Why::Authenticated(user));
                 }
             }
             OutboundWhen::Daemon => {
                 if let Some(daemon) = env.daemon_name.as_deref()
                     && policy.domains.outbound_daemons.iter().any(|d| d == daemon)
                 {
-                    return (
-                        Direction::Outbound,
-                        format!("received by the MTA service {daemon}"),
-                    );
+                    return (Direction::Outbound, Why::Daemon(daemon));
                 }
             }
             OutboundWhen::SenderDomain => {
                 let d = domain_of(&env.sender);
                 if !d.is_empty() && policy.domains.is_own(d) {
-                    return (
-                        Direction::Outbound,
-                        format!("sender domain {d} is an own domain"),
-                    );
+                    return (Direction::Outbound, Why::SenderDomain(d));
                 }
             }
         }
     }
-    let ip = env
-        .client_ip
-        .map_or_else(|| "unknown".to_owned(), |i| i.to_string());
-    (
-        Direction::Inbound,
-        format!("client {ip} is not in the own networks and did not authenticate"),
-    )
+    (Direction::Inbound, Why::Inbound(env.client_ip))
+}
+
+/// Why a message has its direction, written out only when a decision keeps it (the thread
+/// check asks for the direction alone, on every message).
+#[derive(Debug)]
+pub(crate) enum Why<'e> {
+    Network(std::net::IpAddr, &'e super::domains::Network),
+    Authenticated(&'e str),
+    Daemon(&'e str),
+    SenderDomain(&'e str),
+    Inbound(Option<std::net::IpAddr>),
+}
+
+impl std::fmt::Display for Why<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Why::Network(ip, net) => write!(f, "client {ip} is in {net}"),
+            Why::Authenticated(user) => write!(f, "client authenticated as {user}"),
+            Why::Daemon(daemon) => write!(f, "received by the MTA service {daemon}"),
+            Why::SenderDomain(d) => write!(f, "sender domain {d} is an own domain"),
+            Why::Inbound(ip) => {
+                let ip = ip.map_or_else(|| "unknown".to_owned(), |i| i.to_string());
+                write!(
+                    f,
+                    "client {ip} is not in the own networks and did not authenticate"
+                )
+            }
+        }
+    }
 }
 
 /// Effective level from the labelled markings per `read.precedence`.

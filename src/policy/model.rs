@@ -234,6 +234,16 @@ impl Domains {
 
     /// The ceiling of a recipient domain and where it came from (`own`, the pattern, or
     /// `default`).
+    /// The level of [`ceiling`](Self::ceiling) alone (no name of where it came from).
+    pub fn ceiling_level(&self, domain: &str) -> usize {
+        if self.is_own(domain) {
+            return self.own_level;
+        }
+        self.ceilings
+            .get(domain)
+            .map_or(self.default_ceiling, |(level, _)| *level)
+    }
+
     pub fn ceiling(&self, domain: &str) -> (usize, String) {
         if self.is_own(domain) {
             return (self.own_level, "own".to_owned());

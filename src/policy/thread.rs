@@ -157,7 +157,7 @@ pub fn needs(policy: &Policy, envelope: &Envelope) -> Needs {
         .any(|r| r.direction.includes(Direction::Outbound));
     let below_top = envelope.recipients.iter().any(|r| {
         let domain = super::decide::domain_of(r).to_ascii_lowercase();
-        policy.domains.ceiling(&domain).0 < top
+        policy.domains.ceiling_level(&domain) < top
     });
     Needs {
         parents: t.downgrade.direction.includes(direction),
