@@ -150,7 +150,10 @@ impl MessageSource for Transaction {
         Cow::Owned(head)
     }
     fn whole(&self) -> io::Result<Cow<'_, [u8]>> {
-        Ok(Cow::Owned(self.whole_message()?))
+        match self.take_kept_whole() {
+            Some(kept) => Ok(Cow::Owned(kept)),
+            None => Ok(Cow::Owned(self.whole_message()?)),
+        }
     }
     fn whole_len(&self) -> u64 {
         self.head_len() + self.body_len()
@@ -878,8 +881,8 @@ fn decide_message(
     conn: &ConnectionFacts,
     live: &Live<Policy>,
     thread: &ThreadFacts,
+    envelope: Envelope,
 ) -> (Decided, MessageMeta) {
-    let envelope = envelope_of(tx, conn);
     let meta = meta_of(tx, conn);
     let spill = live.config.spill_policy();
     let limits = live.config.large_limits();
@@ -927,8 +930,9 @@ impl Handler for Filter {
         // this future (boxed for each message) across the awaits below, they cost no copying.
         let (memo, keys, decided) = {
             let Message { tx, live } = message;
+            let envelope = envelope_of(&tx, conn);
             let (thread, keys) =
-                match ledger::consult(self.ledger.as_ref(), &live.policy, &tx, conn).await {
+                match ledger::consult(self.ledger.as_ref(), &live.policy, &tx, &envelope).await {
                     Ok(found) => found,
                     Err(refusal) => return Ok(self.count_out(started, *refusal).into()),
                 };
@@ -945,7 +949,7 @@ impl Handler for Filter {
                 if let Some(fault) = &fault {
                     fault(tx);
                 }
-                decide_message(tx, conn, live, &thread)
+                decide_message(tx, conn, live, &thread, envelope)
             };
             let queue_id = tx.queue_id().map(lossy);
             let worked = if !tx.is_spilled() && tx.body_len() <= INLINE_BODY_LIMIT {

@@ -142,6 +142,9 @@ pub struct Transaction {
     name_counts: HashMap<Vec<u8>, u32>,
     body: BodyStore,
     spill: SpillPolicy,
+    /// A copy of the whole message a reader built and handed back ([`Transaction::keep_whole`]),
+    /// for the next reader to take instead of building another. Dropped by any change.
+    kept_whole: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 impl Transaction {
@@ -156,6 +159,7 @@ impl Transaction {
             name_counts: HashMap::new(),
             body: BodyStore::Memory(Vec::new()),
             spill,
+            kept_whole: std::sync::Mutex::new(None),
         }
     }
 
@@ -289,7 +293,27 @@ impl Transaction {
         }
     }
 
+    /// Hand back the bytes of [`Transaction::whole_message`] when done with them: the next
+    /// caller of [`Transaction::take_kept_whole`] gets them without another copy. Only as
+    /// long as the message does not change (a header or body chunk drops them).
+    pub fn keep_whole(&self, whole: Vec<u8>) {
+        *self.kept_whole.lock().unwrap_or_else(|p| p.into_inner()) = Some(whole);
+    }
+
+    /// The bytes [`Transaction::keep_whole`] kept, taken (the next caller builds its own).
+    pub fn take_kept_whole(&self) -> Option<Vec<u8>> {
+        self.kept_whole
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    fn forget_kept_whole(&mut self) {
+        *self.kept_whole.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     fn append_body(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.forget_kept_whole();
         match &mut self.body {
             BodyStore::Memory(mem) => {
                 if mem.len().saturating_add(chunk.len()) <= self.spill.threshold {
@@ -334,6 +358,7 @@ impl MessageSink for Transaction {
     }
 
     fn header(&mut self, name: &[u8], value: &[u8]) -> io::Result<()> {
+        self.forget_kept_whole();
         // The first few headers are counted by looking back (no hashing, no key to allocate:
         // a typical message has a dozen or two); past that, a count per name keeps this
         // constant-time, so a message with thousands of headers costs no more per header than
@@ -478,6 +503,24 @@ mod tests {
         let mut v = Vec::new();
         r.read_to_end(&mut v).unwrap();
         v
+    }
+
+    /// A kept copy of the whole message is taken once, and never outlives a change.
+    #[test]
+    fn a_kept_whole_message_is_taken_once_and_dropped_by_changes() {
+        let mut t = tx(1024);
+        t.header(b"Subject", b"one").unwrap();
+        t.body_chunk(b"body\r\n").unwrap();
+        let whole = t.whole_message().unwrap();
+        t.keep_whole(whole.clone());
+        assert_eq!(t.take_kept_whole(), Some(whole.clone()));
+        assert_eq!(t.take_kept_whole(), None);
+        t.keep_whole(whole.clone());
+        t.header(b"X-Late", b"header").unwrap();
+        assert_eq!(t.take_kept_whole(), None, "a header drops it");
+        t.keep_whole(whole);
+        t.body_chunk(b"more\r\n").unwrap();
+        assert_eq!(t.take_kept_whole(), None, "a body chunk drops it");
     }
 
     #[test]

@@ -21,8 +21,8 @@ use crate::audit::AuditHandle;
 use crate::audit::event::{LedgerRecovered, LedgerUnavailable};
 use crate::inspect::thread::{ThreadKeys, hex, keys};
 use crate::ledger::{Backend, Clock, Entry, Found, Query, Store, SystemClock, Way, retention_secs};
-use crate::milter::ConnectionFacts;
 use crate::milter::handler::{Outcome, Verdict};
+use crate::policy::Envelope;
 use crate::policy::Policy;
 use crate::policy::decide::{Delivery, Direction};
 use crate::policy::thread::{Needs, OnUnavailable, ThreadEntry, ThreadFacts, needs};
@@ -339,12 +339,12 @@ pub(super) async fn consult(
     ledger: Option<&LedgerHandle>,
     policy: &Policy,
     tx: &Transaction,
-    conn: &ConnectionFacts,
+    envelope: &Envelope,
 ) -> Result<(ThreadFacts, Option<ThreadKeys>), Box<Outcome>> {
     let (Some(ledger), Some(t)) = (ledger, policy.thread.as_ref()) else {
         return Ok((ThreadFacts::default(), None));
     };
-    let needs = needs(policy, &super::envelope::envelope_of(tx, conn));
+    let needs = needs(policy, envelope);
     let headers = super::MessageSource::headers(tx);
     // The text digest costs a parse of the whole message: only when a copy is looked for
     // or this message may be looked for as one. A body spilled to disk is not read again
@@ -355,6 +355,10 @@ pub(super) async fn consult(
         tx.whole().ok()
     };
     let k = keys(&headers, whole.as_deref());
+    // The decision reads the whole message too: it takes this copy instead of a new one.
+    if let Some(std::borrow::Cow::Owned(w)) = whole {
+        tx.keep_whole(w);
+    }
     let mut facts = ThreadFacts {
         downgrade_marker: t.downgrade.allow_header.as_ref().and_then(|h| {
             headers
