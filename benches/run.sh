@@ -269,18 +269,19 @@ if [ "$only" = all ] || [ "$only" = targets ]; then
 fi
 
 # Thread ledger on (SQLite, the default) against off, in the same run: 64 connections for
-# throughput, 1 connection for the p50 each message pays. Alternated on/off three times so
-# drift of the shared machine hits both alike (the table gives the median), and long enough
+# throughput, 1 connection for the p50 each message pays. Alternated on/off five times so
+# drift of the shared machine hits both alike (the table gives the median, and the median of
+# the per-round ratios, which a drift between rounds does not move), and long enough
 # (seconds, not a fraction of one) that a stray process on the machine is not the result.
 # Generate and time a 10-million-entry ledger with `cargo bench --bench ledger_scale`
 # (minutes; not part of this script).
 if [ "$only" = all ] || [ "$only" = ledger ]; then
-	for round in 1 2 3; do
+	for round in 1 2 3 4 5; do
 		for name in markgate-ledger-on markgate-ledger-off; do
 			echo "== ledger: $name (round $round)" >&2
 			start "$name" unix
 			for conns in 64 1; do
-				n=16000
+				n=30000
 				[ "$conns" = 1 ] && n=3000
 				[ "$quick" = 1 ] && n=$((n / 10))
 				run_load "$name" unix small-2k.eml "$conns" "$n"
