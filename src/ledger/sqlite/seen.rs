@@ -22,7 +22,7 @@
 //!
 //! Must not: say "absent" for a key any entry in the file or in memory has; write the file.
 
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -107,20 +107,61 @@ struct State {
     not_before: Option<Instant>,
 }
 
+/// A fast keyed hash for the filter's bit positions (multiply and xor-shift, eight bytes a
+/// step). Not SipHash, which cost more than the rest of a lookup: the worst an attacker who
+/// guessed the seed could do is make keys collide, and a collision only costs the file read
+/// the filter would have saved.
+#[derive(Clone, Copy)]
+struct Seed(u64);
+
+struct Mix(u64);
+
+const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+
+impl Hasher for Mix {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = self.0 ^ (bytes.len() as u64).wrapping_mul(MUL);
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(c);
+            h = (h ^ u64::from_le_bytes(word)).wrapping_mul(MUL);
+            h ^= h >> 29;
+        }
+        let mut tail = [0u8; 8];
+        tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        h = (h ^ u64::from_le_bytes(tail)).wrapping_mul(MUL);
+        self.0 = h ^ (h >> 32);
+    }
+
+    fn finish(&self) -> u64 {
+        let h = (self.0 ^ (self.0 >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h ^ (h >> 30)
+    }
+}
+
+impl BuildHasher for Seed {
+    type Hasher = Mix;
+    fn build_hasher(&self) -> Mix {
+        Mix(self.0)
+    }
+}
+
 /// The filter, shared by the store's handles, the ledger thread and the builds.
 pub(super) struct Seen {
     state: Mutex<State>,
-    /// Two independent hashes per key; random per process, so the bits cannot be aimed at.
-    first: std::collections::hash_map::RandomState,
-    second: std::collections::hash_map::RandomState,
+    /// Two independent hashes per key; seeded at random per process.
+    first: Seed,
+    second: Seed,
 }
 
 impl Default for Seen {
     fn default() -> Self {
+        let random = std::collections::hash_map::RandomState::new();
         Seen {
             state: Mutex::default(),
-            first: std::collections::hash_map::RandomState::new(),
-            second: std::collections::hash_map::RandomState::new(),
+            first: Seed(random.hash_one(1u8)),
+            second: Seed(random.hash_one(2u8)),
         }
     }
 }
@@ -143,7 +184,7 @@ impl Seen {
             into.push(self.hash(&Key::ThreadIndex(&ti)));
         }
         if e.way == Way::Inbound
-            && let Some(d) = e.digest.as_deref().and_then(unhex)
+            && let Some(d) = e.digest.as_deref().and_then(digest_bytes)
         {
             into.push(self.hash(&Key::Text(&d, &e.subject)));
         }
@@ -178,7 +219,7 @@ impl Seen {
         let text = q
             .text
             .as_ref()
-            .map(|(d, subject)| unhex(d).map(|d| self.hash(&Key::Text(&d, subject))));
+            .map(|(d, subject)| digest_bytes(d).map(|d| self.hash(&Key::Text(&d, subject))));
         let state = self.state();
         let bloom = state.bloom.as_ref()?;
         let may = |h: Option<(u64, u64)>| h.is_none_or(|h| bloom.may_have(h));
@@ -222,6 +263,20 @@ impl Seen {
             && state.not_before.is_none_or(|t| Instant::now() >= t)
             && state.bloom.as_ref().is_none_or(|b| b.added > b.capacity)
     }
+}
+
+/// A digest's hex as its 32 bytes (on the stack: every message has one), `None` when it is
+/// not 64 hex digits (such a digest is stored as NULL, so it finds nothing by text).
+fn digest_bytes(hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return None;
+    }
+    for (o, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
+        let digit = |c: u8| char::from(c).to_digit(16);
+        *o = u8::try_from(digit(pair[0])? << 4 | digit(pair[1])?).ok()?;
+    }
+    Some(out)
 }
 
 /// Build a filter from the file at `path` on a thread of its own and swap it in. Does
@@ -415,6 +470,20 @@ mod tests {
             ..Query::default()
         };
         assert_eq!(seen.narrow(&odd), Some(odd.clone()));
+    }
+
+    #[test]
+    fn digest_bytes_reads_what_unhex_reads() {
+        let lower = crate::inspect::thread::hex(&[0xab; 32]);
+        for s in [
+            lower.clone(),
+            lower.to_uppercase(),
+            "zz".repeat(32),
+            lower[..62].into(),
+        ] {
+            let expected = unhex(&s).filter(|b| b.len() == 32);
+            assert_eq!(digest_bytes(&s).map(|b| b.to_vec()), expected, "{s}");
+        }
     }
 
     /// A build started while entries wait uncommitted, and entries added while it runs, are
