@@ -31,7 +31,7 @@ pub(super) struct Settle {
     pub notices: Notices,
     pub metrics: Option<Metrics>,
     pub started: Instant,
-    pub eval: Evaluation,
+    pub eval: Box<Evaluation>,
     pub meta: MessageMeta,
 }
 
