@@ -19,7 +19,8 @@
 //! as a batch ([`Writer::try_inline`]), which spares a message the two thread hand-offs that
 //! cost it more than the `fsync`. Under load the lock is busy and records queue as above.
 //! [`AuditHandle::submit`] therefore only encodes; the record is handed over when its
-//! producer waits for it (or drops it: it is written all the same).
+//! producer waits for it (or drops it: it is written all the same, unless the writer has
+//! stopped, and then the loss is logged and counted in `failed_records`).
 //!
 //! Failure rule: when a write or `fsync` fails (disk full, permissions, read-only file system)
 //! the bytes of that batch are cut off again (`ftruncate` back to the last committed size), the
@@ -128,7 +129,8 @@ pub struct AuditStats {
     pub last_fsync_micros: u64,
     /// Failed write or sync attempts.
     pub write_errors: u64,
-    /// Records refused (or let through unaudited with `fail_open`) because of a failure.
+    /// Records refused (or let through unaudited with `fail_open`) because of a failure, and
+    /// records lost because their producer stopped waiting after the writer had stopped.
     pub failed_records: u64,
     /// Size-based rotations done.
     pub rotations: u64,
@@ -427,7 +429,9 @@ impl Held {
 
 impl Drop for PendingAck {
     /// A record whose producer stopped waiting (its connection closed) is still written: queued
-    /// when there is room, else written here, waiting for the writer's lock.
+    /// when there is room, else written here, waiting for the writer's lock. Only a writer that
+    /// has stopped (or, with its queue full, not started yet) cannot take it; then the loss is
+    /// logged and counted, as no producer is left to answer 4xx for it.
     fn drop(&mut self) {
         let Some(Held { event, tx, core }) = self.0.take() else {
             return;
@@ -435,16 +439,39 @@ impl Drop for PendingAck {
         let (ack, _rx) = oneshot::channel();
         match tx.try_send(Request::Record(event, ack)) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(Request::Record(event, _))) => {
+                lost_on_drop(&self.1.0, event.kind, "the audit writer has stopped");
+            }
             Err(mpsc::error::TrySendError::Full(Request::Record(event, ack))) => {
                 let mut writer = lock_writer(&core);
                 if writer.accepts_inline() {
                     writer.commit_inline(event, ack);
+                } else {
+                    let why = if writer.stopped {
+                        "the audit writer has stopped"
+                    } else {
+                        "the audit writer has not started and its queue is full"
+                    };
+                    drop(writer);
+                    lost_on_drop(&self.1.0, event.kind, why);
                 }
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {}
+            // Only records are sent here.
+            Err(mpsc::error::TrySendError::Full(_) | mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
+}
+
+/// A dropped [`PendingAck`]'s record that nothing can write any more. Its producer is gone, so
+/// no message is tempfailed for it: this log line and `failed_records` are all that is left.
+#[cold]
+fn lost_on_drop(shared: &Shared, kind: EventKind, why: &str) {
+    shared.failed_records.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(
+        event = kind.as_str(),
+        "audit record lost: its producer stopped waiting (connection closed) and {why}, so it \
+         was not written"
+    );
 }
 
 /// The writer's state; a panic while holding it leaves the chain where the last committed
@@ -721,10 +748,26 @@ impl WriterTask {
         let mut state = lock_writer(&self.core);
         state.stopped = true;
         self.rx.close();
+        let mut lost = 0u64;
         while let Ok(req) = self.rx.try_recv() {
-            if let Request::Record(_, ack) = req {
-                let _ = ack.send(Err(AuditError::Closed));
+            if let Request::Record(_, ack) = req
+                && ack.send(Err(AuditError::Closed)).is_err()
+            {
+                // Its producer stopped waiting (a dropped `PendingAck`): no message is
+                // tempfailed for this record, so its loss must show here.
+                lost += 1;
             }
+        }
+        if lost > 0 {
+            state
+                .shared
+                .failed_records
+                .fetch_add(lost, Ordering::Relaxed);
+            tracing::error!(
+                lost,
+                "audit records lost: queued by producers that stopped waiting (connection \
+                 closed) after the audit writer had begun to stop, so they were not written"
+            );
         }
         state.final_sync();
         drop(state);
@@ -1477,5 +1520,264 @@ fn scan_tail(file: &mut File) -> io::Result<Tail> {
             return Ok(tail);
         }
         line_end = start - 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::audit::event::DaemonStop;
+    use crate::audit::verify_files;
+
+    /// A one-slot queue, so one record fills it; syslog off.
+    fn config(path: &Path) -> AuditConfig {
+        let mut c = AuditConfig {
+            path: path.to_path_buf(),
+            sync: SyncMode::Batch,
+            host: Some("gw-test".into()),
+            queue: 1,
+            ..AuditConfig::default()
+        };
+        c.syslog.enabled = false;
+        c
+    }
+
+    /// A record told apart from the others by its `reason`.
+    fn named(name: &str) -> AuditEvent {
+        AuditEvent::DaemonStop(DaemonStop {
+            reason: name.into(),
+            ..DaemonStop::default()
+        })
+    }
+
+    /// The `reason` of every record in the file, read back from disk, in file order.
+    fn names_on_disk(path: &Path) -> Vec<(u64, String)> {
+        fs::read_to_string(path)
+            .expect("read the audit file")
+            .lines()
+            .map(|line| {
+                let r = Record::from_line(line.as_bytes()).expect("a record");
+                match r.event {
+                    AuditEvent::DaemonStop(s) => (r.seq, s.reason),
+                    other => panic!("unexpected record {other:?}"),
+                }
+            })
+            .collect()
+    }
+
+    /// Poll `done` for up to a minute (a loaded 2-core machine is slow, never this slow).
+    async fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Collects what a scoped `tracing` subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+        }
+
+        /// Run `f` with this buffer as the thread's log sink.
+        fn during(&self, f: impl FnOnce()) {
+            let sink = self.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || sink.clone())
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::with_default(subscriber, f);
+        }
+    }
+
+    /// The `Full` arm of `PendingAck::drop`: a record dropped unwaited while the queue has no
+    /// room is written by the dropping thread itself, once it has the writer's lock.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_record_that_finds_the_queue_full_is_written_by_its_dropper_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let (handle, task) = open(&config(&path)).expect("open");
+        let thread = task.spawn().expect("spawn");
+        handle.record(named("first")).await.expect("first record");
+
+        let dropped = handle.submit(named("dropped")).await.expect("submit");
+        // The queue's only slot, reserved: `try_send` finds the queue full, and the running
+        // writer thread has nothing it could drain to make room.
+        let slot = handle.tx.reserve().await.expect("reserve the slot");
+        assert_eq!(handle.tx.capacity(), 0, "the queue is full");
+        // Hold the writer's lock, so the dropper has to wait for it.
+        let (before, dropper) = {
+            let guard = lock_writer(&handle.core);
+            assert!(guard.accepts_inline(), "the writer is running");
+            let dropper = std::thread::spawn(move || drop(dropped));
+            let before = handle.stats();
+            assert_eq!(before.records_written, 1, "{before:?}");
+            assert_eq!(
+                names_on_disk(&path).len(),
+                1,
+                "nothing written while the lock is held"
+            );
+            (before, dropper)
+        };
+        tokio::task::spawn_blocking(move || dropper.join())
+            .await
+            .expect("join")
+            .expect("the dropper did not panic");
+
+        // Written by the dropper (inline), not by the writer thread, and only once.
+        let stats = handle.stats();
+        assert_eq!(stats.inline_records, before.inline_records + 1, "{stats:?}");
+        assert_eq!(stats.records_written, 2, "{stats:?}");
+        assert_eq!(stats.failed_records, 0, "{stats:?}");
+        assert_eq!(
+            names_on_disk(&path),
+            vec![(1, "first".to_string()), (2, "dropped".to_string())]
+        );
+
+        // The queue slot, used: the writer thread takes that record after the dropped one, and
+        // the chain goes on with a lone record.
+        let (ack, answer) = oneshot::channel();
+        let queued = EncodedEvent::new(&named("queued")).expect("encode");
+        slot.send(Request::Record(Box::new(queued), ack));
+        let queued = answer.await.expect("answered").expect("written");
+        assert_eq!(queued.seq, Some(3));
+        let last = handle.record(named("last")).await.expect("last record");
+        assert_eq!(last.seq, Some(4));
+        handle.shutdown().await.expect("shutdown");
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("join")
+            .expect("the writer thread did not panic");
+
+        let on_disk = names_on_disk(&path);
+        let names: Vec<&str> = on_disk.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, ["first", "dropped", "queued", "last"]);
+        let seqs: Vec<u64> = on_disk.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+        let report = verify_files(&[&path]);
+        assert!(report.ok(), "{report}");
+        assert_eq!(report.records, 4);
+        assert!(report.starts_at_genesis);
+    }
+
+    /// A dropped record that reaches the queue as the writer stops: written (it made the
+    /// shutdown's last batch) or counted as lost (the count and the `error` log go together;
+    /// the log comes from the writer thread, out of a scoped subscriber's reach), never gone
+    /// without a trace.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_record_queued_during_the_shutdown_is_written_or_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let mut c = config(&path);
+        c.queue = 4;
+        let (handle, task) = open(&c).expect("open");
+        let thread = task.spawn().expect("spawn");
+        handle.record(named("first")).await.expect("first record");
+
+        let dropped = handle.submit(named("dropped")).await.expect("submit");
+        let (stopped, done) = oneshot::channel();
+        {
+            // With the lock held, the thread takes the shutdown request and waits for the lock.
+            let _guard = lock_writer(&handle.core);
+            handle
+                .tx
+                .try_send(Request::Shutdown(stopped))
+                .expect("room for the shutdown");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while handle.queue_depth() > 0 {
+                assert!(Instant::now() < deadline, "the writer took no request");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            // Queued (there is room) behind the shutdown, no one waiting for its answer.
+            drop(dropped);
+        }
+        done.await.expect("the writer stopped");
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("join")
+            .expect("the writer thread did not panic");
+
+        let on_disk = names_on_disk(&path);
+        let written = on_disk.iter().filter(|(_, n)| n == "dropped").count();
+        let stats = handle.stats();
+        assert_eq!(
+            written as u64 + stats.failed_records,
+            1,
+            "written once or counted as lost: {on_disk:?} {stats:?}"
+        );
+        let report = verify_files(&[&path]);
+        assert!(report.ok(), "{report}");
+    }
+
+    /// A dropped record nothing can write (the writer not started with its queue full, or
+    /// stopped) is lost; that must show in the log and the counters, not vanish.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_record_the_writer_cannot_take_is_logged_and_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let (handle, task) = open(&config(&path)).expect("open");
+
+        // Not started yet: a producer's record waits in the queue and fills it.
+        let dropped = handle.submit(named("dropped early")).await.expect("submit");
+        let queued = {
+            let h = handle.clone();
+            tokio::spawn(async move { h.record(named("queued")).await })
+        };
+        wait_for("the queued record", || handle.queue_depth() == 1).await;
+        let log = Captured::default();
+        log.during(|| drop(dropped));
+        let text = log.text();
+        assert!(text.contains("ERROR"), "{text}");
+        assert!(text.contains("audit record lost"), "{text}");
+        assert!(
+            text.contains("has not started and its queue is full"),
+            "{text}"
+        );
+        assert!(
+            text.contains("daemon_stop"),
+            "names the record's kind: {text}"
+        );
+        assert_eq!(handle.stats().failed_records, 1);
+
+        // The queued record goes first once the writer runs; the lost one is not there.
+        let thread = task.spawn().expect("spawn");
+        assert_eq!(queued.await.expect("join").expect("written").seq, Some(1));
+        handle.shutdown().await.expect("shutdown");
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("join")
+            .expect("the writer thread did not panic");
+
+        // Stopped: the queue is closed.
+        let late = handle.submit(named("dropped late")).await.expect("submit");
+        let log = Captured::default();
+        log.during(|| drop(late));
+        let text = log.text();
+        assert!(text.contains("audit record lost"), "{text}");
+        assert!(text.contains("the audit writer has stopped"), "{text}");
+        assert_eq!(handle.stats().failed_records, 2);
+        assert_eq!(handle.stats().records_written, 1);
+
+        assert_eq!(names_on_disk(&path), vec![(1, "queued".to_string())]);
+        let report = verify_files(&[&path]);
+        assert!(report.ok(), "{report}");
+        assert_eq!(report.records, 1);
     }
 }
