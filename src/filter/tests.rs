@@ -2,6 +2,8 @@
 //! variants of it (remove-recipients, shadow mode), the outcome's modification order, the audit
 //! record, and the 4xx answers for internal and audit failures.
 
+use std::borrow::Cow;
+
 use super::*;
 use crate::alert::IncidentKind;
 use crate::audit::record::{
