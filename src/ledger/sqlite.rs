@@ -1,12 +1,18 @@
-//! The embedded ledger: one SQLite file (WAL mode) served by one dedicated thread.
+//! The embedded ledger: one SQLite file (WAL mode) written by one dedicated thread.
 //!
-//! Every call is a job sent to that thread with a oneshot for the answer, so the async runtime
-//! never waits on SQLite. The thread owns the only connection markgate opens, so markgate never
-//! contends with itself for the file's lock (no `database is locked` from 64 connections at
-//! once): writes that queue up while it is busy are committed together in one transaction.
-//! Pruning deletes in chunks and serves waiting lookups between chunks, so it never holds mail
-//! up for long. `busy_timeout` is the configured ledger timeout, so another process holding
-//! the file (a backup, `sqlite3` at a prompt) makes calls fail after it, never hang.
+//! Writes, prunes and stats are jobs sent to that thread with a oneshot for the answer, so the
+//! async runtime never waits on SQLite's writer. The thread owns the only connection markgate
+//! writes through, so markgate never contends with itself for the file's lock (no `database
+//! is locked` from 64 connections at once): writes that queue up while it is busy are
+//! committed together in one transaction. Pruning deletes in chunks and serves waiting
+//! lookups between chunks, so it never holds mail up for long. `busy_timeout` is the
+//! configured ledger timeout, so another process holding the file (a backup, `sqlite3` at a
+//! prompt) makes calls fail after it, never hang.
+//!
+//! Lookups, on every message's path, are answered on the caller's thread: first by the key
+//! filter ([`seen`]: no entry has any of the keys, the usual answer, costs no file read), then
+//! from the entries not yet committed ([`mem`]) and the caller's own read connection
+//! ([`inline`]); the thread answers them only when the file cannot be read at once.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
