@@ -231,7 +231,8 @@ impl Seen {
                 .filter(|(_, h)| bloom.may_have(*h))
                 .map(|(id, _)| id.clone())
                 .collect(),
-            own_id: q.own_id.clone().filter(|_| may(own)),
+            // Copied only when kept: ruling a key out should cost no allocation.
+            own_id: if may(own) { q.own_id.clone() } else { None },
             thread_indexes: q
                 .thread_indexes
                 .iter()
@@ -239,7 +240,11 @@ impl Seen {
                 .filter(|(_, h)| may(*h))
                 .map(|(ti, _)| ti.clone())
                 .collect(),
-            text: q.text.clone().filter(|_| text.is_none_or(may)),
+            text: if text.is_none_or(may) {
+                q.text.clone()
+            } else {
+                None
+            },
             since: q.since,
         })
     }
