@@ -196,17 +196,25 @@ fn split_type(value: &str) -> (String, Vec<(String, String)>) {
         }
     }
     pieces.push(unquoted(&value[start..], plain));
+    type_and_params(pieces)
+}
+
+/// The first piece as the lower-case type (white space removed), the others as lower-case
+/// names and trimmed values (a piece with no `=` is not a parameter).
+fn type_and_params<S: AsRef<str>>(
+    pieces: impl IntoIterator<Item = S>,
+) -> (String, Vec<(String, String)>) {
     let mut it = pieces.into_iter();
-    let kind: String = it
-        .next()
-        .unwrap_or_default()
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .map(|c| c.to_ascii_lowercase())
-        .collect();
+    let kind: String = it.next().map_or_else(String::new, |k| {
+        k.as_ref()
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    });
     let params = it
         .filter_map(|p| {
-            let (k, v) = p.split_once('=')?;
+            let (k, v) = p.as_ref().split_once('=')?;
             Some((k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         })
         .collect();
@@ -429,11 +437,8 @@ mod tests {
         }
     }
 
-    /// The split as it was before it borrowed its pieces (the digest of a stored entry must
-    /// not change).
-    /// `type/subtype; name=value; name="quoted; value"` as the lower-case type and its parameters
-    /// (names lower-cased, quotes removed). Comments and RFC 2231 continuations are not followed:
-    /// a boundary or charset written that way is rare, and then the digest just reads less.
+    /// The split into pieces as it was before it borrowed them: one pass over the characters,
+    /// quotes and escapes taken out as it goes (the digest of a stored entry must not change).
     fn split_type_before(value: &str) -> (String, Vec<(String, String)>) {
         let mut pieces = Vec::new();
         let (mut cur, mut quoted, mut escaped) = (String::new(), false, false);
@@ -450,20 +455,7 @@ mod tests {
             }
         }
         pieces.push(cur);
-        let mut it = pieces.into_iter();
-        let kind: String = it
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .collect::<String>()
-            .to_ascii_lowercase();
-        let params = it
-            .filter_map(|p| {
-                let (k, v) = p.split_once('=')?;
-                Some((k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            })
-            .collect();
-        (kind, params)
+        type_and_params(pieces)
     }
 
     #[test]

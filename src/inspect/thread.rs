@@ -149,19 +149,22 @@ pub fn message_ids(value: &[u8]) -> Vec<String> {
             break;
         }
     }
-    if !saw_bracket {
-        let words: Vec<&[u8]> = value
-            .split(|b| b.is_ascii_whitespace())
-            .filter(|w| !w.is_empty())
-            .collect();
-        if let [word] = words.as_slice()
-            && word.contains(&b'@')
-            && let Some(s) = clean_id(word)
-        {
-            out.push(s);
-        }
+    if !saw_bracket && let Some(s) = bare_id(value) {
+        out.push(s);
     }
     out
+}
+
+/// A value with no brackets at all: its single word, when it looks like an id (`@`).
+fn bare_id(value: &[u8]) -> Option<String> {
+    let mut words = value
+        .split(|b| b.is_ascii_whitespace())
+        .filter(|w| !w.is_empty());
+    let word = words.next()?;
+    if words.next().is_some() || !word.contains(&b'@') {
+        return None;
+    }
+    clean_id(word)
 }
 
 /// The id between `<` and `>`: its bytes without the white space folding may have put in
@@ -406,17 +409,9 @@ mod tests {
                 break;
             }
         }
-        if !saw_bracket {
-            let words: Vec<&[u8]> = value
-                .split(|b| b.is_ascii_whitespace())
-                .filter(|w| !w.is_empty())
-                .collect();
-            if let [word] = words.as_slice()
-                && word.contains(&b'@')
-                && let Some(s) = clean_id(word)
-            {
-                out.push(s);
-            }
+        // The bare-id fallback did not change: the oracle shares it.
+        if !saw_bracket && let Some(s) = bare_id(value) {
+            out.push(s);
         }
         out
     }

@@ -35,17 +35,9 @@ pub(super) fn raw_mime_header_counts(block: &[u8]) -> (usize, usize) {
         {
             continue;
         }
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+        let Some(name) = field_name(line) else {
             continue;
         };
-        let name = &line[..colon];
-        let name = match name.iter().rposition(|&b| b != b' ' && b != b'\t') {
-            Some(e) => &name[..=e],
-            None => continue,
-        };
-        if !name.iter().all(|&b| (33..=126).contains(&b)) {
-            continue;
-        }
         if name.eq_ignore_ascii_case(b"content-type") {
             ct += 1;
         } else if name.eq_ignore_ascii_case(b"content-transfer-encoding") {
@@ -53,6 +45,18 @@ pub(super) fn raw_mime_header_counts(block: &[u8]) -> (usize, usize) {
         }
     }
     (ct, cte)
+}
+
+/// A well-formed header line's field name: the text before its colon, trailing blanks
+/// removed, printable ASCII without spaces (RFC 5322's ftext); `None` for any other line.
+fn field_name(line: &[u8]) -> Option<&[u8]> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let name = &line[..colon];
+    let end = name.iter().rposition(|&b| b != b' ' && b != b'\t')?;
+    let name = &name[..=end];
+    name.iter()
+        .all(|&b| (33..=126).contains(&b))
+        .then_some(name)
 }
 
 /// Offset just after the first empty line (a line of nothing but CRs counts), or the end.
@@ -119,24 +123,17 @@ pub(super) fn check_block(shape: &mut MimeShape, raw: &[u8], message: &mail_pars
 
 #[cfg(test)]
 mod tests {
-    use super::raw_mime_header_counts;
+    use super::{field_name, raw_mime_header_counts};
 
     /// The counts as they were made before lines not starting with `content-` were skipped
     /// unread: every line's name looked at.
     fn counts_reading_every_name(block: &[u8]) -> (usize, usize) {
         let (mut ct, mut cte) = (0, 0);
+        // What changed is which lines are looked at, not how a name is read: that is shared.
         for line in block.split(|&b| b == b'\n') {
-            let Some(colon) = line.iter().position(|&b| b == b':') else {
+            let Some(name) = field_name(line) else {
                 continue;
             };
-            let name = &line[..colon];
-            let name = match name.iter().rposition(|&b| b != b' ' && b != b'\t') {
-                Some(e) => &name[..=e],
-                None => continue,
-            };
-            if !name.iter().all(|&b| (33..=126).contains(&b)) {
-                continue;
-            }
             ct += usize::from(name.eq_ignore_ascii_case(b"content-type"));
             cte += usize::from(name.eq_ignore_ascii_case(b"content-transfer-encoding"));
         }
