@@ -513,6 +513,15 @@ fn detached_writes_are_found_at_once_and_committed_soon() {
     });
 }
 
+/// Wait (30 s at most, else fail saying `what`) until the store's key filter is built.
+async fn key_filter_built(store: &SqliteStore, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !store.key_filter_ready() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// The key filter (lookups skip the file when no entry has any of their keys) never hides an
 /// entry: not one written before a restart, not one written by this store, and not one
 /// another process wrote into the file, once this store has written since (it notices the
@@ -545,14 +554,7 @@ fn the_key_filter_never_hides_an_entry() {
             .record_many(vec![entry("<after@x>", 20)])
             .await
             .expect("record");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !store.key_filter_ready() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the filter was never built"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        key_filter_built(&store, "the filter was never built").await;
         let unseen = Query {
             own_id: Some("<never-sent@x>".into()),
             text: Some((format!("{:064x}", 999), "other".into())),
@@ -604,14 +606,7 @@ fn the_key_filter_never_hides_an_entry() {
             1,
             "the foreign entry is read from the file"
         );
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !store.key_filter_ready() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the filter was not rebuilt"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        key_filter_built(&store, "the filter was not rebuilt").await;
         let found = store.lookup_inline(&copy_of(&foreign)).expect("inline");
         assert_eq!(found.by_id.len(), 1, "and is in the rebuilt filter");
     });

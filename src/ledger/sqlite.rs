@@ -1035,15 +1035,19 @@ pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// A ledger thread's worker on a new file, driven by the test itself.
+    fn worker_on(path: &Path) -> Worker {
+        let conn = open_connection(path, Duration::from_secs(5)).expect("open");
+        Worker::new(conn, std::sync::Arc::new(Shared::default()))
+    }
+
     /// Entries written many to a statement and one to a statement read back as they were
     /// given, in order, every column (batches of 1, of exactly a statement's rows, and of
     /// several statements plus a remainder).
     #[test]
     fn multi_row_inserts_store_every_column_in_order() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let conn =
-            open_connection(&dir.path().join("m.sqlite"), Duration::from_secs(5)).expect("open");
-        let mut worker = Worker::new(conn, std::sync::Arc::new(Shared::default()));
+        let mut worker = worker_on(&dir.path().join("m.sqlite"));
         let mut all = Vec::new();
         for (batch, size) in [1, ROWS_PER_INSERT, 2 * ROWS_PER_INSERT + 5]
             .into_iter()
@@ -1089,9 +1093,7 @@ mod tests {
     #[test]
     fn one_statement_for_copies_finds_what_two_found() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let conn =
-            open_connection(&dir.path().join("c.sqlite"), Duration::from_secs(5)).expect("open");
-        let mut worker = Worker::new(conn, std::sync::Arc::new(Shared::default()));
+        let mut worker = worker_on(&dir.path().join("c.sqlite"));
         let digest = |n: u8| crate::inspect::thread::hex(&[n; 32]);
         let mut entries = Vec::new();
         for i in 0..60u8 {
