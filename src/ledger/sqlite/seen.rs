@@ -9,13 +9,14 @@
 //! tests; a key it cannot rule out (one in the ledger, or a false positive, under 2 in 100
 //! at the filter's capacity) is read from the file as before.
 //!
-//! The filter is built from the file by a thread of its own: when the store opens, again when
-//! it has taken more keys than it was sized for (pruning never takes keys out), and when
-//! another process has written the file (seen by the ledger thread, `mark_foreign_write`).
-//! Until a build has finished, it says nothing (`narrow` gives `None`) and every lookup reads
-//! the file. A build never loses a key that arrives meanwhile: before its read snapshot begins
-//! it takes the keys of every uncommitted entry, and every key added while it runs is logged
-//! and added to the new filter when it is swapped in.
+//! The filter is built from the file by a thread of its own: at the store's first commit,
+//! again when it has taken more keys than it was sized for (pruning never takes keys out),
+//! and when another process has written the file (seen by the ledger thread,
+//! `mark_foreign_write`; a build running at that moment is thrown away, its snapshot may
+//! predate the write). Until a build has finished, it says nothing (`narrow` gives `None`)
+//! and every lookup reads the file. A build never loses a key that arrives meanwhile: before
+//! its read snapshot begins it takes the keys of every uncommitted entry, and every key added
+//! while it runs is logged and added to the new filter when it is swapped in.
 //!
 //! Owns: the filter, its builds and its keys' hashing (the file's rules: ids as written,
 //! Thread-Index and digest as bytes, text keys for inbound entries only).
@@ -105,6 +106,9 @@ struct State {
     log: Option<Vec<(u64, u64)>>,
     /// No build starts before this (one failed).
     not_before: Option<Instant>,
+    /// Another process wrote the file while a build was running: that build's snapshot may
+    /// predate the write, so its filter is thrown away, not swapped in.
+    foreign_during_build: bool,
 }
 
 /// A fast keyed hash for the filter's bit positions (multiply and xor-shift, eight bytes a
@@ -257,7 +261,11 @@ impl Seen {
     /// Another process has written the file: entries this process never saw may be in it.
     /// Lookups read the file until a new build has finished.
     pub(super) fn mark_foreign_write(&self) {
-        self.state().bloom = None;
+        let mut state = self.state();
+        state.bloom = None;
+        if state.log.is_some() {
+            state.foreign_during_build = true;
+        }
     }
 
     /// A build should start now: none has finished since the filter was dropped (or ever),
@@ -301,16 +309,25 @@ pub(super) fn start_build(shared: Arc<Shared>, path: PathBuf) {
             shared.seen.keys_of(e, &mut log);
         }
         state.log = Some(log);
+        state.foreign_during_build = false;
     }
     let theirs = shared.clone();
     let spawned = std::thread::Builder::new()
         .name("markgate-ledger-filter".into())
         .spawn(move || {
-            let built = build(&theirs.seen, &path);
+            let built = build(&theirs.seen, &path).map_err(|e| {
+                format!(
+                    "cannot read {} to build its key filter: {e}",
+                    path.display()
+                )
+            });
             finish(&theirs.seen, built);
         });
-    if spawned.is_err() {
-        finish(&shared.seen, Err(rusqlite::Error::InvalidQuery));
+    if let Err(e) = spawned {
+        finish(
+            &shared.seen,
+            Err(format!("cannot start the key filter's build thread: {e}")),
+        );
     }
 }
 
@@ -348,9 +365,13 @@ fn build(seen: &Seen, path: &std::path::Path) -> rusqlite::Result<Bloom> {
 }
 
 /// Swap a built filter in with the keys logged meanwhile, or note the failure.
-fn finish(seen: &Seen, built: rusqlite::Result<Bloom>) {
+fn finish(seen: &Seen, built: Result<Bloom, String>) {
     let mut state = seen.state();
     let log = state.log.take().unwrap_or_default();
+    if std::mem::take(&mut state.foreign_during_build) {
+        // Left unbuilt: `build_due` starts another at the ledger thread's next commit.
+        return;
+    }
     match built {
         Ok(mut bloom) => {
             for h in log {
@@ -360,7 +381,7 @@ fn finish(seen: &Seen, built: rusqlite::Result<Bloom>) {
             state.not_before = None;
         }
         Err(e) => {
-            tracing::warn!(error = %e, "thread ledger: cannot read the file to build its key filter; lookups read the file meanwhile");
+            tracing::warn!(error = %e, "thread ledger: no key filter; lookups read the file meanwhile");
             state.not_before = Some(Instant::now() + RETRY_AFTER);
         }
     }
@@ -413,6 +434,22 @@ mod tests {
         seen.mark_foreign_write();
         assert_eq!(seen.narrow(&q), None);
         assert!(seen.build_due());
+    }
+
+    /// A build that was running when another process wrote the file read a snapshot that
+    /// may miss the write: its filter is not swapped in, and another build is due.
+    #[test]
+    fn a_build_overtaken_by_a_foreign_write_is_thrown_away() {
+        let seen = Seen::default();
+        seen.state().log = Some(Vec::new());
+        seen.mark_foreign_write();
+        finish(&seen, Ok(Bloom::for_keys(0)));
+        assert!(!seen.ready(), "the stale filter must not be used");
+        assert!(seen.build_due());
+        // The next build, with no foreign write during it, is used.
+        seen.state().log = Some(Vec::new());
+        finish(&seen, Ok(Bloom::for_keys(0)));
+        assert!(seen.ready());
     }
 
     /// Never a false "absent"; few false "maybe"s when full.
