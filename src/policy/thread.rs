@@ -156,8 +156,8 @@ pub fn needs(policy: &Policy, envelope: &Envelope) -> Needs {
         .iter()
         .any(|r| r.direction.includes(Direction::Outbound));
     let below_top = envelope.recipients.iter().any(|r| {
-        let domain = super::decide::domain_of(r).to_ascii_lowercase();
-        policy.domains.ceiling_level(&domain) < top
+        // The maps compare as DNS does (case, a trailing dot) without a copy.
+        policy.domains.ceiling_level(super::decide::domain_of(r)) < top
     });
     Needs {
         parents: t.downgrade.direction.includes(direction),
