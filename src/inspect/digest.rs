@@ -11,6 +11,8 @@
 //!
 //! Must not: keep or return any of the text (only the digest leaves), or do I/O.
 
+use std::borrow::Cow;
+
 use sha2::{Digest as _, Sha256};
 
 use super::mime::{TransferEncoding, decode_charset, decode_transfer};
@@ -35,14 +37,14 @@ fn entity(h: &mut Sha256, raw: &[u8], text_by_default: bool, depth: usize) {
     let fields = Fields::read(head);
     let (kind, params) = match fields.content_type.as_deref() {
         Some(ct) => split_type(ct),
-        None if text_by_default => ("text/plain".to_owned(), Vec::new()),
-        None => ("message/rfc822".to_owned(), Vec::new()),
+        None if text_by_default => (Cow::Borrowed("text/plain"), Vec::new()),
+        None => (Cow::Borrowed("message/rfc822"), Vec::new()),
     };
     let param = |name: &str| {
         params
             .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| &**v)
     };
     if let Some(sub) = kind.strip_prefix("multipart/") {
         let Some(boundary) = param("boundary").filter(|b| !b.is_empty()) else {
@@ -98,17 +100,18 @@ fn parts<'a>(body: &'a [u8], boundary: &[u8]) -> Vec<&'a [u8]> {
 }
 
 /// The Content-Type and Content-Transfer-Encoding of a header block (unfolded; the first of
-/// each when a field is repeated).
+/// each when a field is repeated). Borrowed from the block when on one line in UTF-8.
 #[derive(Default)]
-struct Fields {
-    content_type: Option<String>,
-    transfer_encoding: Option<String>,
+struct Fields<'a> {
+    content_type: Option<Cow<'a, str>>,
+    transfer_encoding: Option<Cow<'a, str>>,
 }
 
-impl Fields {
-    fn read(head: &[u8]) -> Fields {
+impl<'a> Fields<'a> {
+    fn read(head: &'a [u8]) -> Fields<'a> {
         let mut f = Fields::default();
         let mut lines = lines(head).peekable();
+        let folded = |l: &&[u8]| l.first().is_some_and(|b| *b == b' ' || *b == b'\t');
         while let Some(line) = lines.next() {
             // Both names start with `c`: most lines are ruled out before the colon search.
             if !line
@@ -129,14 +132,21 @@ impl Fields {
             } else {
                 continue;
             };
-            let mut value = line[colon + 1..].to_vec();
-            while let Some(next) =
-                lines.next_if(|l| l.first().is_some_and(|b| *b == b' ' || *b == b'\t'))
-            {
-                value.extend_from_slice(next);
-            }
+            let first = &line[colon + 1..];
+            let value = if lines.peek().is_some_and(folded) {
+                let mut value = first.to_vec();
+                while let Some(next) = lines.next_if(folded) {
+                    value.extend_from_slice(next);
+                }
+                Cow::Owned(String::from_utf8_lossy(&value).trim().to_owned())
+            } else {
+                match String::from_utf8_lossy(first) {
+                    Cow::Borrowed(v) => Cow::Borrowed(v.trim()),
+                    Cow::Owned(v) => Cow::Owned(v.trim().to_owned()),
+                }
+            };
             if slot.is_none() {
-                *slot = Some(String::from_utf8_lossy(&value).trim().to_owned());
+                *slot = Some(value);
             }
         }
         f
@@ -163,15 +173,17 @@ fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// `type/subtype; name=value; name="quoted; value"` as the lower-case type and its parameters
-/// (names lower-cased, quotes removed). Comments and RFC 2231 continuations are not followed:
-/// a boundary or charset written that way is rare, and then the digest just reads less.
+/// `type/subtype; name=value; name="quoted; value"` as the lower-case type (white space
+/// removed) and its parameters (names as written: compare them ignoring ASCII case; values
+/// trimmed, quotes removed). Comments and RFC 2231 continuations are not followed: a boundary
+/// or charset written that way is rare, and then the digest just reads less.
 ///
 /// The pieces between unquoted `;` are found on the bytes (`"`, `\` and `;` are ASCII, so a
 /// multi-byte character never looks like one) and borrowed; only a piece with quotes or
-/// escapes is copied, to take them out.
-fn split_type(value: &str) -> (String, Vec<(String, String)>) {
-    let mut pieces: Vec<std::borrow::Cow<'_, str>> = Vec::new();
+/// escapes, or a type not already lower case without white space, is copied.
+#[allow(clippy::type_complexity)]
+fn split_type(value: &str) -> (Cow<'_, str>, Vec<(Cow<'_, str>, Cow<'_, str>)>) {
+    let mut pieces: Vec<Cow<'_, str>> = Vec::new();
     let (mut start, mut quoted, mut escaped, mut plain) = (0, false, false, true);
     for (i, b) in value.bytes().enumerate() {
         if escaped {
@@ -196,26 +208,36 @@ fn split_type(value: &str) -> (String, Vec<(String, String)>) {
         }
     }
     pieces.push(unquoted(&value[start..], plain));
-    type_and_params(pieces)
-}
-
-/// The first piece as the lower-case type (white space removed), the others as lower-case
-/// names and trimmed values (a piece with no `=` is not a parameter).
-fn type_and_params<S: AsRef<str>>(
-    pieces: impl IntoIterator<Item = S>,
-) -> (String, Vec<(String, String)>) {
     let mut it = pieces.into_iter();
-    let kind: String = it.next().map_or_else(String::new, |k| {
-        k.as_ref()
-            .chars()
-            .filter(|c| !c.is_whitespace())
-            .map(|c| c.to_ascii_lowercase())
-            .collect()
-    });
+    let kind = match it.next() {
+        Some(Cow::Borrowed(k))
+            if !k
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_ascii_uppercase()) =>
+        {
+            Cow::Borrowed(k)
+        }
+        Some(k) => Cow::Owned(
+            k.chars()
+                .filter(|c| !c.is_whitespace())
+                .map(|c| c.to_ascii_lowercase())
+                .collect(),
+        ),
+        None => Cow::Borrowed(""),
+    };
     let params = it
-        .filter_map(|p| {
-            let (k, v) = p.as_ref().split_once('=')?;
-            Some((k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .filter_map(|p| match p {
+            Cow::Borrowed(p) => {
+                let (k, v) = p.split_once('=')?;
+                Some((Cow::Borrowed(k.trim()), Cow::Borrowed(v.trim())))
+            }
+            Cow::Owned(p) => {
+                let (k, v) = p.split_once('=')?;
+                Some((
+                    Cow::Owned(k.trim().to_owned()),
+                    Cow::Owned(v.trim().to_owned()),
+                ))
+            }
         })
         .collect();
     (kind, params)
@@ -223,9 +245,9 @@ fn type_and_params<S: AsRef<str>>(
 
 /// One piece of a Content-Type value without its quotes and escapes (a piece always begins
 /// outside quotes: it starts after an unquoted `;`).
-fn unquoted(piece: &str, plain: bool) -> std::borrow::Cow<'_, str> {
+fn unquoted(piece: &str, plain: bool) -> Cow<'_, str> {
     if plain {
-        return std::borrow::Cow::Borrowed(piece);
+        return Cow::Borrowed(piece);
     }
     let mut out = String::with_capacity(piece.len());
     let (mut quoted, mut escaped) = (false, false);
@@ -240,7 +262,7 @@ fn unquoted(piece: &str, plain: bool) -> std::borrow::Cow<'_, str> {
             _ => out.push(c),
         }
     }
-    std::borrow::Cow::Owned(out)
+    Cow::Owned(out)
 }
 
 /// Header block and body, split at the first empty line (`None` when there is none).
@@ -437,6 +459,28 @@ mod tests {
         }
     }
 
+    /// The first piece as the lower-case type (white space removed), the others as lower-case
+    /// names and trimmed values (a piece with no `=` is not a parameter).
+    fn type_and_params<S: AsRef<str>>(
+        pieces: impl IntoIterator<Item = S>,
+    ) -> (String, Vec<(String, String)>) {
+        let mut it = pieces.into_iter();
+        let kind: String = it.next().map_or_else(String::new, |k| {
+            k.as_ref()
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .map(|c| c.to_ascii_lowercase())
+                .collect()
+        });
+        let params = it
+            .filter_map(|p| {
+                let (k, v) = p.as_ref().split_once('=')?;
+                Some((k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            })
+            .collect();
+        (kind, params)
+    }
+
     /// The split into pieces as it was before it borrowed them: one pass over the characters,
     /// quotes and escapes taken out as it goes (the digest of a stored entry must not change).
     fn split_type_before(value: &str) -> (String, Vec<(String, String)>) {
@@ -456,6 +500,18 @@ mod tests {
         }
         pieces.push(cur);
         type_and_params(pieces)
+    }
+
+    /// The split as the old one gave it: owned, parameter names lower-cased.
+    #[allow(clippy::type_complexity)]
+    fn owned(
+        (kind, params): (Cow<'_, str>, Vec<(Cow<'_, str>, Cow<'_, str>)>),
+    ) -> (String, Vec<(String, String)>) {
+        let params = params
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.into_owned()))
+            .collect();
+        (kind.into_owned(), params)
     }
 
     #[test]
@@ -488,7 +544,11 @@ mod tests {
             let value: String = (0..next(12))
                 .map(|_| alphabet[next(alphabet.len())])
                 .collect();
-            assert_eq!(split_type(&value), split_type_before(&value), "{value:?}");
+            assert_eq!(
+                owned(split_type(&value)),
+                split_type_before(&value),
+                "{value:?}"
+            );
         }
         for value in [
             "text/plain; charset=\"utf-8\"",
@@ -496,7 +556,11 @@ mod tests {
             "text/html; charset=iso-8859-1; format=flowed",
             "",
         ] {
-            assert_eq!(split_type(value), split_type_before(value), "{value:?}");
+            assert_eq!(
+                owned(split_type(value)),
+                split_type_before(value),
+                "{value:?}"
+            );
         }
     }
 
