@@ -14,10 +14,11 @@
 //! Must not: touch the file, or decide when anything is committed (that is the thread's).
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
 use super::Done;
+use super::seen::Seed;
 use crate::ledger::{Entry, Found, Query, Way};
 
 /// The kinds of key an entry is filed under (part of the hash, so an id and a Thread-Index
@@ -47,9 +48,65 @@ pub(super) struct Mem {
     /// The callbacks of `held[taken..]`, in the same order.
     done: Vec<Done>,
     /// Key hash -> the `seq` of each held entry with that key, ascending.
-    index: HashMap<u64, Vec<u64>>,
-    hasher: std::collections::hash_map::RandomState,
+    index: HashMap<u64, Seqs, BuildHasherDefault<Hashed>>,
+    /// The key filter's keyed hash (SipHash, hashed again by the map, cost more than the
+    /// rest of filing an entry).
+    hasher: Seed,
     next: u64,
+}
+
+/// The entries filed under one key: nearly always one (every message its own id), kept
+/// without an allocation of its own.
+enum Seqs {
+    One(u64),
+    Many(Vec<u64>),
+}
+
+impl Seqs {
+    fn push(&mut self, seq: u64) {
+        match self {
+            Seqs::One(first) => *self = Seqs::Many(vec![*first, seq]),
+            Seqs::Many(v) => v.push(seq),
+        }
+    }
+
+    fn as_slice(&self) -> &[u64] {
+        match self {
+            Seqs::One(s) => std::slice::from_ref(s),
+            Seqs::Many(v) => v,
+        }
+    }
+
+    /// Take `seq` out; true when none is left.
+    fn remove(&mut self, seq: u64) -> bool {
+        match self {
+            Seqs::One(s) => *s == seq,
+            Seqs::Many(v) => {
+                v.retain(|s| *s != seq);
+                v.is_empty()
+            }
+        }
+    }
+}
+
+/// The index's keys are keyed hashes already: the map uses them as they are.
+#[derive(Default)]
+struct Hashed(u64);
+
+impl Hasher for Hashed {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 impl Mem {
@@ -83,7 +140,10 @@ impl Mem {
         self.next += 1;
         let keys = self.keys_of(&entry);
         for k in keys.into_iter().flatten() {
-            self.index.entry(k).or_default().push(seq);
+            self.index
+                .entry(k)
+                .and_modify(|s| s.push(seq))
+                .or_insert(Seqs::One(seq));
         }
         self.held.push_back(Held {
             seq,
@@ -137,11 +197,8 @@ impl Mem {
 
     fn unindex(&mut self, h: &Held) {
         for k in h.keys.into_iter().flatten() {
-            if let Some(seqs) = self.index.get_mut(&k) {
-                seqs.retain(|s| *s != h.seq);
-                if seqs.is_empty() {
-                    self.index.remove(&k);
-                }
+            if self.index.get_mut(&k).is_some_and(|s| s.remove(h.seq)) {
+                self.index.remove(&k);
             }
         }
     }
@@ -171,7 +228,7 @@ impl Mem {
         let mut seqs: Vec<u64> = Vec::new();
         let collect = |key: Key<'_>, seqs: &mut Vec<u64>| {
             if let Some(s) = self.index.get(&self.hash(key)) {
-                seqs.extend_from_slice(s);
+                seqs.extend_from_slice(s.as_slice());
             }
         };
         for id in &q.ids {

@@ -116,9 +116,16 @@ struct State {
 /// guessed the seed could do is make keys collide, and a collision only costs the file read
 /// the filter would have saved.
 #[derive(Clone, Copy)]
-struct Seed(u64);
+pub(super) struct Seed(u64);
 
-struct Mix(u64);
+impl Default for Seed {
+    /// A seed of its own, at random.
+    fn default() -> Seed {
+        Seed(std::collections::hash_map::RandomState::new().hash_one(0u8))
+    }
+}
+
+pub(super) struct Mix(u64);
 
 const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
 
