@@ -118,9 +118,10 @@ struct Args {
     /// Worker threads for the generator itself (it should not compete with the milter).
     #[arg(long, default_value_t = 1)]
     threads: usize,
-    /// Give every message a Message-ID of its own (the file's, with the queue id put in front
-    /// of the local part), as real mail has: a milter that remembers messages (markgate's
-    /// thread ledger) then files each under a new key instead of one key many times.
+    /// Give every message a Message-ID of its own (the file's, with the queue id and a tag of
+    /// this run put in front of the local part), as real mail has: a milter that remembers
+    /// messages (markgate's thread ledger) then files each under a new key instead of one key
+    /// many times, and a second run against the same milter repeats none of the first's.
     #[arg(long)]
     unique_ids: bool,
 }
@@ -247,6 +248,14 @@ impl Endpoint {
     }
 }
 
+/// A tag for this run: the time in microseconds and the process id, in hex.
+fn run_tag() -> String {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    format!("{micros:x}{:x}", std::process::id())
+}
+
 /// `<local@domain>` as `<QID.local@domain>` (a value without `<` gets the queue id in front).
 fn unique_id(value: &Bytes, qid: &str) -> Bytes {
     let at = value.iter().position(|&b| b == b'<').map_or(0, |i| i + 1);
@@ -339,6 +348,8 @@ struct Run {
     timeout: Duration,
     /// Set when the warm-up is done: the measured part starts then.
     measuring: tokio::sync::watch::Sender<bool>,
+    /// Unique to this run (time and process id), put in each unique Message-ID.
+    tag: String,
 }
 
 #[derive(Debug, Default)]
@@ -424,6 +435,7 @@ async fn run(args: Args) -> Result<bool, String> {
         total,
         measuring,
         args,
+        tag: run_tag(),
     });
 
     let pid = run.args.pid;
@@ -792,7 +804,7 @@ async fn message<S: AsyncRead + AsyncWrite + Unpin>(
                 value.slice(usize::from(value.first() == Some(&b' '))..)
             };
             let value = if run.args.unique_ids && name.eq_ignore_ascii_case(b"message-id") {
-                unique_id(&value, qid)
+                unique_id(&value, &format!("{qid}.{}", run.tag))
             } else {
                 value
             };
