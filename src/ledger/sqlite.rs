@@ -108,6 +108,12 @@ enum Job {
 /// Entries written by one INSERT statement when a batch has that many: SQLite's work per
 /// statement (its statement savepoint, the step and reset, the binding calls' setup) was
 /// about a third of an entry's insert; a batch of 300 takes 19 statements instead of 300.
+///
+/// Both inserts say `OR ROLLBACK`: a failed insert rolls the whole transaction back anyway
+/// ([`Worker::insert`]), and with the default `ABORT` SQLite must be able to undo one
+/// statement of many rows (the NOT NULL columns could fail on its fifth row), so it copied
+/// every page the statement changed into a statement journal first: that copying was a
+/// quarter of the ledger thread's time.
 const ROWS_PER_INSERT: usize = 16;
 /// Columns bound per entry (`columns!()`, in [`bind_row`]'s order).
 const COLUMNS: usize = 10;
@@ -125,7 +131,7 @@ fn insert_many_sql() -> &'static str {
             })
             .collect();
         format!(
-            "INSERT INTO entries ({}) VALUES {}",
+            "INSERT OR ROLLBACK INTO entries ({}) VALUES {}",
             columns!(),
             rows.join(", ")
         )
@@ -585,7 +591,7 @@ impl Worker {
                 let mut one = self
                     .conn
                     .prepare_cached(concat!(
-                        "INSERT INTO entries (",
+                        "INSERT OR ROLLBACK INTO entries (",
                         columns!(),
                         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
                     ))
