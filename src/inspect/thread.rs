@@ -213,7 +213,7 @@ fn clean_id(id: &[u8]) -> Option<String> {
         || id.len() > MAX_ID_LEN
         || !id
             .iter()
-            .all(|b| b.is_ascii_graphic() && !b"<>()".contains(b))
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'<' | b'>' | b'(' | b')'))
     {
         return None;
     }

@@ -1019,27 +1019,53 @@ fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
 
 /// Hex text to bytes (`None` when it is not hex).
 pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
-    fn digit(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    }
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    let mut out = Vec::with_capacity(s.len() / 2);
-    for p in s.as_bytes().chunks_exact(2) {
-        out.push(digit(p[0])? << 4 | digit(p[1])?);
+    let mut out = vec![0u8; s.len() / 2];
+    for (o, p) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        *o = hex_digit(p[0])? << 4 | hex_digit(p[1])?;
     }
     Some(out)
+}
+
+/// One hex digit's value (either case), from a table: a match per digit cost more than the
+/// rest of binding an entry's digest.
+pub(crate) fn hex_digit(c: u8) -> Option<u8> {
+    const NOT: u8 = 0xff;
+    const TABLE: [u8; 256] = {
+        let mut t = [NOT; 256];
+        let mut i = 0;
+        while i < 10 {
+            t[b'0' as usize + i] = i as u8;
+            i += 1;
+        }
+        let mut i = 0;
+        while i < 6 {
+            t[b'a' as usize + i] = 10 + i as u8;
+            t[b'A' as usize + i] = 10 + i as u8;
+            i += 1;
+        }
+        t
+    };
+    let v = TABLE[usize::from(c)];
+    (v != NOT).then_some(v)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_digits_are_what_to_digit_reads() {
+        for c in 0..=255u8 {
+            let want = char::from(c).to_digit(16).map(|d| d as u8);
+            assert_eq!(hex_digit(c), want, "{c}");
+        }
+        assert_eq!(unhex("00fF7a"), Some(vec![0, 255, 0x7a]));
+        assert_eq!(unhex("0"), None);
+        assert_eq!(unhex("0g"), None);
+    }
 
     /// A ledger thread's worker on a new file, driven by the test itself.
     fn worker_on(path: &Path) -> Worker {

@@ -293,8 +293,7 @@ fn digest_bytes(hex: &str) -> Option<[u8; 32]> {
         return None;
     }
     for (o, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
-        let digit = |c: u8| char::from(c).to_digit(16);
-        *o = u8::try_from(digit(pair[0])? << 4 | digit(pair[1])?).ok()?;
+        *o = super::hex_digit(pair[0])? << 4 | super::hex_digit(pair[1])?;
     }
     Some(out)
 }
