@@ -24,8 +24,8 @@ def load(path):
 
 
 def per_message(led):
-    a = load(f"{DIR}/cg-{led}-1400/cg.out")
-    b = load(f"{DIR}/cg-{led}-400/cg.out")
+    a = load(f"{DIR}/cg-{led}-1400.out")
+    b = load(f"{DIR}/cg-{led}-400.out")
     return {k: (a[k] - b[k]) / 1000 for k in set(a) | set(b)}
 
 

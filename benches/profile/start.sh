@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # start.sh NAME LEDGER [BIN]: start a release markgate for profiling, print "PID SOCKET".
 #   LEDGER: sqlite | off. Env: SYNC (audit sync, default batch), LEDGER_DIR (where the ledger
-#   file goes, default the work directory; e.g. /dev/shm to take the disk out).
+#   file goes, default the work directory; e.g. /dev/shm to take the disk out), WRAP (a
+#   command to run markgate under, e.g. valgrind with its options).
 # Work directory: ${PROFILE_DIR:-/tmp/markgate-profile}/NAME (removed first).
 set -euo pipefail
 name=$1 led=$2
@@ -26,8 +27,9 @@ path = "${LEDGER_DIR:-$w}/ledger-$name.sqlite"
 T
 rm -f "${LEDGER_DIR:-$w}/ledger-$name.sqlite"*
 cd "$repo"
-"$bin" run --config "$w/markgate.toml" 2>>"$w/log" &
+# shellcheck disable=SC2086 # WRAP is a command and its words
+${WRAP:-} "$bin" run --config "$w/markgate.toml" 2>>"$w/log" &
 p=$!
-for _ in $(seq 100); do [ -S "$w/m.sock" ] && break; sleep 0.05; done
+for _ in $(seq 400); do [ -S "$w/m.sock" ] && break; sleep 0.05; done
 sleep 0.2
 echo "$p $w/m.sock"

@@ -2,20 +2,16 @@
 # threads.sh NAME LEDGER MESSAGES: CPU µs per message of each markgate thread (by name) at
 # CONNS connections (default 64), from /proc/PID/task/*/stat around the run. Env: BIN.
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-name=$1 led=$2 n=$3 c=${CONNS:-64}
-load=$repo/target/release/markgate-load
-read -r p s < <("$here/start.sh" "threads-$name" "$led" "${BIN:-$repo/target/release/markgate}")
+# shellcheck source=benches/profile/common.sh
+. "$(dirname "$0")/common.sh"
 snap() {
 	for t in /proc/"$p"/task/*; do echo "$(tr ' ' _ <"$t/comm") $(awk '{print $14+$15}' "$t/stat")"; done |
 		awk '{a[$1]+=$2} END {for (k in a) print k, a[k]}' | sort
 }
-"$load" --connect "unix:$s" --eml "$repo/benches/data/small-2k.eml" --connections "$c" --messages 3000 --unique-ids >/dev/null
 snap >"/tmp/threads-$name.a"
 "$load" --connect "unix:$s" --eml "$repo/benches/data/small-2k.eml" --connections "$c" --messages "$n" \
 	--unique-ids --pid "$p" --json --label "$name"
 snap >"/tmp/threads-$name.b"
 join "/tmp/threads-$name.a" "/tmp/threads-$name.b" | awk -v n="$n" '{printf "   %-18s %7.1f\n", $1, ($3-$2)*10000/n}'
 kill "$p"
-wait "$p" 2>/dev/null || true
+while kill -0 "$p" 2>/dev/null; do sleep 0.05; done # not our child: started by start.sh
