@@ -49,8 +49,8 @@ pub(super) struct Mem {
     done: Vec<Done>,
     /// Key hash -> the `seq` of each held entry with that key, ascending.
     index: HashMap<u64, Seqs, BuildHasherDefault<Hashed>>,
-    /// The key filter's keyed hash (SipHash, hashed again by the map, cost more than the
-    /// rest of filing an entry).
+    /// Keys are hashed with the key filter's keyed hash, not SipHash: SipHash for each key,
+    /// and the map's SipHash again over that hash, cost more than the rest of filing an entry.
     hasher: Seed,
     next: u64,
 }
