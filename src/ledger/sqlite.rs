@@ -1120,6 +1120,66 @@ mod tests {
         assert_eq!(stored, all);
     }
 
+    /// A row failing in the middle of a sixteen-row insert (here a trigger raises the
+    /// rollback that `OR ROLLBACK` gives a failed constraint): SQLite has already rolled the
+    /// transaction back, the worker's own rollback finds nothing open, the entries inserted
+    /// before it in the same transaction are gone too (never reported remembered), and the
+    /// next batch is written and committed as usual.
+    #[test]
+    fn a_row_failing_mid_statement_rolls_back_the_transaction_and_the_worker_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut worker = worker_on(&dir.path().join("r.sqlite"));
+        worker
+            .conn
+            .execute_batch(
+                "CREATE TRIGGER poison BEFORE INSERT ON entries WHEN NEW.subject = 'poison' \
+                 BEGIN SELECT RAISE(ROLLBACK, 'poisoned row'); END;",
+            )
+            .expect("trigger");
+        let entry = |i: usize, subject: &str| Entry {
+            message_id: Some(format!("<r{i}@x>")),
+            thread_index: None,
+            subject: subject.into(),
+            digest: None,
+            level: "OFFICIAL".into(),
+            marking: None,
+            qualifiers: Vec::new(),
+            way: Way::Outbound,
+            domains: Vec::new(),
+            time: i as i64,
+        };
+        let count = |w: &Worker| -> i64 {
+            w.conn
+                .query_row("SELECT count(*) FROM entries", [], |r| r.get(0))
+                .expect("count")
+        };
+        let first: Vec<Entry> = (0..3).map(|i| entry(i, "fine")).collect();
+        worker.insert(first.iter()).expect("first batch");
+        let failing: Vec<Entry> = (3..3 + ROWS_PER_INSERT)
+            .map(|i| entry(i, if i == 9 { "poison" } else { "fine" }))
+            .collect();
+        let err = worker
+            .insert(failing.iter())
+            .expect_err("the poisoned batch fails");
+        assert!(err.0.contains("poisoned row"), "{err}");
+        assert!(worker.open.is_none(), "no transaction is left open");
+        assert!(
+            worker.conn.is_autocommit(),
+            "SQLite has nothing open either"
+        );
+        assert_eq!(
+            count(&worker),
+            0,
+            "the first batch went with the failed one"
+        );
+        let after: Vec<Entry> = (100..100 + ROWS_PER_INSERT + 1)
+            .map(|i| entry(i, "fine"))
+            .collect();
+        worker.insert(after.iter()).expect("the next batch");
+        worker.commit().expect("commit");
+        assert_eq!(count(&worker), after.len() as i64);
+    }
+
     /// The joined statement finds what the two statements found, in the same order: the
     /// newest four of each, inbound only, none older than `since`.
     #[test]
