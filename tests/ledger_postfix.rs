@@ -265,6 +265,25 @@ fn four_scenarios(a: &Gateway, b: &Gateway, tag: &str) {
     assert!(answer.starts_with("550"), "redirect refused: {answer}");
     assert!(answer.contains("THREAD-REDIRECT"), "{answer}");
 
+    // 3b. Its text re-sent under a new Message-ID (a server that issues its own ids) and a
+    // forward prefix: a redirect found by the text digest and the normalised subject.
+    let (_, body) = original(tag);
+    let copy = String::from_utf8(body)
+        .expect("ascii")
+        .replacen(
+            &format!("Message-ID: <orig.{tag}@"),
+            &format!("Message-ID: <copy.{tag}@"),
+            1,
+        )
+        .replacen("Subject: Budget 2027", "Subject: FW: Budget 2027", 1);
+    let r = outbound(&b.pf, INTERNET, copy.as_bytes());
+    let answer = data_reply(&r);
+    assert!(
+        answer.starts_with("550"),
+        "redirect by text refused: {answer}"
+    );
+    assert!(answer.contains("THREAD-REDIRECT"), "{answer}");
+
     // 4. An unrelated message with the same subject: delivered.
     let r = outbound(&b.pf, INTERNET, &unrelated(tag));
     assert!(accepted(&r), "unrelated message passes: {}", data_reply(&r));

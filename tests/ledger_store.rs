@@ -562,6 +562,9 @@ fn the_key_filter_never_hides_an_entry() {
             ..Query::default()
         };
         assert!(store.lookup_inline(&unseen).expect("inline").is_empty());
+        // No inbound entry has this subject: an outbound message with it needs no digest.
+        assert!(!store.may_find_text("other"));
+        assert!(store.may_find_text("budget 2027"));
         for e in before.iter().chain([&entry("<after@x>", 20)]) {
             let found = store.lookup_inline(&copy_of(e)).expect("inline");
             assert_eq!(found.by_id.len(), 1, "{:?} by id", e.message_id);
@@ -587,7 +590,10 @@ fn the_key_filter_never_hides_an_entry() {
         );
 
         // Another process writes the file.
-        let foreign = entry("<written-elsewhere-long-id@x>", 40);
+        let foreign = Entry {
+            subject: "written elsewhere".into(),
+            ..entry("<written-elsewhere-long-id@x>", 40)
+        };
         {
             let other = SqliteStore::open(&path, Duration::from_secs(5)).expect("second opener");
             other
@@ -606,8 +612,15 @@ fn the_key_filter_never_hides_an_entry() {
             1,
             "the foreign entry is read from the file"
         );
+        assert!(
+            store.may_find_text("written elsewhere"),
+            "its subject is not ruled out either"
+        );
         key_filter_built(&store, "the filter was not rebuilt").await;
         let found = store.lookup_inline(&copy_of(&foreign)).expect("inline");
         assert_eq!(found.by_id.len(), 1, "and is in the rebuilt filter");
+        assert!(!found.by_text.is_empty(), "by text too");
+        assert!(store.may_find_text("written elsewhere"), "its subject too");
+        assert!(!store.may_find_text("other"));
     });
 }

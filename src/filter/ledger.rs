@@ -19,6 +19,7 @@ use super::{Evaluation, Filter, MessageSource as _, smtp_reply};
 use crate::audit::AuditEvent;
 use crate::audit::AuditHandle;
 use crate::audit::event::{LedgerRecovered, LedgerUnavailable};
+use crate::inspect::digest::text_digest;
 use crate::inspect::thread::{ThreadKeys, hex, keys};
 use crate::ledger::{Backend, Clock, Entry, Found, Query, Store, SystemClock, Way, retention_secs};
 use crate::milter::handler::{Outcome, Verdict};
@@ -283,6 +284,15 @@ impl LedgerHandle {
         }));
     }
 
+    /// May a lookup by text with this normalised subject find anything? Only the SQLite store
+    /// can tell that it cannot (its key filter); Redis is always asked.
+    fn may_find_text(&self, subject: &str) -> bool {
+        match &self.inner.store {
+            Backend::Sqlite(s) => s.may_find_text(subject),
+            Backend::Redis(_) => true,
+        }
+    }
+
     /// Should this message ask the store? Always, except during a lookup outage, when one
     /// message a second does.
     fn probing(&self) -> bool {
@@ -344,17 +354,24 @@ pub(super) async fn consult(
     let (Some(ledger), Some(t)) = (ledger, policy.thread.as_ref()) else {
         return Ok((ThreadFacts::default(), None));
     };
-    let needs = needs(policy, envelope);
+    let mut needs = needs(policy, envelope);
     let headers = super::MessageSource::headers(tx);
+    let mut k = keys(&headers, None);
     // The text digest costs a parse of the whole message: only when a copy is looked for
-    // or this message may be looked for as one. A body spilled to disk is not read again
+    // or this message may be looked for as one. A copy going out is looked for among the
+    // inbound entries with its subject: when there are none, no digest can match, and an
+    // outbound entry's digest is never compared with anything (only inbound entries are
+    // found by text), so it is not made at all. A body spilled to disk is not read again
     // just for it: such a message is tied to earlier ones by its ids only.
+    if needs.copies && !ledger.may_find_text(&k.subject) {
+        needs.text = false;
+    }
     let whole = if tx.is_spilled() || !needs.text {
         None
     } else {
         tx.whole().ok()
     };
-    let k = keys(&headers, whole.as_deref());
+    k.digest = whole.as_deref().map(text_digest);
     // The decision reads the whole message too: it takes this copy instead of a new one.
     if let Some(std::borrow::Cow::Owned(w)) = whole {
         tx.keep_whole(w);

@@ -259,6 +259,12 @@ impl SqliteStore {
         }
     }
 
+    /// May a lookup by text with this normalised subject find anything? `false` only when the
+    /// key filter knows that no inbound entry has the subject (see [`seen`]).
+    pub fn may_find_text(&self, subject: &str) -> bool {
+        self.shared.seen.may_find_text(subject)
+    }
+
     /// The key filter has been built and lookups consult it before the file (the tests wait
     /// for this; a lookup is answered correctly either way).
     pub fn key_filter_ready(&self) -> bool {

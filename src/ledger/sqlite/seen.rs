@@ -21,6 +21,11 @@
 //! Owns: the filter, its builds and its keys' hashing (the file's rules: ids as written,
 //! Thread-Index and digest as bytes, text keys for inbound entries only).
 //!
+//! It also holds each inbound entry's normalised subject on its own, so that an outbound
+//! message can be told, before its text is digested, that no inbound entry has its subject
+//! and so none can be the message it copies ([`Seen::may_find_text`]): the digest is then not
+//! made at all.
+//!
 //! Must not: say "absent" for a key any entry in the file or in memory has; write the file.
 
 use std::hash::{BuildHasher, Hasher};
@@ -48,6 +53,8 @@ enum Key<'a> {
     Id(&'a str),
     ThreadIndex(&'a [u8]),
     Text(&'a [u8], &'a str),
+    /// The subject of an entry that has a `Text` key.
+    Subject(&'a str),
 }
 
 /// The bits, in blocks of one cache line. Each key sets [`HASHES`] bits in one block (chosen
@@ -198,12 +205,13 @@ impl Seen {
             && let Some(d) = e.digest.as_deref().and_then(digest_bytes)
         {
             into.push(self.hash(&Key::Text(&d, &e.subject)));
+            into.push(self.hash(&Key::Subject(&e.subject)));
         }
     }
 
     /// An entry is about to become findable (in memory or in the file).
     pub(super) fn add(&self, e: &Entry) {
-        let mut hashes = Vec::with_capacity(3);
+        let mut hashes = Vec::with_capacity(4);
         self.keys_of(e, &mut hashes);
         let mut state = self.state();
         for h in hashes {
@@ -258,6 +266,14 @@ impl Seen {
             },
             since: q.since,
         })
+    }
+
+    /// May an entry be found by a text key with this (normalised) subject? `false` only when
+    /// the filter is built and no inbound entry with a digest has the subject: then no lookup
+    /// by text with it can find anything, whatever the digest.
+    pub(super) fn may_find_text(&self, subject: &str) -> bool {
+        let h = self.hash(&Key::Subject(subject));
+        self.state().bloom.as_ref().is_none_or(|b| b.may_have(h))
     }
 
     /// A build has finished and no foreign write was seen since.
@@ -345,8 +361,9 @@ fn build(seen: &Seen, path: &std::path::Path) -> rusqlite::Result<Bloom> {
     conn.execute_batch("BEGIN")?;
     let result = (|| {
         let count: i64 = conn.query_row("SELECT count(*) FROM entries", [], |r| r.get(0))?;
-        // About two keys per entry (its id and its text or Thread-Index).
-        let mut bloom = Bloom::for_keys(count.max(0) as u64 * 2);
+        // At most four keys per entry (its id, its Thread-Index, and an inbound one's text
+        // and subject); about three in most ledgers.
+        let mut bloom = Bloom::for_keys(count.max(0) as u64 * 3);
         let mut stmt =
             conn.prepare("SELECT message_id, thread_index, digest, subject, way FROM entries")?;
         let mut rows = stmt.query([])?;
@@ -362,6 +379,7 @@ fn build(seen: &Seen, path: &std::path::Path) -> rusqlite::Result<Bloom> {
             {
                 let subject = r.get_ref(3)?.as_str()?;
                 bloom.insert(seen.hash(&Key::Text(d, subject)));
+                bloom.insert(seen.hash(&Key::Subject(subject)));
             }
         }
         Ok(bloom)
@@ -464,8 +482,9 @@ mod tests {
         let seen = Seen::default();
         ready(&seen);
         let capacity = seen.state().bloom.as_ref().map_or(0, |b| b.capacity);
-        // Three keys per inbound entry, so a third of capacity in entries fills it.
-        let n = capacity / 3;
+        // Four keys per inbound entry (id, Thread-Index for a third of them, text, subject),
+        // so a quarter of capacity in entries about fills it.
+        let n = capacity / 4;
         for i in 0..n {
             seen.add(&entry(i, Way::Inbound));
         }
@@ -573,6 +592,41 @@ mod tests {
                 "{:?}",
                 e.message_id
             );
+            assert!(shared.seen.may_find_text(&e.subject), "{}", e.subject);
         }
+        assert!(!shared.seen.may_find_text("subject 4"));
+    }
+
+    /// An outbound message may skip its digest only when no inbound entry with a digest has
+    /// its subject: never before the filter is built or after a foreign write, never for a
+    /// subject an inbound entry has; an outbound entry's subject does not count (it is not
+    /// found by text), nor does an inbound one's without a digest.
+    #[test]
+    fn only_inbound_entries_with_a_digest_make_their_subject_findable_by_text() {
+        let seen = Seen::default();
+        assert!(seen.may_find_text("anything"), "not built: cannot tell");
+        ready(&seen);
+        assert!(!seen.may_find_text("anything"));
+        let out = Entry {
+            subject: "sent out".into(),
+            ..entry(1, Way::Outbound)
+        };
+        let undigested = Entry {
+            subject: "too large to digest".into(),
+            digest: None,
+            ..entry(2, Way::Inbound)
+        };
+        let inbound = Entry {
+            subject: "came in".into(),
+            ..entry(3, Way::Inbound)
+        };
+        for e in [&out, &undigested, &inbound] {
+            seen.add(e);
+        }
+        assert!(!seen.may_find_text("sent out"));
+        assert!(!seen.may_find_text("too large to digest"));
+        assert!(seen.may_find_text("came in"));
+        seen.mark_foreign_write();
+        assert!(seen.may_find_text("anything"));
     }
 }
