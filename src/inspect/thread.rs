@@ -516,6 +516,32 @@ mod tests {
             }
             inputs.push(v);
         }
+        // Subjects made of prefixes, case, every kind of ASCII white space and a few that are
+        // not white space (0x1c, 0x85 as a byte): the ASCII path against the general one.
+        let subject_pieces: [&[u8]; 12] = [
+            b"Re:",
+            b"FW",
+            b"[2]",
+            b":",
+            b" ",
+            b"\t",
+            b"\x0b",
+            b"\x0c",
+            b"\r\n",
+            b"\x1c",
+            b"Ab",
+            b"\xc2\x85",
+        ];
+        for _ in 0..20_000 {
+            let mut v = Vec::new();
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            for k in 0..(state % 12) {
+                v.extend_from_slice(subject_pieces[((state >> (4 * k + 8)) % 12) as usize]);
+            }
+            inputs.push(v);
+        }
         for input in &inputs {
             assert_eq!(message_ids(input), message_ids_before(input), "{input:?}");
             let text = String::from_utf8_lossy(input);
