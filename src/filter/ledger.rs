@@ -284,15 +284,6 @@ impl LedgerHandle {
         }));
     }
 
-    /// May a lookup by text with this normalised subject find anything? Only the SQLite store
-    /// can tell that it cannot (its key filter); Redis is always asked.
-    fn may_find_text(&self, subject: &str) -> bool {
-        match &self.inner.store {
-            Backend::Sqlite(s) => s.may_find_text(subject),
-            Backend::Redis(_) => true,
-        }
-    }
-
     /// Should this message ask the store? Always, except during a lookup outage, when one
     /// message a second does.
     fn probing(&self) -> bool {
@@ -363,7 +354,7 @@ pub(super) async fn consult(
     // outbound entry's digest is never compared with anything (only inbound entries are
     // found by text), so it is not made at all. A body spilled to disk is not read again
     // just for it: such a message is tied to earlier ones by its ids only.
-    if needs.copies && !ledger.may_find_text(&k.subject) {
+    if needs.copies && !ledger.store().may_find_text(&k.subject) {
         needs.text = false;
     }
     let whole = if tx.is_spilled() || !needs.text {

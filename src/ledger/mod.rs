@@ -213,6 +213,16 @@ impl Backend {
         }
     }
 
+    /// May a lookup by text with this normalised subject find anything? Only the SQLite store
+    /// can tell that it cannot (its key filter: no inbound entry has the subject); Redis has
+    /// no such filter and always says it may.
+    pub fn may_find_text(&self, subject: &str) -> bool {
+        match self {
+            Backend::Sqlite(s) => s.may_find_text(subject),
+            Backend::Redis(_) => true,
+        }
+    }
+
     /// Open the configured backend (`None` for `off`). A SQLite ledger at the built-in default
     /// path that cannot be opened (not root) moves to [`FALLBACK_PATH`] in the working
     /// directory; the second value then says why, for a `warn` log.
