@@ -533,17 +533,11 @@ mod tests {
             "; name=\"a;b\"",
             "\\\"",
         ];
+        let pieces: Vec<&[u8]> = alphabet.iter().map(|p| p.as_bytes()).collect();
         let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
-        for _ in 0..20_000 {
-            let value: String = (0..next(12))
-                .map(|_| alphabet[next(alphabet.len())])
-                .collect();
+        for value in crate::inspect::generated::values(&pieces, 12, 20_000, &mut state) {
+            // Whole pieces of UTF-8: UTF-8.
+            let value = String::from_utf8(value).expect("utf-8");
             assert_eq!(
                 owned(split_type(&value)),
                 split_type_before(&value),

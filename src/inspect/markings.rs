@@ -467,20 +467,9 @@ pub(crate) mod tests {
         let mut values = subject_values();
         let pieces: [&[u8]; 8] = [b"=", b"?", b"=?", b"a", b"\r", b"\n", b"==", b" "];
         let mut state = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..20_000 {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            values.push(
-                (0..state % 9)
-                    .flat_map(|k| {
-                        pieces[((state >> (3 * k + 8)) % 8) as usize]
-                            .iter()
-                            .copied()
-                    })
-                    .collect(),
-            );
-        }
+        values.extend(crate::inspect::generated::values(
+            &pieces, 9, 20_000, &mut state,
+        ));
         for v in &values {
             assert_eq!(
                 is_plain_value(v),

@@ -22,6 +22,8 @@
 
 pub mod digest;
 pub mod forward;
+#[cfg(test)]
+pub(crate) mod generated;
 pub mod markings;
 pub mod mime;
 pub mod near_miss;

@@ -505,22 +505,10 @@ mod tests {
         let pieces: [&[u8]; 12] = [
             b"<", b">", b"(", b")", b"\\", b" ", b"\r\n ", b"a", b"@", b"x.y", b"<a@b>", b"\t",
         ];
-        // 20 000 values of up to `most` pieces each, the pieces chosen by a xorshift generator.
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut generate = |pieces: &[&[u8]; 12], most: u64| {
-            (0..20_000)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    (0..state % most)
-                        .flat_map(|k| pieces[((state >> (4 * k + 8)) % 12) as usize].iter())
-                        .copied()
-                        .collect::<Vec<u8>>()
-                })
-                .collect::<Vec<_>>()
-        };
-        inputs.extend(generate(&pieces, 10));
+        inputs.extend(crate::inspect::generated::values(
+            &pieces, 10, 20_000, &mut state,
+        ));
         // Subjects made of prefixes, case, every kind of ASCII white space and a few that are
         // not white space (0x1c, 0x85 as a byte): the ASCII path against the general one.
         let subject_pieces: [&[u8]; 12] = [
@@ -537,7 +525,12 @@ mod tests {
             b"Ab",
             b"\xc2\x85",
         ];
-        inputs.extend(generate(&subject_pieces, 12));
+        inputs.extend(crate::inspect::generated::values(
+            &subject_pieces,
+            12,
+            20_000,
+            &mut state,
+        ));
         for input in &inputs {
             assert_eq!(message_ids(input), message_ids_before(input), "{input:?}");
             let text = String::from_utf8_lossy(input);
