@@ -3,7 +3,7 @@
 //! the message is signed or encrypted, and whether a disclaimer marker is already in the decoded
 //! text.
 //!
-//! The tree is parsed once with mail-parser; its parts carry byte offsets into the raw message,
+//! The tree is parsed once with mail-parser ([`parse`]: bodies scanned, not decoded); its parts carry byte offsets into the raw message,
 //! which `crate::rewrite` uses to edit bytes in place without re-parsing. This module only reads:
 //! no I/O, no logging, no panics on broken MIME (it returns what it could find plus
 //! [`Diagnostic`]s). The rules for "message text" follow `shared/reference/markings.md` §(d)1:
@@ -23,13 +23,14 @@
 
 use std::ops::Range;
 
-use mail_parser::{MessageParser, MimeHeaders};
+use mail_parser::MimeHeaders;
 
 mod decode;
 mod elided;
 mod fold;
 mod header;
 mod html;
+mod parse;
 mod roles;
 mod search;
 #[cfg(test)]
@@ -229,7 +230,9 @@ pub struct PartInfo {
     pub role: PartRole,
     /// For text roles, whether the marker was found in the decoded text (`None`: not checked).
     pub marker_present: Option<bool>,
-    /// mail-parser flagged a decoding problem (missing boundary, undecodable content).
+    /// mail-parser flagged a problem reading the part: its closing boundary is missing, or a
+    /// nested message has no header. (Bodies are not decoded, see [`parse`], so undecodable
+    /// base64 is not one, except in a message with a nested message.)
     pub encoding_problem: bool,
 }
 
@@ -344,19 +347,29 @@ pub fn analyze_reduced(
     marker: Option<&str>,
     elided: &[super::stream::ElidedPart],
 ) -> Result<MimeShape, String> {
+    analyze_with(raw, marker, elided, parse::Bodies::Scanned)
+}
+
+/// [`analyze_reduced`] with the parser's first treatment of bodies chosen (the tests compare
+/// the two).
+fn analyze_with(
+    raw: &[u8],
+    marker: Option<&str>,
+    elided: &[super::stream::ElidedPart],
+    bodies: parse::Bodies,
+) -> Result<MimeShape, String> {
     let marker_norm = marker.map(normalize_marker).filter(|m| !m.is_empty());
     let mut shape = MimeShape {
         marker: marker_norm.clone(),
         ..MimeShape::head_only(raw, false)
     };
-    // Only the MIME headers are parsed; every other header is skipped (its name kept): the
-    // parser reads no other header's value, and neither does this module.
     // A panic inside the parser (mail-parser has `debug_assert!(false)` on recovery paths that
     // malformed MIME reaches, and any dependency can have a bug) must not turn into a 451 that
     // the MTA retries for days: the message is then one whose structure we cannot read, so the
     // labels still go on and the body is left alone, as for any other unreadable structure.
-    let parsed =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mime_parser().parse(raw)));
+    let parsed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        parse::structure(raw, bodies)
+    }));
     let message = match parsed {
         Ok(Some(message)) => message,
         Ok(None) => {
@@ -388,12 +401,12 @@ pub fn analyze_reduced(
 
     // First pass: facts about each part that do not depend on the tree walk.
     for (i, p) in message.parts.iter().enumerate() {
-        shape.parts.push(part_info(p, raw.len()));
+        shape.parts.push(part_info(p, raw));
         if p.is_encoding_problem {
             shape.diagnostics.push(Diagnostic {
                 part: Some(i),
                 code: "encoding-problem",
-                detail: "mail-parser could not decode this part as declared".into(),
+                detail: "mail-parser could not read this part as declared".into(),
             });
         }
     }
@@ -407,8 +420,8 @@ pub fn analyze_reduced(
 }
 
 /// A part's own facts, before the walk gives it a parent and a role.
-fn part_info(p: &mail_parser::MessagePart<'_>, len: usize) -> PartInfo {
-    let clamp = |v: u32| (v as usize).min(len);
+fn part_info(p: &mail_parser::MessagePart<'_>, raw: &[u8]) -> PartInfo {
+    let clamp = |v: u32| (v as usize).min(raw.len());
     let ct = p.content_type();
     let content_type = match ct {
         Some(ct) => {
@@ -438,7 +451,7 @@ fn part_info(p: &mail_parser::MessagePart<'_>, len: usize) -> PartInfo {
         charset: ct
             .and_then(|c| c.attribute("charset"))
             .map(|c| c.trim().to_string()),
-        transfer_encoding: TransferEncoding::parse(p.content_transfer_encoding()),
+        transfer_encoding: TransferEncoding::parse(parse::transfer_encoding(p, raw).as_deref()),
         is_attachment_disposition: disposition.is_some_and(|d| d.is_attachment()),
         filename,
         content_id: p.content_id().map(|c| unbracket(c).to_string()),
@@ -460,14 +473,4 @@ fn part_info(p: &mail_parser::MessagePart<'_>, len: usize) -> PartInfo {
 /// A Content-ID or `start` parameter without its angle brackets.
 fn unbracket(s: &str) -> &str {
     s.trim().trim_start_matches('<').trim_end_matches('>')
-}
-
-/// The MIME-headers-only parser, built once (building it fills a header table).
-fn mime_parser() -> &'static MessageParser {
-    static PARSER: std::sync::OnceLock<MessageParser> = std::sync::OnceLock::new();
-    PARSER.get_or_init(|| {
-        MessageParser::new()
-            .with_mime_headers()
-            .default_header_ignore()
-    })
 }

@@ -387,3 +387,159 @@ fn marker_search_agrees_with_folding_where_folding_makes_the_match() {
     }
     assert!(counts[0] >= 6 && counts[1] >= 13, "{counts:?}");
 }
+
+/// Messages whose parts' transfer encodings are odd in the ways that make mail-parser take a
+/// different path when it decodes bodies: undecodable base64 and quoted-printable, a missing
+/// closing boundary, encoded nested messages, a folded or repeated or commented field.
+fn transfer_encoding_cases() -> Vec<Vec<u8>> {
+    let part = |cte: &str, ctype: &str, body: &str| {
+        format!("--b\r\nContent-Type: {ctype}\r\nContent-Transfer-Encoding:{cte}\r\n\r\n{body}\r\n")
+    };
+    let wrap = |parts: &[String], close: bool, outer: &str| {
+        let mut m = format!(
+            "From: a@example.gov.uk\r\nSubject: x\r\nMIME-Version: 1.0\r\nContent-Type: {outer}; boundary=\"b\"\r\n\r\npreamble\r\n"
+        );
+        for p in parts {
+            m.push_str(p);
+        }
+        if close {
+            m.push_str("--b--\r\n");
+        }
+        m.into_bytes()
+    };
+    let text = part(" 7bit", "text/plain", "Hello, this is monitored.");
+    let bodies = [
+        ("base64", "SGVsbG8sIHRoaXMgaXMgbW9uaXRvcmVkLg=="),
+        ("base64", "SGVsbG8*!#$%^&*()sIHRoaXM="),
+        ("base64", "SGVs=bG8s=IHRo=aXM="),
+        ("base64", "SGVsbG8-sIHRo--aXM"),
+        ("quoted-printable", "Hello=2C this is =ZZ monitored=\r\n."),
+        ("quoted-printable", "caf=E9 =\r\n=3D==3"),
+    ];
+    let mut out = Vec::new();
+    for (cte, body) in bodies {
+        for ctype in [
+            "text/plain",
+            "text/html",
+            "application/pdf",
+            "message/rfc822",
+        ] {
+            for spelling in [
+                format!(" {cte}"),
+                format!(" {}", cte.to_uppercase()),
+                format!("\r\n\t{cte}"),
+                format!(" {cte} (as sent)"),
+            ] {
+                let p = part(&spelling, ctype, body);
+                for close in [true, false] {
+                    out.push(wrap(&[text.clone(), p.clone()], close, "multipart/mixed"));
+                    out.push(wrap(
+                        &[p.clone(), text.clone()],
+                        close,
+                        "multipart/alternative",
+                    ));
+                }
+                out.push(wrap(std::slice::from_ref(&p), true, "multipart/digest"));
+            }
+            // Two fields: mail-parser obeys the last one.
+            let twice = format!(
+                "--b\r\nContent-Type: {ctype}\r\nContent-Transfer-Encoding: 7bit\r\nContent-Transfer-Encoding: {cte}\r\n\r\n{body}\r\n"
+            );
+            out.push(wrap(&[text.clone(), twice], true, "multipart/mixed"));
+        }
+        // A single-part message, and one whose nested message is itself encoded.
+        out.push(
+            format!("Subject: y\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: {cte}\r\n\r\n{body}\r\n")
+                .into_bytes(),
+        );
+        let inner = format!("Subject: inner\r\nContent-Type: text/plain\r\n\r\n{body}\r\n");
+        let encoded = base64_lines(inner.as_bytes());
+        out.push(wrap(
+            &[text.clone(), part(" base64", "message/rfc822", &encoded)],
+            true,
+            "multipart/mixed",
+        ));
+    }
+    out
+}
+
+/// Plain base64 (76-character lines) for the cases above.
+fn base64_lines(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for (i, c) in data.chunks(3).enumerate() {
+        if i > 0 && i % 19 == 0 {
+            s.push_str("\r\n");
+        }
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for k in 0..4 {
+            if k <= c.len() {
+                s.push(A[(n >> (18 - 6 * k)) as usize & 63] as char);
+            } else {
+                s.push('=');
+            }
+        }
+    }
+    s
+}
+
+/// The shape without what only mail-parser's own decoding can find: whether a body decodes.
+fn without_decoding_problems(mut s: MimeShape) -> MimeShape {
+    for p in &mut s.parts {
+        p.encoding_problem = false;
+    }
+    s.diagnostics.retain(|d| d.code != "encoding-problem");
+    s
+}
+
+#[test]
+fn scanning_bodies_gives_the_shape_that_decoding_them_gave() {
+    let mut inputs = corpus_files();
+    inputs.extend(
+        repo_files(&["fuzz/corpus/rewrite", "fuzz/corpus/large"])
+            .into_iter()
+            .map(|(_, b)| b),
+    );
+    inputs.extend(transfer_encoding_cases());
+    let (mut compared, mut encoded, mut nested) = (0, 0, 0);
+    for raw in &inputs {
+        for marker in [None, Some("recorded and/or monitored")] {
+            let scanned = analyze_with(raw, marker, &[], parse::Bodies::Scanned);
+            let decoded = analyze_with(raw, marker, &[], parse::Bodies::Decoded);
+            assert_eq!(
+                scanned.map(without_decoding_problems),
+                decoded.map(without_decoding_problems),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+            compared += 1;
+        }
+        if let Some(m) = parse::structure(raw, parse::Bodies::Decoded) {
+            let parts = &m.parts;
+            // The encoding read from the raw field is the one mail-parser parsed.
+            for p in parts {
+                assert_eq!(
+                    TransferEncoding::parse(parse::transfer_encoding(p, raw).as_deref()),
+                    TransferEncoding::parse(p.content_transfer_encoding()),
+                    "{}",
+                    String::from_utf8_lossy(raw)
+                );
+            }
+            encoded += parts
+                .iter()
+                .any(|p| p.encoding != mail_parser::Encoding::None) as usize;
+            nested += parts
+                .iter()
+                .any(|p| matches!(p.body, mail_parser::PartType::Message(_)))
+                as usize;
+        }
+    }
+    // The comparison must have seen many messages whose bodies mail-parser decodes, and
+    // nested messages, or it proves nothing.
+    assert!(
+        compared > 8_000 && encoded > 300 && nested > 40,
+        "{compared} compared, {encoded} with an encoded part, {nested} with a nested message"
+    );
+}

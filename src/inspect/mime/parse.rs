@@ -1,0 +1,99 @@
+//! The one mail-parser call: the MIME tree of a message, with byte offsets, and nothing decoded
+//! that this module does not read.
+//!
+//! mail-parser decodes every base64 and quoted-printable body while it walks the tree. Nothing
+//! here reads what it decodes: the text pass decodes the message text from the raw bytes
+//! itself ([`super::decode`]), and attachments are never decoded. For a message with a 200 KB
+//! attachment that decoding was four fifths of markgate's work on it. So the tree is read with
+//! Content-Transfer-Encoding hidden from the parser: the field is still named in each part's
+//! headers (so the header counts of [`super::header`] still agree), but its value is left
+//! unparsed, every body is only scanned for its boundary, and the value is read afterwards, by
+//! the parser's own reader, from the bytes it skipped ([`transfer_encoding`]).
+//!
+//! Where the encoding changes the tree itself, the message is parsed again as before: a part
+//! that mail-parser reads as a nested message (`message/rfc822`, `message/global`, a part of
+//! a `multipart/digest`) is parsed from its decoded body when it has one, and from the raw
+//! stream when it has none. Such forwarded messages are rare enough that parsing them twice
+//! costs nothing worth counting, and their tree stays exactly what it was.
+//!
+//! Must not: judge the parts (that is [`super::roles`] and [`super::text`]) or panic-proof the
+//! call (the caller catches a panic).
+
+use std::borrow::Cow;
+
+use mail_parser::parsers::MessageStream;
+use mail_parser::{
+    HeaderName, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
+};
+
+/// How the parser treats bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Bodies {
+    /// Scanned for their boundaries only (Content-Transfer-Encoding hidden).
+    Scanned,
+    /// Decoded as the transfer encoding says: mail-parser's own behaviour, needed for encoded
+    /// nested messages.
+    Decoded,
+}
+
+/// The MIME tree of `raw` (`None`: no header could be parsed), read with `first` and, when
+/// that gave a nested message, again with [`Bodies::Decoded`].
+pub(super) fn structure(raw: &[u8], first: Bodies) -> Option<Message<'_>> {
+    let message = parser(first).parse(raw)?;
+    if first == Bodies::Scanned && message.parts.iter().any(may_nest) {
+        return parser(Bodies::Decoded).parse(raw);
+    }
+    Some(message)
+}
+
+/// Could mail-parser have read this part as a nested message? Then its encoding decides what
+/// the parser does with the body.
+fn may_nest(p: &MessagePart<'_>) -> bool {
+    if matches!(p.body, PartType::Message(_)) {
+        return true;
+    }
+    p.content_type().is_some_and(|ct| {
+        ct.ctype().eq_ignore_ascii_case("message")
+            || (ct.ctype().eq_ignore_ascii_case("multipart")
+                && ct
+                    .subtype()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("digest")))
+    })
+}
+
+/// The value of a part's last Content-Transfer-Encoding field (the one mail-parser obeys), read
+/// from `raw` at the offsets the parser recorded, by the parser's own reader of unstructured
+/// values: what [`Bodies::Decoded`] would have parsed, without parsing every other part's.
+pub(super) fn transfer_encoding<'a>(p: &MessagePart<'_>, raw: &'a [u8]) -> Option<Cow<'a, str>> {
+    let h = p
+        .headers
+        .iter()
+        .rev()
+        .find(|h| h.name == HeaderName::ContentTransferEncoding)?;
+    let value = raw.get(h.offset_start as usize..h.offset_end as usize)?;
+    match MessageStream::new(value).parse_unstructured() {
+        HeaderValue::Text(text) => Some(text),
+        _ => None,
+    }
+}
+
+/// The structure parser for `bodies`, built once (building one fills a header table). Only
+/// the MIME headers are parsed; every other header is skipped with its name kept: neither the
+/// parser nor this module reads another header's value.
+fn parser(bodies: Bodies) -> &'static MessageParser {
+    static SCANNED: std::sync::OnceLock<MessageParser> = std::sync::OnceLock::new();
+    static DECODED: std::sync::OnceLock<MessageParser> = std::sync::OnceLock::new();
+    match bodies {
+        Bodies::Scanned => SCANNED.get_or_init(|| {
+            MessageParser::new()
+                .with_mime_headers()
+                .ignore_header(HeaderName::ContentTransferEncoding)
+                .default_header_ignore()
+        }),
+        Bodies::Decoded => DECODED.get_or_init(|| {
+            MessageParser::new()
+                .with_mime_headers()
+                .default_header_ignore()
+        }),
+    }
+}
