@@ -47,6 +47,13 @@ pub struct Macros {
 }
 
 impl Macros {
+    /// An empty set with room for `n` macros.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Macros {
+            pairs: Vec::with_capacity(n),
+        }
+    }
+
     /// Set or replace one macro.
     pub fn set(&mut self, name: &[u8], value: &[u8]) {
         self.set_shared(

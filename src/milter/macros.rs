@@ -80,8 +80,9 @@ impl MacroTable {
     /// One stage's set alone (empty when the MTA sent none), e.g. the RCPT set for the
     /// recipient just received.
     pub fn stage_macros(&self, stage: u8) -> Macros {
-        let mut out = Macros::default();
-        for (n, v) in self.stage(stage).unwrap_or_default() {
+        let pairs = self.stage(stage).unwrap_or_default();
+        let mut out = Macros::with_capacity(pairs.len());
+        for (n, v) in pairs {
             out.set_shared(n, v);
         }
         out
@@ -105,12 +106,12 @@ impl MacroTable {
 
     /// One flat view, later stages overriding earlier ones.
     pub fn flatten(&self) -> Macros {
-        let mut out = Macros::default();
-        let mut stages: Vec<&(u8, Vec<(Bytes, Bytes)>)> =
-            self.connection.iter().chain(self.message.iter()).collect();
-        stages.sort_by_key(|(s, _)| ORDER.iter().position(|o| o == s));
-        for (_, pairs) in stages {
-            for (n, v) in pairs {
+        // Once per message: one allocation sized for every pair, and the stages walked in
+        // `ORDER` (at most one set each) rather than collected and sorted.
+        let total = self.connection.iter().chain(self.message.iter());
+        let mut out = Macros::with_capacity(total.map(|(_, p)| p.len()).sum());
+        for stage in ORDER {
+            for (n, v) in self.stage(*stage).unwrap_or_default() {
                 out.set_shared(n, v);
             }
         }
