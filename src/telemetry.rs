@@ -19,6 +19,8 @@
 
 use std::io::IsTerminal;
 
+mod plain;
+
 use tracing::level_filters::LevelFilter;
 
 use crate::config::{LogFormat, LogLevel, Logging};
@@ -46,9 +48,12 @@ pub fn init(logging: &Logging) -> Result<(), TelemetryError> {
         .with_max_level(filter(logging.level))
         .with_target(false);
     let result = match logging.format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
+        // The plain field formatter only stands in for the default one without colour.
+        LogFormat::Text if !std::io::stderr().is_terminal() => builder
+            .with_ansi(false)
+            .fmt_fields(plain::PlainFields)
             .try_init(),
+        LogFormat::Text => builder.with_ansi(true).try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
