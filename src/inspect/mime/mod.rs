@@ -3,12 +3,14 @@
 //! the message is signed or encrypted, and whether a disclaimer marker is already in the decoded
 //! text.
 //!
-//! The tree is parsed once with mail-parser ([`parse`]: bodies scanned, not decoded); its parts carry byte offsets into the raw message,
-//! which `crate::rewrite` uses to edit bytes in place without re-parsing. This module only reads:
-//! no I/O, no logging, no panics on broken MIME (it returns what it could find plus
-//! [`Diagnostic`]s). The rules for "message text" follow `shared/reference/markings.md` §(d)1:
-//! both sides of multipart/alternative, the root of multipart/related, the first body part of
-//! multipart/mixed; never attachments, forwarded `message/rfc822`, calendar or TNEF parts.
+//! The tree is parsed with mail-parser ([`parse`]: bodies scanned for boundaries, not decoded;
+//! once, or twice when a part may be a nested message); its parts carry byte offsets into the
+//! raw message, which `crate::rewrite` uses to edit bytes in place without re-parsing. This
+//! module only reads: no I/O, no logging, no panics on broken MIME (it returns what it could
+//! find plus [`Diagnostic`]s). The rules for "message text" follow
+//! `shared/reference/markings.md` §(d)1: both sides of multipart/alternative, the root of
+//! multipart/related, the first body part of multipart/mixed; never attachments, forwarded
+//! `message/rfc822`, calendar or TNEF parts.
 //!
 //! This file holds the shape's types and [`analyze`], which runs the passes in order:
 //! - each part's own facts (below), then [`header`]: where the header block ends and whether
