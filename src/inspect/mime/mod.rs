@@ -13,7 +13,7 @@
 //! `message/rfc822`, calendar or TNEF parts.
 //!
 //! This file holds the shape's types and [`analyze`], which runs the passes in order:
-//! - each part's own facts (below), then [`header`]: where the header block ends and whether
+//! - each part's own facts ([`parse`]), then [`header`]: where the header block ends and whether
 //!   the parser agrees;
 //! - [`roles`]: the tree walk that decides each part's role;
 //! - [`elided`]: for a reduced message, that its stand-ins are where the scan put them;
@@ -24,8 +24,6 @@
 //! inspect reads and what rewrite edits are decoded the same way.
 
 use std::ops::Range;
-
-use mail_parser::MimeHeaders;
 
 mod decode;
 mod elided;
@@ -403,7 +401,7 @@ fn analyze_with(
 
     // First pass: facts about each part that do not depend on the tree walk.
     for (i, p) in message.parts.iter().enumerate() {
-        shape.parts.push(part_info(p, raw));
+        shape.parts.push(parse::part_info(p, raw));
         if p.is_encoding_problem {
             shape.diagnostics.push(Diagnostic {
                 part: Some(i),
@@ -419,57 +417,6 @@ fn analyze_with(
     let owner = elided::check_elided(&shape, elided)?;
     text::read_parts(&mut shape, raw, marker_norm.as_deref(), elided, &owner)?;
     Ok(shape)
-}
-
-/// A part's own facts, before the walk gives it a parent and a role.
-fn part_info(p: &mail_parser::MessagePart<'_>, raw: &[u8]) -> PartInfo {
-    let clamp = |v: u32| (v as usize).min(raw.len());
-    let ct = p.content_type();
-    let content_type = match ct {
-        Some(ct) => {
-            let (t, sub) = (ct.ctype(), ct.subtype().unwrap_or(""));
-            let mut s = String::with_capacity(t.len() + 1 + sub.len());
-            s.push_str(t);
-            s.push('/');
-            s.push_str(sub);
-            s.make_ascii_lowercase();
-            s
-        }
-        None => "text/plain".to_string(),
-    };
-    let header_start = clamp(p.offset_header);
-    let body_start = clamp(p.offset_body).max(header_start);
-    let body_end = clamp(p.offset_end).max(body_start);
-    let disposition = p.content_disposition();
-    let filename = disposition
-        .and_then(|d| d.attribute("filename"))
-        .or_else(|| ct.and_then(|c| c.attribute("name")))
-        .map(str::to_string);
-    PartInfo {
-        parent: None,
-        depth: 0,
-        content_type,
-        has_content_type: ct.is_some(),
-        charset: ct
-            .and_then(|c| c.attribute("charset"))
-            .map(|c| c.trim().to_string()),
-        transfer_encoding: TransferEncoding::parse(parse::transfer_encoding(p, raw).as_deref()),
-        is_attachment_disposition: disposition.is_some_and(|d| d.is_attachment()),
-        filename,
-        content_id: p.content_id().map(|c| unbracket(c).to_string()),
-        boundary: ct.and_then(|c| c.attribute("boundary")).map(str::to_string),
-        params: ct
-            .and_then(|c| c.attributes())
-            .unwrap_or_default()
-            .iter()
-            .map(|a| (a.name.to_ascii_lowercase(), a.value.to_string()))
-            .collect(),
-        header_range: header_start..body_start,
-        body_range: body_start..body_end,
-        role: PartRole::Attachment,
-        marker_present: None,
-        encoding_problem: p.is_encoding_problem,
-    }
 }
 
 /// A Content-ID or `start` parameter without its angle brackets.

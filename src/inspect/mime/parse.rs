@@ -16,6 +16,9 @@
 //! stream when it has none. Such forwarded messages are rare enough that parsing them twice
 //! costs nothing worth counting, and their tree stays exactly what it was.
 //!
+//! Also here: each part's own facts as mail-parser gives them ([`part_info`]), the one other
+//! place that reads its parts' headers.
+//!
 //! Must not: judge the parts (that is [`super::roles`] and [`super::text`]) or panic-proof the
 //! call (the caller catches a panic).
 
@@ -25,6 +28,8 @@ use mail_parser::parsers::MessageStream;
 use mail_parser::{
     HeaderName, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
 };
+
+use super::{PartInfo, PartRole, TransferEncoding, unbracket};
 
 /// How the parser treats bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +64,57 @@ fn may_nest(p: &MessagePart<'_>) -> bool {
                     .subtype()
                     .is_some_and(|s| s.eq_ignore_ascii_case("digest")))
     })
+}
+
+/// A part's own facts, before the walk gives it a parent and a role.
+pub(super) fn part_info(p: &MessagePart<'_>, raw: &[u8]) -> PartInfo {
+    let clamp = |v: u32| (v as usize).min(raw.len());
+    let ct = p.content_type();
+    let content_type = match ct {
+        Some(ct) => {
+            let (t, sub) = (ct.ctype(), ct.subtype().unwrap_or(""));
+            let mut s = String::with_capacity(t.len() + 1 + sub.len());
+            s.push_str(t);
+            s.push('/');
+            s.push_str(sub);
+            s.make_ascii_lowercase();
+            s
+        }
+        None => "text/plain".to_string(),
+    };
+    let header_start = clamp(p.offset_header);
+    let body_start = clamp(p.offset_body).max(header_start);
+    let body_end = clamp(p.offset_end).max(body_start);
+    let disposition = p.content_disposition();
+    let filename = disposition
+        .and_then(|d| d.attribute("filename"))
+        .or_else(|| ct.and_then(|c| c.attribute("name")))
+        .map(str::to_string);
+    PartInfo {
+        parent: None,
+        depth: 0,
+        content_type,
+        has_content_type: ct.is_some(),
+        charset: ct
+            .and_then(|c| c.attribute("charset"))
+            .map(|c| c.trim().to_string()),
+        transfer_encoding: TransferEncoding::parse(transfer_encoding(p, raw).as_deref()),
+        is_attachment_disposition: disposition.is_some_and(|d| d.is_attachment()),
+        filename,
+        content_id: p.content_id().map(|c| unbracket(c).to_string()),
+        boundary: ct.and_then(|c| c.attribute("boundary")).map(str::to_string),
+        params: ct
+            .and_then(|c| c.attributes())
+            .unwrap_or_default()
+            .iter()
+            .map(|a| (a.name.to_ascii_lowercase(), a.value.to_string()))
+            .collect(),
+        header_range: header_start..body_start,
+        body_range: body_start..body_end,
+        role: PartRole::Attachment,
+        marker_present: None,
+        encoding_problem: p.is_encoding_problem,
+    }
 }
 
 /// The value of a part's last Content-Transfer-Encoding field (the one mail-parser obeys), read

@@ -1,3 +1,5 @@
+use mail_parser::MimeHeaders;
+
 use super::fold::is_ascii_whitespace_char;
 use super::*;
 
