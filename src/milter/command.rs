@@ -143,18 +143,18 @@ impl Command {
                 })
             }
             b'D' => {
-                let Some((&stage, rest)) = p.split_first() else {
+                let Some(&stage) = p.first() else {
                     return Err(CommandError::Truncated {
                         command: "SMFIC_MACRO",
                         detail: "no stage byte",
                     });
                 };
-                let pairs = split_pairs(p.slice(1..), rest)?;
+                let pairs = split_pairs(&p.slice(1..))?;
                 Command::Macro { stage, pairs }
             }
             b'C' => parse_connect(p)?,
             b'H' => {
-                let mut s = split_strings(p.clone(), p, "SMFIC_HELO")?;
+                let mut s = split_strings(p, "SMFIC_HELO")?;
                 if s.len() != 1 {
                     return Err(CommandError::Malformed {
                         command: "SMFIC_HELO",
@@ -164,7 +164,7 @@ impl Command {
                 Command::Helo { name: s.remove(0) }
             }
             b'M' => {
-                let mut s = split_strings(p.clone(), p, "SMFIC_MAIL")?;
+                let mut s = split_strings(p, "SMFIC_MAIL")?;
                 if s.is_empty() {
                     return Err(CommandError::Truncated {
                         command: "SMFIC_MAIL",
@@ -175,7 +175,7 @@ impl Command {
                 Command::Mail { sender, args: s }
             }
             b'R' => {
-                let mut s = split_strings(p.clone(), p, "SMFIC_RCPT")?;
+                let mut s = split_strings(p, "SMFIC_RCPT")?;
                 if s.is_empty() {
                     return Err(CommandError::Truncated {
                         command: "SMFIC_RCPT",
@@ -190,7 +190,7 @@ impl Command {
                 Some((name, value)) => Command::Header { name, value },
                 None => {
                     // Not exactly two terminated strings: say which way it is wrong.
-                    split_strings(p.clone(), p, "SMFIC_HEADER")?;
+                    split_strings(p, "SMFIC_HEADER")?;
                     return Err(CommandError::Malformed {
                         command: "SMFIC_HEADER",
                         detail: "expected name and value",
@@ -204,7 +204,7 @@ impl Command {
             b'Q' => Command::Quit,
             b'K' => Command::QuitNoClose,
             b'U' => {
-                let mut s = split_strings(p.clone(), p, "SMFIC_UNKNOWN")?;
+                let mut s = split_strings(p, "SMFIC_UNKNOWN")?;
                 if s.len() != 1 {
                     return Err(CommandError::Malformed {
                         command: "SMFIC_UNKNOWN",
@@ -345,29 +345,47 @@ fn parse_connect(p: &Bytes) -> Result<Command, CommandError> {
     Ok(Command::Connect { hostname, address })
 }
 
-/// Split a run of NUL-terminated strings. `whole` is the `Bytes` that `data` views, so the
-/// pieces share its storage. An unterminated tail is an error.
-fn split_strings(
-    whole: Bytes,
-    data: &[u8],
+/// A packet's NUL-terminated strings in order, each a slice of the packet's buffer (no copy).
+/// A last string without its NUL is the one error, named for `command`; after it the walk ends.
+struct CStrings<'a> {
+    whole: &'a Bytes,
+    start: usize,
     command: &'static str,
-) -> Result<Vec<Bytes>, CommandError> {
-    debug_assert_eq!(whole.len(), data.len());
-    let mut out = Vec::with_capacity(2);
-    let mut start = 0;
-    while start < data.len() {
-        match find_nul(&data[start..]) {
-            Some(n) => {
-                out.push(whole.slice(start..start + n));
-                start += n + 1;
-            }
-            None => {
-                return Err(CommandError::Truncated {
-                    command,
-                    detail: "string not NUL-terminated",
-                });
-            }
+}
+
+impl<'a> CStrings<'a> {
+    fn new(whole: &'a Bytes, command: &'static str) -> Self {
+        CStrings {
+            whole,
+            start: 0,
+            command,
         }
+    }
+}
+
+impl Iterator for CStrings<'_> {
+    type Item = Result<Bytes, CommandError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rest = self.whole.get(self.start..).filter(|r| !r.is_empty())?;
+        let Some(n) = find_nul(rest) else {
+            self.start = self.whole.len();
+            return Some(Err(CommandError::Truncated {
+                command: self.command,
+                detail: "string not NUL-terminated",
+            }));
+        };
+        let s = self.whole.slice(self.start..self.start + n);
+        self.start += n + 1;
+        Some(Ok(s))
+    }
+}
+
+/// All of a packet's strings, in one vector.
+fn split_strings(whole: &Bytes, command: &'static str) -> Result<Vec<Bytes>, CommandError> {
+    let mut out = Vec::with_capacity(2);
+    for s in CStrings::new(whole, command) {
+        out.push(s?);
     }
     Ok(out)
 }
@@ -381,30 +399,19 @@ fn split_two(whole: &Bytes) -> Option<(Bytes, Bytes)> {
 }
 
 /// A macro packet's strings as name/value pairs, in one vector.
-fn split_pairs(whole: Bytes, data: &[u8]) -> Result<Vec<(Bytes, Bytes)>, CommandError> {
+fn split_pairs(whole: &Bytes) -> Result<Vec<(Bytes, Bytes)>, CommandError> {
     const C: &str = "SMFIC_MACRO";
+    let mut strings = CStrings::new(whole, C);
     let mut out = Vec::new();
-    let mut name: Option<Bytes> = None;
-    let mut start = 0;
-    while start < data.len() {
-        let Some(n) = find_nul(&data[start..]) else {
-            return Err(CommandError::Truncated {
+    while let Some(name) = strings.next() {
+        let name = name?;
+        let Some(value) = strings.next() else {
+            return Err(CommandError::Malformed {
                 command: C,
-                detail: "string not NUL-terminated",
+                detail: "macro name without a value",
             });
         };
-        let s = whole.slice(start..start + n);
-        match name.take() {
-            Some(k) => out.push((k, s)),
-            None => name = Some(s),
-        }
-        start += n + 1;
-    }
-    if name.is_some() {
-        return Err(CommandError::Malformed {
-            command: C,
-            detail: "macro name without a value",
-        });
+        out.push((name, value?));
     }
     Ok(out)
 }
@@ -581,7 +588,7 @@ mod tests {
     /// `split_strings` into one vector, then checked and paired.
     fn reference(code: u8, p: &Bytes) -> Result<Command, CommandError> {
         if code == b'L' {
-            let s = split_strings(p.clone(), p, "SMFIC_HEADER")?;
+            let s = split_strings(p, "SMFIC_HEADER")?;
             return match <[Bytes; 2]>::try_from(s) {
                 Ok([name, value]) => Ok(Command::Header { name, value }),
                 Err(_) => Err(CommandError::Malformed {
@@ -590,8 +597,8 @@ mod tests {
                 }),
             };
         }
-        let (&stage, rest) = p.split_first().expect("a stage byte");
-        let strings = split_strings(p.slice(1..), rest, "SMFIC_MACRO")?;
+        let &stage = p.first().expect("a stage byte");
+        let strings = split_strings(&p.slice(1..), "SMFIC_MACRO")?;
         if strings.len() % 2 != 0 {
             return Err(CommandError::Malformed {
                 command: "SMFIC_MACRO",
