@@ -1,7 +1,8 @@
 //! The audit trail: a tamper-evident record of every decision and daemon event.
 //!
 //! Owns the closed event vocabulary ([`event`](crate::audit::event)), the record schema and
-//! hash chain ([`record`](crate::audit::record)), the single writer task with group commit,
+//! hash chain ([`record`](crate::audit::record)) with the hand-written JSON of the message
+//! decision (`json`), the single writer task with group commit,
 //! rotation and self-healing ([`writer`](crate::audit::writer)), syslog forwarding
 //! ([`syslog`](crate::audit::syslog)), and the offline tools
 //! [`verify`](crate::audit::verify), [`report`](mod@crate::audit::report) and the compliance
@@ -26,6 +27,7 @@
 pub mod config;
 pub mod event;
 pub mod evidence;
+mod json;
 pub mod record;
 pub mod report;
 pub mod syslog;

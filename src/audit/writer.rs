@@ -958,7 +958,7 @@ impl Writer {
             .map(|e| (EncodedEvent::new(e), None))
             .chain(records.into_iter().map(|(e, a)| (Ok(*e), Some(a))));
         for (encoded, ack) in events {
-            match encoded.and_then(|e| Ok((e.line(seq + 1, &prev, &time, &self.host)?, e))) {
+            match encoded.map(|e| (e.line(seq + 1, &prev, &time, &self.host), e)) {
                 Ok((mut bytes, e)) => {
                     seq += 1;
                     prev = line_hash(&bytes);
