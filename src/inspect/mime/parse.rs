@@ -26,7 +26,7 @@ use std::borrow::Cow;
 
 use mail_parser::parsers::MessageStream;
 use mail_parser::{
-    HeaderName, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
+    Encoding, HeaderName, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
 };
 
 use super::{PartInfo, PartRole, TransferEncoding, unbracket};
@@ -44,11 +44,50 @@ pub(super) enum Bodies {
 /// The MIME tree of `raw` (`None`: no header could be parsed), read with `first` and, when
 /// that gave a nested message, again with [`Bodies::Decoded`].
 pub(super) fn structure(raw: &[u8], first: Bodies) -> Option<Message<'_>> {
+    if first == Bodies::Scanned
+        && let Some(message) = single_part(raw)
+    {
+        return Some(message);
+    }
     let message = parser(first).parse(raw)?;
     if first == Bodies::Scanned && message.parts.iter().any(may_nest) {
         return parser(Bodies::Decoded).parse(raw);
     }
     Some(message)
+}
+
+/// The tree of a message that is one part (its Content-Type, if any, is not `multipart/*`),
+/// built from mail-parser's header parse alone: the part's headers, its body from the end of
+/// the header block to the end of the message, no encoding problem. That is the tree
+/// [`Bodies::Scanned`] gives such a message (the tests compare the two): the full parse would
+/// only go on to scan the body byte by byte and copy it into a string that nothing here reads.
+/// A top-level `message/*` is one part here too: mail-parser keeps the parts of a nested
+/// message inside that part's body, which the shape never walks.
+pub(super) fn single_part(raw: &[u8]) -> Option<Message<'_>> {
+    let mut stream = MessageStream::new(raw);
+    let mut headers = Vec::new();
+    if !stream.parse_headers(parser(Bodies::Scanned), &mut headers) {
+        return None;
+    }
+    let part = MessagePart {
+        headers,
+        is_encoding_problem: false,
+        body: PartType::Text(Cow::Borrowed("")),
+        encoding: Encoding::None,
+        offset_header: 0,
+        offset_body: stream.offset() as u32,
+        offset_end: raw.len() as u32,
+    };
+    let multipart = part
+        .content_type()
+        .is_some_and(|ct| ct.ctype().eq_ignore_ascii_case("multipart"));
+    (!multipart).then(|| Message {
+        html_body: Vec::new(),
+        text_body: Vec::new(),
+        attachments: Vec::new(),
+        parts: vec![part],
+        raw_message: Cow::Borrowed(raw),
+    })
 }
 
 /// Could mail-parser have read this part as a nested message? Then its encoding decides what

@@ -465,6 +465,53 @@ fn transfer_encoding_cases() -> Vec<Vec<u8>> {
     out
 }
 
+/// Messages whose top level is one part or only looks like it: every kind of top-level
+/// Content-Type (none, odd case, multipart without a boundary or with one that never comes,
+/// a nested message plain and encoded), odd line ends, no body, no blank line.
+fn one_part_cases() -> Vec<Vec<u8>> {
+    let inner = "Subject: inner\r\nContent-Type: text/plain\r\n\r\nHello, this is monitored.\r\n";
+    let mut out = Vec::new();
+    for ctype in [
+        None,
+        Some("text/plain; charset=utf-8"),
+        Some("TEXT/HTML"),
+        Some("application/pdf; name=\"a.pdf\""),
+        Some("image/png"),
+        Some("text/plain; boundary=\"b\""),
+        Some("multipart/mixed"),
+        Some("Multipart/Mixed; boundary=\"never\""),
+        Some("message/rfc822"),
+        Some("Message/RFC822"),
+        Some("message/global"),
+        Some("message/delivery-status"),
+        Some("multipart/digest; boundary=\"b\""),
+    ] {
+        for cte in ["", "base64", "quoted-printable"] {
+            let body = match cte {
+                "base64" => base64_lines(inner.as_bytes()),
+                _ => inner.to_string(),
+            };
+            let mut head = String::from("From: a@example.gov.uk\r\nSubject: x\r\n");
+            if let Some(ct) = ctype {
+                head.push_str(&format!("Content-Type: {ct}\r\n"));
+            }
+            if !cte.is_empty() {
+                head.push_str(&format!("Content-Transfer-Encoding: {cte}\r\n"));
+            }
+            out.push(format!("{head}\r\n{body}").into_bytes());
+            out.push(format!("{head}\r\n{body}--b\r\n{inner}--b--\r\n").into_bytes());
+            out.push(format!("{head}\r\n").into_bytes());
+            out.push(head.clone().into_bytes());
+            out.push(
+                format!("{head}\r\n{body}")
+                    .replace("\r\n", "\n")
+                    .into_bytes(),
+            );
+        }
+    }
+    out
+}
+
 /// Plain base64 (76-character lines) for the cases above.
 fn base64_lines(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -505,8 +552,10 @@ fn scanning_bodies_gives_the_shape_that_decoding_them_gave() {
             .map(|(_, b)| b),
     );
     inputs.extend(transfer_encoding_cases());
-    let (mut compared, mut encoded, mut nested) = (0, 0, 0);
+    inputs.extend(one_part_cases());
+    let (mut compared, mut encoded, mut nested, mut single) = (0, 0, 0, 0);
     for raw in &inputs {
+        single += parse::single_part(raw).is_some() as usize;
         for marker in [None, Some("recorded and/or monitored")] {
             let scanned = analyze_with(raw, marker, &[], parse::Bodies::Scanned);
             let decoded = analyze_with(raw, marker, &[], parse::Bodies::Decoded);
@@ -538,10 +587,11 @@ fn scanning_bodies_gives_the_shape_that_decoding_them_gave() {
                 as usize;
         }
     }
-    // The comparison must have seen many messages whose bodies mail-parser decodes, and
-    // nested messages, or it proves nothing.
+    // The comparison must have seen many messages whose bodies mail-parser decodes, nested
+    // messages, and messages of one part (read from their headers alone), or it proves nothing.
     assert!(
-        compared > 8_000 && encoded > 300 && nested > 40,
-        "{compared} compared, {encoded} with an encoded part, {nested} with a nested message"
+        compared > 8_000 && encoded > 300 && nested > 40 && single > 1_000,
+        "{compared} compared, {encoded} with an encoded part, {nested} with a nested message, \
+         {single} of one part"
     );
 }
