@@ -189,7 +189,7 @@ def main():
             if r["label"].startswith("postfix|"):
                 pf.setdefault(r["label"], []).append(r)
         none = pf.get("postfix|none", [])
-        for name in ("markgate", "libmilter-disclaimer"):
+        for name in ("markgate", "libmilter-disclaimer", "libmilter-nothing"):
             ms = pf.get(f"postfix|{name}", [])
             if not (none and ms):
                 continue
