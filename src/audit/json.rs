@@ -338,26 +338,17 @@ fn escape(b: u8, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use crate::audit::event::AuditEvent;
+    use crate::inspect::generated::Rng;
 
-    /// xorshift64: deterministic, no dependency.
-    struct Rng(u64);
+    /// The test's own draws, on the crate's shared generator.
+    trait Draw {
+        fn string(&mut self) -> String;
+        fn opt(&mut self) -> Option<String>;
+        fn strings(&mut self) -> Vec<String>;
+        fn float(&mut self) -> f64;
+    }
 
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        fn pick<T: Copy>(&mut self, from: &[T]) -> T {
-            from[self.below(from.len())]
-        }
-
+    impl Draw for Rng {
         /// Strings from pieces JSON treats differently: every control character, the two that
         /// are escaped by name, bytes just around them, multi-byte UTF-8 (including U+2028,
         /// which JSON allows raw), and runs long enough to cross the sixteen-byte chunks.
