@@ -4,7 +4,8 @@
 //! text.
 //!
 //! The tree is parsed with mail-parser ([`parse`]: bodies scanned for boundaries, not decoded;
-//! once, or twice when a part may be a nested message); its parts carry byte offsets into the
+//! headers only for a message that is not multipart; twice for a multipart message with a part
+//! that may be a nested message); its parts carry byte offsets into the
 //! raw message, which `crate::rewrite` uses to edit bytes in place without re-parsing. This
 //! module only reads: no I/O, no logging, no panics on broken MIME (it returns what it could
 //! find plus [`Diagnostic`]s). The rules for "message text" follow

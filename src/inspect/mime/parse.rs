@@ -1,4 +1,4 @@
-//! The one mail-parser call: the MIME tree of a message, with byte offsets, and nothing decoded
+//! The mail-parser calls: the MIME tree of a message, with byte offsets, and nothing decoded
 //! that this module does not read.
 //!
 //! mail-parser decodes every base64 and quoted-printable body while it walks the tree. Nothing
@@ -10,9 +10,12 @@
 //! unparsed, every body is only scanned for its boundary, and the value is read afterwards, by
 //! the parser's own reader, from the bytes it skipped ([`transfer_encoding`]).
 //!
-//! Where the encoding changes the tree itself, the message is parsed again as before: a part
-//! that mail-parser reads as a nested message (`message/rfc822`, `message/global`, a part of
-//! a `multipart/digest`) is parsed from its decoded body when it has one, and from the raw
+//! A message that is not multipart is one part whatever its body holds, so it is read from
+//! mail-parser's header parse alone ([`single_part`]): no body scan at all.
+//!
+//! Where the encoding changes the tree of a multipart message, it is parsed again as before: a
+//! part that mail-parser reads as a nested message (`message/rfc822`, `message/global`, a part
+//! of a `multipart/digest`) is parsed from its decoded body when it has one, and from the raw
 //! stream when it has none. Such forwarded messages are rare enough that parsing them twice
 //! costs nothing worth counting, and their tree stays exactly what it was.
 //!
