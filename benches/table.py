@@ -153,7 +153,7 @@ def main():
               "| target | without the flush (sync=none) |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for msg, conns in (("small-2k.eml", "1"), ("small-2k.eml", "8"), ("small-2k.eml", "64"),
-                           ("large-200k.eml", "1")):
+                           ("large-200k.eml", "1"), ("small-2k.eml", "8/1")):
             mg = tg.get(("markgate", msg, conns), [])
             ref = tg.get(("libmilter-disclaimer", msg, conns), [])
             if not (mg and ref):
@@ -162,6 +162,8 @@ def main():
                         if f.get("msgs_per_sec"))
             per = f"{rs[len(rs) // 2]:.2f}x ({rs[0]:.2f}-{rs[-1]:.2f})" if rs else "-"
             met = "met" if rs and rs[len(rs) // 2] >= 1.0 else "missed"
+            # 8/1 (a new connection per message, as Postfix opens them) is shown, not a target.
+            met = "no target" if "/" in conns else f">= 1.0x: {met}"
             ns = sorted(m["msgs_per_sec"] / f["msgs_per_sec"]
                         for m, f in zip(tg.get(("markgate-nosync", msg, conns), []), ref)
                         if f.get("msgs_per_sec"))
@@ -171,7 +173,7 @@ def main():
                   f"| {med(ref, 'msgs_per_sec'):.0f} ({spread(ref, 'msgs_per_sec')}) | {per} "
                   f"| {med(mg, 'p50_us') / 1000:.3f} | {med(ref, 'p50_us') / 1000:.3f} "
                   f"| {med(mg, 'cpu_us_per_msg'):.0f} | {med(ref, 'cpu_us_per_msg'):.0f} "
-                  f"| >= 1.0x: {met} | {bound} |")
+                  f"| {met} | {bound} |")
         print()
     shown = ({"|".join(k) for k in load_rows} | {r["label"] for r in big + idle + cg + disk}
              | {r["label"] for rs in tg.values() for r in rs})
