@@ -186,6 +186,8 @@ milters=(libmilter-nothing libmilter-disclaimer pymilter-disclaimer markgate)
 #                        metadata to commit
 #   append+O_DSYNC       the write itself synchronous
 #   prealloc+O_DSYNC     both
+#   direct+O_DSYNC       prealloc+O_DSYNC past the page cache (O_DIRECT): the 4 KiB block that
+#                        holds the line is written again whole, as a writer would have to
 fsync_probe() { # $1 = before|after
 	$python - "$work/audit" "$1" <<'PROBE'
 import json, os, sys, time
@@ -199,11 +201,29 @@ def prealloc(path, extra):
     os.fsync(fd)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
+class Direct:
+    """Whole, aligned 4 KiB blocks through O_DIRECT: the block holding the end of the data
+    is kept in an aligned buffer and written again with each line."""
+    def __init__(self, path):
+        import mmap
+        os.close(prealloc(path, 0))
+        self.fd = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_DSYNC)
+        self.buf, self.at = mmap.mmap(-1, 8192), 0
+    def write(self, data):
+        block, cut = self.at - self.at % 4096, self.at % 4096
+        self.buf[cut:cut + len(data)] = data
+        end = cut + len(data)
+        os.pwrite(self.fd, memoryview(self.buf)[:(end + 4095) // 4096 * 4096], block)
+        self.at += len(data)
+        if end >= 4096:
+            self.buf[:end - 4096] = self.buf[4096:end]
+            self.buf[end - 4096:] = bytes(8192 - (end - 4096))
 methods = {
     "append+fdatasync": (lambda p: os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600), True),
     "prealloc+fdatasync": (lambda p: prealloc(p, 0), True),
     "append+O_DSYNC": (lambda p: os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_DSYNC, 0o600), False),
     "prealloc+O_DSYNC": (lambda p: prealloc(p, os.O_DSYNC), False),
+    "direct+O_DSYNC": (Direct, False),
 }
 fds = {m: open_(os.path.join(d, "probe-" + m.replace("+", "-"))) for m, (open_, _) in methods.items()}
 lat = {m: [] for m in methods}
@@ -212,12 +232,12 @@ for _ in range(rounds):
         fd = fds[m]
         for _ in range(per):
             t = time.perf_counter()
-            os.write(fd, line)
+            fd.write(line) if isinstance(fd, Direct) else os.write(fd, line)
             if datasync:
                 os.fdatasync(fd)
             lat[m].append((time.perf_counter() - t) * 1e6)
 for m, fd in fds.items():
-    os.close(fd)
+    os.close(fd.fd if isinstance(fd, Direct) else fd)
     os.unlink(os.path.join(d, "probe-" + m.replace("+", "-")))
 for m, l in lat.items():
     l.sort()
