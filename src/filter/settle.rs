@@ -24,6 +24,26 @@ use crate::metrics::Metrics;
 use crate::milter::handler::{LaterVerdict, Modification, Outcome, Staged, Verdict};
 use crate::policy::decide::{Decision, Direction, LevelSource};
 
+/// Pending on its first poll, ready on the next. The task is woken at once, the ordinary way:
+/// not through tokio's `yield_now`, which defers the wake until the worker has polled its I/O
+/// driver, one more `epoll_wait` for every message.
+struct PendingOnce(bool);
+
+impl std::future::Future for PendingOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
 /// Everything the verdict's tail needs, owned, so the pending verdict can outlive the
 /// handler call that made it.
 pub(super) struct Settle {
@@ -50,7 +70,7 @@ impl Settle {
                 // Not ready on the first poll, so the milter layer sends the modifications
                 // first: the record is only handed to the writer (and, when the writer is
                 // idle, written on this thread) as the verdict is awaited.
-                tokio::task::yield_now().await;
+                PendingOnce(false).await;
                 Ok(self.after_ack(verdict, edits, pending).await)
             })),
         };

@@ -403,6 +403,57 @@ async fn the_handler_writes_the_audit_record_before_answering() {
     assert!(crate::audit::verify_files(&[dir.path().join("audit.jsonl")]).ok());
 }
 
+/// The modifications are handed over before the record is written, and the verdict's first
+/// poll (the milter layer's, with a no-op waker) leaves it unwritten: so a large new body goes
+/// to the MTA while the writer syncs, not after.
+#[tokio::test]
+async fn the_record_is_written_only_once_the_modifications_are_out() {
+    use crate::milter::handler::LaterVerdict;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let audit = crate::audit::start(&crate::audit::AuditConfig {
+        path: path.clone(),
+        syslog: crate::audit::SyslogConfig {
+            enabled: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    let f = Filter::fixed(builtin(), Config::default(), Some(audit.clone()));
+    let c = conn();
+    let mut m = f.begin_message(&c).unwrap();
+    m.tx = transaction(&[("Subject", "RESTRICTED: x")], b"body\r\n", &[PARTNER]);
+    let staged = f.end_of_message_staged(&c, m).await.unwrap();
+    assert!(!staged.modifications.is_empty());
+    let LaterVerdict::Later(mut later) = staged.verdict else {
+        panic!("the verdict waits for the record");
+    };
+    let lines = || {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert_eq!(
+        lines(),
+        0,
+        "nothing written before the modifications are out"
+    );
+    let waker = std::task::Waker::noop();
+    let first = later
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(waker));
+    assert!(
+        first.is_pending(),
+        "the first poll must not write the record"
+    );
+    assert_eq!(lines(), 0);
+    assert_eq!(later.await.unwrap(), Verdict::Continue);
+    assert_eq!(lines(), 1, "the verdict comes once the record is written");
+    audit.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_audit_failure_answers_451() {
     let dir = tempfile::tempdir().unwrap();
