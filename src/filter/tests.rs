@@ -371,18 +371,23 @@ fn conn() -> ConnectionFacts {
     }
 }
 
-#[tokio::test]
-async fn the_handler_writes_the_audit_record_before_answering() {
-    let dir = tempfile::tempdir().unwrap();
-    let audit_config = crate::audit::AuditConfig {
-        path: dir.path().join("audit.jsonl"),
+/// An audit writer on `path` with the default settings and no syslog copy.
+fn audit_at(path: &std::path::Path) -> crate::audit::AuditHandle {
+    crate::audit::start(&crate::audit::AuditConfig {
+        path: path.to_path_buf(),
         syslog: crate::audit::SyslogConfig {
             enabled: false,
             ..Default::default()
         },
         ..Default::default()
-    };
-    let audit = crate::audit::start(&audit_config).unwrap();
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_handler_writes_the_audit_record_before_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = audit_at(&dir.path().join("audit.jsonl"));
     let f = Filter::fixed(builtin(), Config::default(), Some(audit.clone()));
     let c = conn();
     let mut m = f.begin_message(&c).unwrap();
@@ -411,15 +416,7 @@ async fn the_record_is_written_only_once_the_modifications_are_out() {
     use crate::milter::handler::LaterVerdict;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.jsonl");
-    let audit = crate::audit::start(&crate::audit::AuditConfig {
-        path: path.clone(),
-        syslog: crate::audit::SyslogConfig {
-            enabled: false,
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .unwrap();
+    let audit = audit_at(&path);
     let f = Filter::fixed(builtin(), Config::default(), Some(audit.clone()));
     let c = conn();
     let mut m = f.begin_message(&c).unwrap();
@@ -457,15 +454,7 @@ async fn the_record_is_written_only_once_the_modifications_are_out() {
 #[tokio::test]
 async fn an_audit_failure_answers_451() {
     let dir = tempfile::tempdir().unwrap();
-    let audit_config = crate::audit::AuditConfig {
-        path: dir.path().join("audit.jsonl"),
-        syslog: crate::audit::SyslogConfig {
-            enabled: false,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let audit = crate::audit::start(&audit_config).unwrap();
+    let audit = audit_at(&dir.path().join("audit.jsonl"));
     audit.shutdown().await.unwrap();
     let f = Filter::fixed(builtin(), Config::default(), Some(audit));
     let c = conn();
@@ -611,15 +600,7 @@ mod pipeline_panic {
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.jsonl");
-        let audit = crate::audit::start(&crate::audit::AuditConfig {
-            path: path.clone(),
-            syslog: crate::audit::SyslogConfig {
-                enabled: false,
-                ..Default::default()
-            },
-            ..Default::default()
-        })
-        .unwrap();
+        let audit = audit_at(&path);
         let mut config = Config::default();
         config.limits.spill_threshold = spill_threshold;
         config.limits.spill_directory = Some(dir.path().to_path_buf());
