@@ -5,8 +5,8 @@
 //!
 //! The tree is parsed with mail-parser ([`parse`]: bodies scanned for boundaries, not decoded;
 //! headers only for a message that is not multipart; twice for a multipart message with a part
-//! that may be a nested message); its parts carry byte offsets into the
-//! raw message, which `crate::rewrite` uses to edit bytes in place without re-parsing. This
+//! that may be a nested message); its parts carry byte offsets into the raw message, which
+//! `crate::rewrite` uses to edit bytes in place without re-parsing. This
 //! module only reads: no I/O, no logging, no panics on broken MIME (it returns what it could
 //! find plus [`Diagnostic`]s). The rules for "message text" follow
 //! `shared/reference/markings.md` §(d)1: both sides of multipart/alternative, the root of

@@ -182,17 +182,16 @@ pub(crate) fn repo_files(dirs: &[&str]) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     out
 }
 
+/// The folders of hand-made messages the folding tests read.
+const HAND_MADE: [&str; 3] = ["tests/rewrite", "tests/corpus", "benches/data"];
+/// The fuzz corpus they read besides.
+const FUZZED: &str = "fuzz/corpus/inspect";
+
 /// Every file of the corpora the folding tests read.
 pub(crate) fn corpus_files() -> Vec<Vec<u8>> {
-    repo_files(&[
-        "tests/rewrite",
-        "tests/corpus",
-        "fuzz/corpus/inspect",
-        "benches/data",
-    ])
-    .into_iter()
-    .map(|(_, b)| b)
-    .collect()
+    let mut dirs = HAND_MADE.to_vec();
+    dirs.push(FUZZED);
+    repo_files(&dirs).into_iter().map(|(_, b)| b).collect()
 }
 
 #[test]
@@ -333,8 +332,8 @@ fn marker_search_agrees_with_folding_over_the_corpora() {
     // Every hand-made message, and a fixed eighth of the inspect fuzz corpus: the whole
     // corpus (18 MB, each text searched for ~50 markers in a debug build) took six minutes of
     // CI by itself; an eighth still makes tens of thousands of checks each way.
-    let mut texts = repo_files(&["tests/rewrite", "tests/corpus", "benches/data"]);
-    let mut fuzzed = repo_files(&["fuzz/corpus/inspect"]);
+    let mut texts = repo_files(&HAND_MADE);
+    let mut fuzzed = repo_files(&[FUZZED]);
     fuzzed.sort();
     texts.extend(fuzzed.into_iter().step_by(8));
     let mut counts = [0usize; 2];
