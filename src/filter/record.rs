@@ -141,7 +141,7 @@ pub fn audit_record(policy: &Policy, eval: &Evaluation, meta: &MessageMeta) -> M
     MessageRecord {
         queue_id: meta.queue_id.clone(),
         message_id: meta.message_id.clone(),
-        client_addr: eval.envelope.client_ip.map(|ip| ip.to_string()),
+        client_addr: eval.envelope.client_ip.map(crate::policy::domains::ip_text),
         client_name: meta.client_name.clone(),
         helo: meta.helo.clone(),
         auth_user: eval.envelope.auth_user.clone(),
