@@ -738,7 +738,7 @@ impl MessageSink for Message {
 }
 
 fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    crate::inspect::utf8_lossy(b).into_owned()
 }
 
 fn meta_of(tx: &Transaction, conn: &ConnectionFacts) -> MessageMeta {
@@ -751,7 +751,7 @@ fn meta_of(tx: &Transaction, conn: &ConnectionFacts) -> MessageMeta {
         queue_id: tx.queue_id().map(lossy),
         message_id: tx
             .first_header("Message-ID")
-            .map(|h| String::from_utf8_lossy(&h.value).trim().to_owned()),
+            .map(|h| crate::inspect::utf8_lossy(&h.value).trim().to_owned()),
         client_name: Some(lossy(&conn.hostname)).filter(|s| !s.is_empty()),
         helo: conn.helo.as_deref().map(lossy),
         size: Some(head_len + 2 + tx.body_len()),

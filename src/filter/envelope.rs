@@ -11,12 +11,12 @@ use crate::transaction::Transaction;
 /// Macro bytes as trimmed text; `None` when absent or empty (Postfix and Sendmail send only
 /// macros with a value, but an empty one means "unknown" as well).
 fn text(v: Option<&[u8]>) -> Option<String> {
-    v.map(|v| String::from_utf8_lossy(v).trim().to_owned())
+    v.map(|v| crate::inspect::utf8_lossy(v).trim().to_owned())
         .filter(|s| !s.is_empty())
 }
 
 fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    crate::inspect::utf8_lossy(b).into_owned()
 }
 
 /// The envelope decide() needs, from the transaction and the MTA's macros.

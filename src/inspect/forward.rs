@@ -23,7 +23,7 @@ where
     let headers: Vec<(&[u8], &[u8])> = headers.into_iter().collect();
     let names: Vec<Cow<'_, str>> = headers
         .iter()
-        .map(|(n, _)| match String::from_utf8_lossy(n) {
+        .map(|(n, _)| match super::utf8_lossy(n) {
             Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
             Cow::Owned(o) => Cow::Owned(o.trim().to_owned()),
         })
@@ -68,7 +68,7 @@ where
 
 /// Unfold (drop CR/LF) and trim a raw header value.
 pub(crate) fn unfold(v: &[u8]) -> String {
-    let s = String::from_utf8_lossy(v);
+    let s = super::utf8_lossy(v);
     let joined: String = s.chars().filter(|c| *c != '\r' && *c != '\n').collect();
     joined.trim().to_owned()
 }

@@ -34,7 +34,7 @@ where
     let mut out = MarkingFacts::default();
     let mut counts: Vec<(String, usize)> = Vec::new();
     for (name, value) in headers {
-        let name = String::from_utf8_lossy(name);
+        let name = super::utf8_lossy(name);
         let name = name.trim();
         if name.eq_ignore_ascii_case("subject") && out.subject.is_none() {
             out.subject = Some(decode_subject(value));
@@ -60,9 +60,7 @@ where
                 1
             }
         };
-        let raw = au_epms::unfold(&String::from_utf8_lossy(value))
-            .trim()
-            .to_owned();
+        let raw = au_epms::unfold(&super::utf8_lossy(value)).trim().to_owned();
         if super::vendor::claims(policy, name, &raw) {
             continue; // a vendor's label in EPMS shape (Janusseal), read by inspect::vendor
         }
@@ -84,7 +82,7 @@ pub fn decode_subject(raw: &[u8]) -> String {
     if is_plain_value(raw) {
         // What mail-parser returns for it: the value between its first and last character
         // other than space and tab (then trimmed); nothing to decode or unfold.
-        return String::from_utf8_lossy(raw).trim().to_owned();
+        return super::utf8_lossy(raw).trim().to_owned();
     }
     decode_subject_parsed(raw)
 }

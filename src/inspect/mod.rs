@@ -31,3 +31,39 @@ pub mod routes;
 pub mod stream;
 pub mod thread;
 pub mod vendor;
+
+/// Bytes as text, invalid UTF-8 replaced, as `String::from_utf8_lossy` gives it. Nearly every
+/// header and macro is valid UTF-8, and `str::from_utf8` says so a word at a time where the
+/// lossy decoder walks byte by byte: a message passes some 40 header names, values and
+/// macros through here.
+pub fn utf8_lossy(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utf8_lossy_reads_as_the_lossy_decoder_reads() {
+        let samples: [&[u8]; 8] = [
+            b"",
+            b"Subject",
+            b" PROTECT: figures for the quarter",
+            "caf\u{e9} \u{2014} OFFICIAL-SENSITIVE".as_bytes(),
+            b"\xff\xfe broken",
+            b"trailing half \xe2\x80",
+            b"\xc3\x28 invalid continuation",
+            b"mixed \xe9t\xe9 latin-1",
+        ];
+        for b in samples {
+            let ours = super::utf8_lossy(b);
+            assert_eq!(ours, String::from_utf8_lossy(b), "{b:?}");
+            assert_eq!(
+                matches!(ours, std::borrow::Cow::Borrowed(_)),
+                std::str::from_utf8(b).is_ok()
+            );
+        }
+    }
+}
