@@ -19,6 +19,7 @@
 
 use std::io::IsTerminal;
 
+mod clock;
 mod plain;
 
 use tracing::level_filters::LevelFilter;
@@ -45,6 +46,7 @@ fn filter(level: LogLevel) -> LevelFilter {
 pub fn init(logging: &Logging) -> Result<(), TelemetryError> {
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_timer(clock::LineTime)
         .with_max_level(filter(logging.level))
         .with_target(false);
     let result = match logging.format {

@@ -81,6 +81,33 @@ fn is_plain(s: &str) -> bool {
         .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
+/// A number's decimal digits, without the formatting machinery (`{:?}` of an integer pads it
+/// through `Formatter`: a few hundred instructions for each count on the per-message line).
+struct Digits {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Digits {
+    fn of(mut n: u64) -> Digits {
+        let mut buf = [0u8; 20];
+        let mut start = buf.len();
+        loop {
+            start -= 1;
+            buf[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                return Digits { buf, start };
+            }
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII digits are stored.
+        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
+    }
+}
+
 impl Visit for PlainVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if Self::is_special(field.name()) {
@@ -95,6 +122,32 @@ impl Visit for PlainVisitor<'_> {
                 } else {
                     write!(self.writer, "{value:?}")
                 }
+            });
+        }
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if Self::is_special(field.name()) {
+            return self.delegate(field, |v| v.record_u64(field, value));
+        }
+        if self.result.is_ok() {
+            self.result = self
+                .start(field)
+                .and_then(|()| self.writer.write_str(Digits::of(value).as_str()));
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        if Self::is_special(field.name()) {
+            return self.delegate(field, |v| v.record_i64(field, value));
+        }
+        if self.result.is_ok() {
+            self.result = self.start(field).and_then(|()| {
+                if value < 0 {
+                    self.writer.write_char('-')?;
+                }
+                self.writer
+                    .write_str(Digits::of(value.unsigned_abs()).as_str())
             });
         }
     }
@@ -172,6 +225,14 @@ mod tests {
             "message decided"
         );
         tracing::info!(n = 1u64);
+        for n in [0u64, 9, 10, 99, 100, 12_345, u64::from(u32::MAX), u64::MAX] {
+            tracing::info!(
+                n,
+                i = -(n as i128).clamp(i64::MIN.into(), 0) as i64,
+                "counts"
+            );
+        }
+        tracing::info!(min = i64::MIN, max = i64::MAX, big = usize::MAX);
         tracing::info!(a = "x", b = "y");
         tracing::info!("only a message");
         tracing::info!(
