@@ -13,6 +13,8 @@ pub mod audit;
 pub mod cli;
 /// Daemon settings (listen, limits, timeouts, logging) — not policy.
 pub mod config;
+/// A number's decimal digits without `core::fmt`, for the per-message paths.
+pub mod decimal;
 /// The production milter handler (glue between the milter layer and the decision pipeline).
 pub mod filter;
 /// Fuzz target bodies (shared by `fuzz/` and the corpus-replay test).

@@ -272,18 +272,8 @@ impl<'a> Object<'a> {
 }
 
 /// An unsigned integer in decimal.
-pub(crate) fn unsigned(mut n: u64, out: &mut Vec<u8>) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+pub(crate) fn unsigned(n: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(crate::decimal::Decimal::of(n).as_bytes());
 }
 
 /// A JSON string with serde_json's escapes: `\"`, `\\`, the five short control escapes, and

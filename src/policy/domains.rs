@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
+use crate::decimal::Decimal;
+
 /// Domain → value, exact and wildcard-suffix entries.
 #[derive(Debug, Clone)]
 pub struct DomainMap<T> {
@@ -223,7 +225,7 @@ impl std::fmt::Display for Network {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write_ip(f, self.addr)?;
         f.write_str("/")?;
-        f.write_str(Decimal::of(self.prefix).as_str())
+        f.write_str(Decimal::of(u64::from(self.prefix)).as_str())
     }
 }
 
@@ -239,7 +241,7 @@ pub fn write_ip(f: &mut impl std::fmt::Write, ip: IpAddr) -> std::fmt::Result {
                 if i > 0 {
                     f.write_str(".")?;
                 }
-                f.write_str(Decimal::of(octet).as_str())?;
+                f.write_str(Decimal::of(u64::from(octet)).as_str())?;
             }
             Ok(())
         }
@@ -253,29 +255,6 @@ pub fn ip_text(ip: IpAddr) -> String {
     // Writing to a String cannot fail.
     let _ = write_ip(&mut s, ip);
     s
-}
-
-/// A byte's decimal digits, without the formatting machinery.
-struct Decimal {
-    digits: [u8; 3],
-    start: usize,
-}
-
-impl Decimal {
-    fn of(n: u8) -> Decimal {
-        let digits = [b'0' + n / 100, b'0' + n / 10 % 10, b'0' + n % 10];
-        let start = match n {
-            100.. => 0,
-            10.. => 1,
-            _ => 2,
-        };
-        Decimal { digits, start }
-    }
-
-    fn as_str(&self) -> &str {
-        // Only ASCII digits are ever stored.
-        std::str::from_utf8(&self.digits[self.start..]).unwrap_or("0")
-    }
 }
 
 fn bits(ip: IpAddr) -> u128 {

@@ -16,6 +16,8 @@
 use std::fmt;
 
 use tracing::field::{Field, Visit};
+
+use crate::decimal::Decimal;
 use tracing_subscriber::field::{RecordFields, VisitOutput};
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
@@ -81,33 +83,6 @@ fn is_plain(s: &str) -> bool {
         .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
-/// A number's decimal digits, without the formatting machinery (`{:?}` of an integer pads it
-/// through `Formatter`: a few hundred instructions for each count on the per-message line).
-struct Digits {
-    buf: [u8; 20],
-    start: usize,
-}
-
-impl Digits {
-    fn of(mut n: u64) -> Digits {
-        let mut buf = [0u8; 20];
-        let mut start = buf.len();
-        loop {
-            start -= 1;
-            buf[start] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                return Digits { buf, start };
-            }
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        // Only ASCII digits are stored.
-        std::str::from_utf8(&self.buf[self.start..]).unwrap_or("0")
-    }
-}
-
 impl Visit for PlainVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if Self::is_special(field.name()) {
@@ -133,7 +108,7 @@ impl Visit for PlainVisitor<'_> {
         if self.result.is_ok() {
             self.result = self
                 .start(field)
-                .and_then(|()| self.writer.write_str(Digits::of(value).as_str()));
+                .and_then(|()| self.writer.write_str(Decimal::of(value).as_str()));
         }
     }
 
@@ -147,7 +122,7 @@ impl Visit for PlainVisitor<'_> {
                     self.writer.write_char('-')?;
                 }
                 self.writer
-                    .write_str(Digits::of(value.unsigned_abs()).as_str())
+                    .write_str(Decimal::of(value.unsigned_abs()).as_str())
             });
         }
     }
