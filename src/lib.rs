@@ -46,3 +46,5 @@ pub mod telemetry;
 mod test_logs;
 /// One message: envelope, headers in order, body (spilled to disk when large).
 pub mod transaction;
+/// The current time as UTC calendar text, cached per thread by second.
+pub mod utc;

@@ -179,7 +179,25 @@ fn strip_newline(line: &[u8]) -> &[u8] {
 
 /// The current UTC time as RFC 3339 with microseconds.
 pub fn now_rfc3339() -> String {
-    format_time(time::OffsetDateTime::now_utc())
+    match crate::utc::now() {
+        Some(stamp) => stamp_rfc3339(&stamp),
+        None => format_time(time::OffsetDateTime::now_utc()),
+    }
+}
+
+/// A stamp as [`format_time`] writes the same moment, without the calendar arithmetic: the
+/// `time` crate's RFC 3339 drops the fraction's trailing zeros, and the dot when none is left.
+fn stamp_rfc3339(stamp: &crate::utc::Stamp) -> String {
+    let digits = crate::utc::six_digits(stamp.micros);
+    let kept = digits.iter().rposition(|d| *d != b'0').map_or(0, |i| i + 1);
+    let mut out = String::with_capacity(crate::utc::SECOND_LEN + 8);
+    out.push_str(stamp.second_str());
+    if kept > 0 {
+        out.push('.');
+        out.push_str(std::str::from_utf8(&digits[..kept]).unwrap_or(""));
+    }
+    out.push('Z');
+    out
 }
 
 /// Format a time as the records do: UTC, RFC 3339, microsecond precision.
@@ -464,6 +482,25 @@ impl MessageRecord {
 mod tests {
     use super::*;
     use crate::audit::event::{DaemonStart, InternalError, SinkTrouble};
+
+    /// Record times from the per-second cache read as the `time` crate writes them, whatever
+    /// the fraction's trailing zeros.
+    #[test]
+    fn cached_times_are_the_formatters_times() {
+        for secs in [0u64, 951_868_799, 1_796_601_600, 253_402_300_799] {
+            for micros in [
+                0u32, 1, 10, 100, 100_000, 120_000, 123_456, 500_010, 999_999,
+            ] {
+                let since = std::time::Duration::new(secs, micros * 1_000);
+                let stamp = crate::utc::at(since).expect("in range");
+                let nanos = i128::from(secs) * 1_000_000_000 + i128::from(micros) * 1_000;
+                let t = time::OffsetDateTime::from_unix_timestamp_nanos(nanos).expect("valid");
+                assert_eq!(stamp_rfc3339(&stamp), format_time(t), "{secs}.{micros:06}");
+            }
+        }
+        let now = now_rfc3339();
+        assert!(now.ends_with('Z') && now.len() >= 20, "{now}");
+    }
 
     /// The producer-side encoding must give the very bytes `serde_json` gives for the whole
     /// record, or the hashes of old and new lines would not be comparable.
