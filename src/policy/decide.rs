@@ -351,12 +351,14 @@ pub fn decide_in_thread(
             ceiling_from: from.clone(),
             delivery: Delivery::Deliver,
             rules: Vec::new(),
-            reason: format!(
-                "{} is within the ceiling {} of {}",
-                effective.level_name,
+            reason: [
+                effective.level_name.as_str(),
+                " is within the ceiling ",
                 policy.scheme.level_name(ceiling),
-                ceiling_label(&from, &domain)
-            ),
+                " of ",
+                &ceiling_label(&from, &domain),
+            ]
+            .concat(),
         };
         // The auto-forward check first: when both fire, its reply (remove the forwarding rule)
         // is the one that tells the sender what to do; the sender did not address the mail.
@@ -428,7 +430,7 @@ pub fn decide_in_thread(
             }
         }
         if outcome.rules.is_empty() {
-            outcome.rules.push(format!("ceiling:{from}"));
+            outcome.rules.push(["ceiling:", from.as_str()].concat());
         }
         recipients.push(outcome);
     }
@@ -726,11 +728,13 @@ fn source_name(s: &MarkingSource) -> String {
     }
 }
 
+// The texts of every recipient of every message: `concat` sizes each string once, where
+// `format!` grows it piece by piece through `core::fmt`.
 fn ceiling_label(from: &str, domain: &str) -> String {
     match from {
-        "own" => format!("own domain {domain}"),
-        "default" => format!("{domain} (default ceiling)"),
-        pattern => format!("{domain} via {pattern}"),
+        "own" => ["own domain ", domain].concat(),
+        "default" => [domain, " (default ceiling)"].concat(),
+        pattern => [domain, " via ", pattern].concat(),
     }
 }
 
@@ -973,11 +977,15 @@ fn labels_to_write(
         return no_labels("no marking chosen by the sender; markgate never invents one");
     };
     if effective.level < w.from_level {
-        return no_labels(&format!(
-            "{} is below {}, from which labels are mandatory",
-            effective.level_name,
-            policy.scheme.level_name(w.from_level)
-        ));
+        return no_labels(
+            &[
+                effective.level_name.as_str(),
+                " is below ",
+                policy.scheme.level_name(w.from_level),
+                ", from which labels are mandatory",
+            ]
+            .concat(),
+        );
     }
     // Only a valid marking is rewritten into canonical labels.
     let chosen_valid = facts
@@ -1040,11 +1048,12 @@ fn labels_to_write(
     {
         "no ORIGIN available for the EPMS header (null sender, no authenticated address); subject only".to_owned()
     } else {
-        format!(
-            "{} is at or above {}",
-            effective.level_name,
-            policy.scheme.level_name(w.from_level)
-        )
+        [
+            effective.level_name.as_str(),
+            " is at or above ",
+            policy.scheme.level_name(w.from_level),
+        ]
+        .concat()
     };
     Labels {
         header,
@@ -1094,7 +1103,7 @@ fn rewrite_subject(current: &str, facts: &Facts, form: SubjectForm, marking: &st
             let rest = s[at..].trim_start().to_owned();
             let head = &s[..at];
             let marking = if form == SubjectForm::Bracketed {
-                format!("[{marking}]")
+                ["[", marking, "]"].concat()
             } else {
                 marking.to_owned()
             };
@@ -1104,9 +1113,9 @@ fn rewrite_subject(current: &str, facts: &Facts, form: SubjectForm, marking: &st
                 " "
             };
             if rest.is_empty() {
-                format!("{head}{marking}")
+                [head, &marking].concat()
             } else {
-                format!("{head}{marking}{sep}{rest}")
+                [head, &marking, sep, &rest].concat()
             }
         }
         SubjectForm::SecSuffix => {
@@ -1114,7 +1123,7 @@ fn rewrite_subject(current: &str, facts: &Facts, form: SubjectForm, marking: &st
             if base.is_empty() {
                 marking.to_owned()
             } else {
-                format!("{base} {marking}")
+                [base, " ", marking].concat()
             }
         }
     }

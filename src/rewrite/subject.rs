@@ -146,7 +146,7 @@ pub fn normalized_subject(current: &str, edit: &SubjectEdit) -> String {
             }
         };
         match stripped {
-            Some(s) => rest = format!("{head}{s}"),
+            Some(s) => rest = [head, &s].concat(),
             None => break,
         }
     }
@@ -157,16 +157,21 @@ pub fn normalized_subject(current: &str, edit: &SubjectEdit) -> String {
     let head = if head.is_empty() || head.ends_with(char::is_whitespace) {
         head.to_string()
     } else {
-        format!("{head} ")
+        [head, " "].concat()
     };
     let out = match edit.position {
-        SubjectPosition::Prefix if body.is_empty() => format!("{head}{marking}:"),
-        SubjectPosition::Prefix => format!("{head}{marking}: {body}"),
-        SubjectPosition::Bracketed => format!("{head}[{marking}] {body}"),
+        // Every labelled message comes here: `concat` sizes the string once.
+        SubjectPosition::Prefix if body.is_empty() => [&head, marking, ":"].concat(),
+        SubjectPosition::Prefix => [&head, marking, ": ", body].concat(),
+        SubjectPosition::Bracketed => [&head, "[", marking, "] ", body].concat(),
         SubjectPosition::Suffix if rest.trim().is_empty() => marking.to_string(),
-        SubjectPosition::Suffix => format!("{} {marking}", rest.trim()),
+        SubjectPosition::Suffix => [rest.trim(), " ", marking].concat(),
     };
-    out.trim().to_string()
+    if out.trim().len() == out.len() {
+        out
+    } else {
+        out.trim().to_string()
+    }
 }
 
 /// `body` without a leading `marking` followed by `:`/`-` separators, if it starts with it.
