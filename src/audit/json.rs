@@ -245,12 +245,13 @@ impl<'a> Object<'a> {
     /// serde_json's float: the shortest round-trip form (ryu, as `serde_json::Number` prints
     /// it), and `null` for NaN and the infinities.
     fn f64(&mut self, name: &str, value: f64) {
-        match serde_json::Number::from_f64(value) {
-            Some(n) => {
-                self.key(name);
-                self.out.extend_from_slice(n.to_string().as_bytes());
-            }
-            None => self.raw(name, "null"),
+        self.key(name);
+        // serde_json's own float writer, straight into the line (no `String` per number).
+        let at = self.out.len();
+        if serde_json::to_writer(&mut *self.out, &value).is_err() {
+            // Unreachable for a `Vec`; `null` keeps the line valid all the same.
+            self.out.truncate(at);
+            self.out.extend_from_slice(b"null");
         }
     }
 
