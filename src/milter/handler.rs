@@ -19,6 +19,7 @@ use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -37,41 +38,48 @@ pub struct ConnectionFacts {
     pub helo: Option<Vec<u8>>,
 }
 
+/// One stage's macro set as received: name/value pairs sliced from the `D` packet.
+pub type MacroSet = Arc<Vec<(Bytes, Bytes)>>;
+
 /// Macro values the MTA sent, flattened (later stages override earlier ones with the same name).
 /// Names are kept exactly as sent: `i`, `{auth_authen}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Macros {
-    /// Shared with the frames they came in (`Bytes`), so flattening a message's macros
-    /// allocates nothing per macro.
-    pairs: Vec<(Bytes, Bytes)>,
+    /// The stage sets, earliest first; of a name sent more than once, the last value counts.
+    /// Shared with the connection's macro table, so handing a message its macros copies no
+    /// pair (each copy of a `Bytes` is an atomic count on its frame's buffer, and a message
+    /// has some thirty).
+    sets: Vec<MacroSet>,
 }
 
 impl Macros {
-    /// An empty set with room for `n` macros.
-    pub(crate) fn with_capacity(n: usize) -> Self {
-        Macros {
-            pairs: Vec::with_capacity(n),
-        }
+    /// The sets in the order their values override (later wins).
+    pub(crate) fn from_sets(sets: Vec<MacroSet>) -> Self {
+        Macros { sets }
     }
 
     /// Set or replace one macro.
     pub fn set(&mut self, name: &[u8], value: &[u8]) {
-        self.set_shared(
-            &Bytes::copy_from_slice(name),
-            &Bytes::copy_from_slice(value),
-        );
+        self.sets.push(Arc::new(vec![(
+            Bytes::copy_from_slice(name),
+            Bytes::copy_from_slice(value),
+        )]));
     }
 
-    /// Set or replace one macro with bytes already received (no copy).
-    pub(crate) fn set_shared(&mut self, name: &Bytes, value: &Bytes) {
-        if let Some(slot) = self.pairs.iter_mut().find(|(n, _)| n == name) {
-            slot.1 = value.clone();
-        } else {
-            self.pairs.push((name.clone(), value.clone()));
-        }
+    fn pairs(&self) -> impl DoubleEndedIterator<Item = &(Bytes, Bytes)> {
+        self.sets.iter().flat_map(|set| set.iter())
+    }
+
+    /// The value last given to exactly this name.
+    fn last_value(&self, name: &[u8]) -> Option<&[u8]> {
+        self.pairs()
+            .rev()
+            .find(|(n, _)| n.as_ref() == name)
+            .map(|(_, v)| v.as_ref())
     }
 
     /// The value of a macro, accepting both `name` and `{name}` spellings for long names.
+    /// When both spellings were sent, the one sent first is the one looked up.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         let name = name.as_bytes();
         // The `{name}` spelling is compared in place rather than formatted per lookup.
@@ -83,17 +91,35 @@ impl Macros {
                 && n.last() == Some(&b'}')
                 && &n[1..n.len() - 1] == name
         };
-        self.pairs
-            .iter()
-            .find(|(n, _)| n.as_ref() == name || is_braced(n))
-            .map(|(_, v)| v.as_ref())
+        let (first, _) = self
+            .pairs()
+            .find(|(n, _)| n.as_ref() == name || is_braced(n))?;
+        self.last_value(first)
     }
 
-    /// Every macro in the order first seen.
+    /// Every macro in the order first seen, with its last value.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.pairs.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
+        let mut seen: Vec<&[u8]> = Vec::new();
+        self.pairs().filter_map(move |(n, _)| {
+            let n = n.as_ref();
+            if seen.contains(&n) {
+                return None;
+            }
+            seen.push(n);
+            Some((n, self.last_value(n)?))
+        })
     }
 }
+
+/// Equal when they give the same names the same values, in the same order: how the sets were
+/// sent does not matter.
+impl PartialEq for Macros {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Macros {}
 
 /// Receives one message's data as the MTA streams it. Implemented outside `milter/`
 /// (by `crate::transaction`), so the milter layer never decides how a message is stored.

@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 
-use super::handler::Macros;
+use super::handler::{MacroSet, Macros};
 
 /// Order in which stages are flattened: later ones override earlier ones.
 const ORDER: &[u8] = b"CHUMRTLNBE";
@@ -37,8 +37,8 @@ impl std::fmt::Display for Listed<'_> {
 /// Macro sets by stage.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MacroTable {
-    connection: Vec<(u8, Vec<(Bytes, Bytes)>)>,
-    message: Vec<(u8, Vec<(Bytes, Bytes)>)>,
+    connection: Vec<(u8, MacroSet)>,
+    message: Vec<(u8, MacroSet)>,
 }
 
 impl MacroTable {
@@ -61,6 +61,7 @@ impl MacroTable {
         } else {
             &mut self.message
         };
+        let pairs = std::sync::Arc::new(pairs);
         if let Some(slot) = scope.iter_mut().find(|(s, _)| *s == stage) {
             slot.1 = pairs;
         } else {
@@ -68,24 +69,23 @@ impl MacroTable {
         }
     }
 
-    /// The set sent for one stage, if any.
-    pub fn stage(&self, stage: u8) -> Option<&[(Bytes, Bytes)]> {
+    fn stage_set(&self, stage: u8) -> Option<&MacroSet> {
         self.connection
             .iter()
             .chain(self.message.iter())
             .find(|(s, _)| *s == stage)
-            .map(|(_, p)| p.as_slice())
+            .map(|(_, p)| p)
+    }
+
+    /// The set sent for one stage, if any.
+    pub fn stage(&self, stage: u8) -> Option<&[(Bytes, Bytes)]> {
+        self.stage_set(stage).map(|p| p.as_slice())
     }
 
     /// One stage's set alone (empty when the MTA sent none), e.g. the RCPT set for the
     /// recipient just received.
     pub fn stage_macros(&self, stage: u8) -> Macros {
-        let pairs = self.stage(stage).unwrap_or_default();
-        let mut out = Macros::with_capacity(pairs.len());
-        for (n, v) in pairs {
-            out.set_shared(n, v);
-        }
-        out
+        Macros::from_sets(self.stage_set(stage).cloned().into_iter().collect())
     }
 
     /// Forget message-scoped sets (ABORT).
@@ -106,16 +106,13 @@ impl MacroTable {
 
     /// One flat view, later stages overriding earlier ones.
     pub fn flatten(&self) -> Macros {
-        // Once per message: one allocation sized for every pair, and the stages walked in
-        // `ORDER` (at most one set each) rather than collected and sorted.
-        let total = self.connection.iter().chain(self.message.iter());
-        let mut out = Macros::with_capacity(total.map(|(_, p)| p.len()).sum());
-        for stage in ORDER {
-            for (n, v) in self.stage(*stage).unwrap_or_default() {
-                out.set_shared(n, v);
-            }
-        }
-        out
+        // Once per message: the sets themselves, shared, in `ORDER` (at most one each).
+        Macros::from_sets(
+            ORDER
+                .iter()
+                .filter_map(|stage| self.stage_set(*stage).cloned())
+                .collect(),
+        )
     }
 }
 
@@ -171,6 +168,94 @@ mod tests {
         assert_eq!(m.get("daemon_nam"), None);
         assert_eq!(m.get("{daemon_name"), None);
         assert_eq!(m.iter().count(), 3);
+    }
+
+    /// The flattening as it was before the sets were shared: one vector of pairs, a name's
+    /// first position kept and its value replaced by each later one, looked up by the first
+    /// pair whose name matches either spelling.
+    fn reference(t: &MacroTable, stages: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        for stage in stages {
+            for (n, v) in t.stage(*stage).unwrap_or_default() {
+                match pairs.iter_mut().find(|(m, _)| m[..] == n[..]) {
+                    Some(slot) => slot.1 = v.to_vec(),
+                    None => pairs.push((n.to_vec(), v.to_vec())),
+                }
+            }
+        }
+        pairs
+    }
+
+    fn reference_get<'a>(pairs: &'a [(Vec<u8>, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+        let braced = format!("{{{name}}}");
+        let try_braced = !(name.starts_with('{') || name.len() == 1);
+        pairs
+            .iter()
+            .find(|(n, _)| n[..] == *name.as_bytes() || (try_braced && n[..] == *braced.as_bytes()))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    #[test]
+    fn shared_sets_read_as_the_flattened_vector_did() {
+        let names = [
+            "i",
+            "j",
+            "{i}",
+            "daemon_name",
+            "{daemon_name}",
+            "{}",
+            "{x",
+            "x}",
+        ];
+        let stages = *b"CHUMRTLNBE";
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut differing_values = 0;
+        for _ in 0..3_000 {
+            let mut t = MacroTable::default();
+            for _ in 0..next(8) {
+                let stage = stages[next(10) as usize];
+                let set = (0..next(5))
+                    .map(|_| {
+                        let value = next(4).to_string();
+                        p(names[next(names.len() as u64) as usize], &value)
+                    })
+                    .collect();
+                t.set(stage, set);
+                if next(5) == 0 {
+                    t.start_message();
+                }
+            }
+            let want = reference(&t, ORDER);
+            let got = t.flatten();
+            let listed: Vec<(Vec<u8>, Vec<u8>)> =
+                got.iter().map(|(n, v)| (n.to_vec(), v.to_vec())).collect();
+            assert_eq!(listed, want, "{t:?}");
+            for name in names.iter().chain(&["", "x", "{", "daemon_nam"]) {
+                let name = name.trim_matches(|c| c == '{' || c == '}').to_owned();
+                for query in [name.clone(), format!("{{{name}}}")] {
+                    assert_eq!(
+                        got.get(&query),
+                        reference_get(&want, &query),
+                        "{query} {t:?}"
+                    );
+                }
+            }
+            let one = t.stage_macros(b'R');
+            let want_one = reference(&t, b"R");
+            assert!(
+                one.iter()
+                    .map(|(n, v)| (n.to_vec(), v.to_vec()))
+                    .eq(want_one)
+            );
+            differing_values += usize::from(want.len() > 2);
+        }
+        assert!(differing_values > 500, "{differing_values}");
     }
 
     #[test]
