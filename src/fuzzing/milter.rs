@@ -116,6 +116,17 @@ pub fn session(data: &[u8]) {
             let n = s.negotiated().expect("negotiated after OPTNEG");
             assert!(n.version <= 6);
         }
+        if code == b'D' {
+            // The message's view of the shared stage sets: each name listed once, and found.
+            let macros = s.macros();
+            let names: Vec<&[u8]> = macros.iter().map(|(n, _)| n).collect();
+            for (i, n) in names.iter().enumerate() {
+                assert!(!names[..i].contains(n), "a macro listed twice");
+                if let Ok(name) = std::str::from_utf8(n) {
+                    assert!(macros.get(name).is_some(), "a listed macro not found");
+                }
+            }
+        }
         if steps.contains(&Step::EndOfMessage) {
             assert_eq!(s.state(), State::AwaitEom);
             assert!(s.progress().is_some());
