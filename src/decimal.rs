@@ -2,7 +2,8 @@
 //!
 //! `Display` of an integer goes through `Formatter::pad_integral`: a few hundred instructions
 //! for a number. The per-message paths write several (the audit record's sizes and counts,
-//! the log line's counts, the client's IPv4 address), so they take their digits from here.
+//! the log line's counts, the client's IPv4 address, the timestamps' fields), so they take
+//! their digits from here.
 //! Owns nothing else; pure.
 
 /// Up to 20 digits (`u64::MAX`), kept on the stack.
@@ -38,9 +39,36 @@ impl Decimal {
     }
 }
 
+/// The last `out.len()` digits of `n`, zero-padded to fill `out`: the fixed-width fields of
+/// a timestamp (`07`, `000120`).
+pub fn write_padded(mut n: u64, out: &mut [u8]) {
+    for digit in out.iter_mut().rev() {
+        *digit = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Decimal;
+    use super::{Decimal, write_padded};
+
+    #[test]
+    fn padded_digits_are_those_format_pads() {
+        for width in 1..=6 {
+            let limit = 10u64.pow(width as u32);
+            for n in [0, 1, 7, 10, 59, 999, 12_345, 999_999]
+                .into_iter()
+                .filter(|n| *n < limit)
+            {
+                let mut out = vec![b'x'; width];
+                write_padded(n, &mut out);
+                assert_eq!(
+                    String::from_utf8(out).expect("digits"),
+                    format!("{n:0width$}")
+                );
+            }
+        }
+    }
 
     #[test]
     fn digits_are_those_to_string_writes() {

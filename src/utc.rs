@@ -11,6 +11,8 @@
 use std::cell::Cell;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::decimal::write_padded;
+
 /// `YYYY-MM-DDTHH:MM:SS`
 pub const SECOND_LEN: usize = 19;
 
@@ -71,22 +73,16 @@ pub fn second_text(secs: u64) -> Option<[u8; SECOND_LEN]> {
         (14, u32::from(t.minute()), 2),
         (17, u32::from(t.second()), 2),
     ];
-    for (at, mut value, width) in fields {
-        for digit in out[at..at + width].iter_mut().rev() {
-            *digit = b'0' + (value % 10) as u8;
-            value /= 10;
-        }
+    for (at, value, width) in fields {
+        write_padded(u64::from(value), &mut out[at..at + width]);
     }
     Some(out)
 }
 
 /// The six digits of `micros` (0..=999 999), zero-padded.
-pub fn six_digits(mut micros: u32) -> [u8; 6] {
+pub fn six_digits(micros: u32) -> [u8; 6] {
     let mut out = [b'0'; 6];
-    for digit in out.iter_mut().rev() {
-        *digit = b'0' + (micros % 10) as u8;
-        micros /= 10;
-    }
+    write_padded(u64::from(micros), &mut out);
     out
 }
 

@@ -242,8 +242,8 @@ impl<'a> Object<'a> {
         unsigned(value, self.out);
     }
 
-    /// serde_json's float: the shortest round-trip form (ryu, as `serde_json::Number` prints
-    /// it), and `null` for NaN and the infinities.
+    /// serde_json's float, as it serializes an `f64`: the shortest round-trip form (ryu), and
+    /// `null` for NaN and the infinities.
     fn f64(&mut self, name: &str, value: f64) {
         self.key(name);
         // serde_json's own float writer, straight into the line (no `String` per number).

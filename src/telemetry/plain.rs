@@ -16,11 +16,11 @@
 use std::fmt;
 
 use tracing::field::{Field, Visit};
-
-use crate::decimal::Decimal;
 use tracing_subscriber::field::{RecordFields, VisitOutput};
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
+
+use crate::decimal::Decimal;
 
 /// The field formatter for uncoloured text lines.
 #[derive(Debug, Default, Clone, Copy)]
