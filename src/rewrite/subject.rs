@@ -154,16 +154,16 @@ pub fn normalized_subject(current: &str, edit: &SubjectEdit) -> String {
     let (head, body) = rest.split_at(chain);
     let body = body.trim();
     let head = head.trim_start();
-    let head = if head.is_empty() || head.ends_with(char::is_whitespace) {
-        head.to_string()
+    let gap = if head.is_empty() || head.ends_with(char::is_whitespace) {
+        ""
     } else {
-        [head, " "].concat()
+        " "
     };
     let out = match edit.position {
         // Every labelled message comes here: `concat` sizes the string once.
-        SubjectPosition::Prefix if body.is_empty() => [&head, marking, ":"].concat(),
-        SubjectPosition::Prefix => [&head, marking, ": ", body].concat(),
-        SubjectPosition::Bracketed => [&head, "[", marking, "] ", body].concat(),
+        SubjectPosition::Prefix if body.is_empty() => [head, gap, marking, ":"].concat(),
+        SubjectPosition::Prefix => [head, gap, marking, ": ", body].concat(),
+        SubjectPosition::Bracketed => [head, gap, "[", marking, "] ", body].concat(),
         SubjectPosition::Suffix if rest.trim().is_empty() => marking.to_string(),
         SubjectPosition::Suffix => [rest.trim(), " ", marking].concat(),
     };
