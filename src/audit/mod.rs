@@ -31,6 +31,7 @@ mod json;
 pub mod record;
 pub mod report;
 pub mod syslog;
+mod unbuffered;
 pub mod verify;
 pub mod writer;
 
