@@ -142,8 +142,8 @@ impl Drop for Tmpfs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_gives_error_acks_and_recovers() {
-    // Preallocating: zero-filling a segment is what fails, and records go through O_DIRECT
-    // where the tmpfs allows it (Linux 6.6 on).
+    // Preallocating too: then zero-filling the next segment is what fails, and the failed
+    // batch's cut also removes the zeros.
     for (mode, preallocate) in [
         (SyncMode::Batch, 0),
         (SyncMode::Always, 0),

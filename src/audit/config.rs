@@ -67,8 +67,6 @@ pub struct AuditConfig {
     /// trims them (rotation, reopen, shutdown, the next start after a crash), the live file
     /// ends in NUL bytes, which markgate's own readers skip but a program tailing the file by
     /// size would see. Forward records with `[audit.syslog]` instead of tailing the file.
-    /// With a sync the records are then written with `O_DIRECT` where the file system allows
-    /// it (less CPU per sync; docs/audit-format.md, "Preallocation").
     pub preallocate: u64,
     /// How many rotated files (`FILE.1` … `FILE.keep`) size-based rotation keeps. Default 10,
     /// at least 1.

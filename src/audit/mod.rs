@@ -31,7 +31,6 @@ mod json;
 pub mod record;
 pub mod report;
 pub mod syslog;
-mod unbuffered;
 pub mod verify;
 pub mod writer;
 

@@ -34,9 +34,7 @@
 //! With `preallocate` the writer keeps zero-filled, synced space after the data and writes
 //! each batch over it (positioned writes instead of `O_APPEND`), so a batch's `fdatasync`
 //! commits no size change; the zeros are cut whenever the writer leaves a file, and at start
-//! (before recovery) when a crash left them. When it syncs, it writes those batches past the
-//! page cache (`O_DIRECT`, see `unbuffered`) where the file system allows it, which costs the
-//! machine less CPU per sync; anywhere else it writes through the page cache as before.
+//! (before recovery) when a crash left them.
 //!
 //! On start the chain state (last `seq` and line hash) is recovered from the end of the file
 //! (or `FILE.1` when the file is missing or empty, as after logrotate). An incomplete last
@@ -58,7 +56,6 @@ use super::config::{AuditConfig, SyncMode};
 use super::event::{AuditEvent, ChainResumed, EventKind, Severity, SinkRecovered, SinkTrouble};
 use super::record::{EncodedEvent, GENESIS_PREV, Record, line_hash, now_rfc3339};
 use super::syslog::{LineMeta, SyslogForwarder, SyslogStats};
-use super::unbuffered::Unbuffered;
 
 /// Why a record was not made durable, or the writer could not start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -681,8 +678,6 @@ pub fn open(config: &AuditConfig) -> Result<(AuditHandle, WriterTask), AuditErro
         host,
         file: Some(file),
         file_id: Some(file_id),
-        unbuffered: None,
-        unbuffered_for: None,
         size,
         seq: recovered.seq,
         last_hash: recovered.hash,
@@ -807,10 +802,6 @@ struct Writer {
     host: String,
     file: Option<File>,
     file_id: Option<(u64, u64)>,
-    /// With `preallocate` and a sync: the same file opened `O_DIRECT`, for the file
-    /// `unbuffered_for` (device, inode); `None` there when it cannot be (see `unbuffered`).
-    unbuffered: Option<Unbuffered>,
-    unbuffered_for: Option<(u64, u64)>,
     /// Bytes of the current file known to be committed; a failed batch is cut back to this.
     size: u64,
     seq: u64,
@@ -1101,8 +1092,7 @@ impl Writer {
     }
 
     /// Write `buf` after the committed data: an append, or with `preallocate` an overwrite of
-    /// zero-filled space (made first when there is not enough), past the page cache when the
-    /// writer syncs and the file system allows it. Not synced here.
+    /// zero-filled space (made first when there is not enough). Not synced here.
     fn write_at_end(&mut self, buf: &[u8]) -> io::Result<()> {
         let Some(file) = self.file.as_mut() else {
             let why = self
@@ -1132,43 +1122,7 @@ impl Writer {
             }
             self.allocated = to;
         }
-        let size = self.size;
-        if self.sync != SyncMode::None
-            && let Some(direct) = self.unbuffered()
-        {
-            match direct.write_at_end(size, buf) {
-                Ok(()) => return Ok(()),
-                // The device wants another alignment: nothing was written; go buffered.
-                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                    tracing::warn!(path = %self.path.display(), error = %e,
-                        "the audit file refuses O_DIRECT writes; writing through the page cache");
-                    self.unbuffered = None;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let Some(file) = self.file.as_mut() else {
-            return Err(io::Error::other("audit file is not open"));
-        };
-        file.write_all_at(buf, size)
-    }
-
-    /// The `O_DIRECT` handle of the current file, opened on first use for each file; `None`
-    /// when the file system or the file refuses it (then writes stay buffered).
-    fn unbuffered(&mut self) -> Option<&mut Unbuffered> {
-        let id = self.file_id?;
-        if self.unbuffered_for != Some(id) {
-            self.unbuffered_for = Some(id);
-            self.unbuffered = match Unbuffered::open(&self.path, id) {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::debug!(path = %self.path.display(), error = %e,
-                        "cannot open the audit file with O_DIRECT; writing through the page cache");
-                    None
-                }
-            };
-        }
-        self.unbuffered.as_mut()
+        file.write_all_at(buf, self.size)
     }
 
     /// Cut the zeros kept ahead of the data, so a file the writer leaves (rotated, reopened
