@@ -64,15 +64,16 @@ def main():
     disk = [r for r in rows if r["label"].startswith("disk|")]
     if disk:
         print("### Audit disk: one 300-byte record made durable\n")
-        print("| method | when | p50 µs | p99 µs | writes |")
-        print("|---|---|---|---|---|")
+        print("| method | when | p50 µs | p99 µs | system CPU µs per write | writes |")
+        print("|---|---|---|---|---|---|")
         for r in disk:
             _, method, when = r["label"].split("|")
             method = "append+fdatasync" if method == "fdatasync" else method
-            print(f"| {method} | {when} the load runs | {r['p50_us']} | {r['p99_us']} | {r['appends']} |")
+            cpu = r.get("sys_us", "")
+            print(f"| {method} | {when} the load runs | {r['p50_us']} | {r['p99_us']} | {cpu} | {r['appends']} |")
         print("\nWith one connection every markgate answer waits for one such flush (the record is "
               "durable before the MTA hears the final answer; large edits go out meanwhile), so "
-              "1 / p50 of the method in use (append+fdatasync by default, prealloc+fdatasync with "
+              "1 / p50 of the method in use (append+fdatasync by default, direct+fdatasync with "
               "`[audit] preallocate`) bounds its 1-connection rate; group commit shares a flush "
               "among at most as many messages as there are connections.\n")
     big = [r for r in rows if "|50MiB|" in r["label"]]
