@@ -188,8 +188,8 @@ milters=(libmilter-nothing libmilter-disclaimer pymilter-disclaimer markgate)
 #   prealloc+O_DSYNC     both
 #   direct+O_DSYNC       prealloc+O_DSYNC past the page cache (O_DIRECT): the 4 KiB block that
 #                        holds the line is written again whole, as a writer would have to
-#   direct+fdatasync     O_DIRECT writes as above, then fdatasync: what markgate does with
-#                        `[audit] preallocate` and a sync (audit::unbuffered)
+#   direct+fdatasync     O_DIRECT writes as above, then fdatasync (session 27 tried this in
+#                        the writer and took it out: no gain in the daemon, BENCHMARKS.md)
 # Each method also gives the system CPU per write + sync (this thread's getrusage): a sync
 # takes CPU from the messages, not only time.
 fsync_probe() { # $1 = before|after

@@ -73,7 +73,7 @@ def main():
             print(f"| {method} | {when} the load runs | {r['p50_us']} | {r['p99_us']} | {cpu} | {r['appends']} |")
         print("\nWith one connection every markgate answer waits for one such flush (the record is "
               "durable before the MTA hears the final answer; large edits go out meanwhile), so "
-              "1 / p50 of the method in use (append+fdatasync by default, direct+fdatasync with "
+              "1 / p50 of the method in use (append+fdatasync by default, prealloc+fdatasync with "
               "`[audit] preallocate`) bounds its 1-connection rate; group commit shares a flush "
               "among at most as many messages as there are connections.\n")
     big = [r for r in rows if "|50MiB|" in r["label"]]
