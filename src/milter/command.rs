@@ -402,33 +402,20 @@ fn split_two(whole: &Bytes) -> Option<(Bytes, Bytes)> {
     (m + 1 == whole.len()).then(|| (whole.slice(..n), whole.slice(n + 1..m)))
 }
 
-/// A macro packet's strings as name/value pairs, in one vector. One `memchr` walk finds every
-/// NUL of the packet: Postfix sends some thirty macros per message, and a search started afresh
-/// for each short string cost more than the strings.
+/// A macro packet's strings as name/value pairs, in one vector.
 fn split_pairs(whole: &Bytes) -> Result<Vec<(Bytes, Bytes)>, CommandError> {
     const C: &str = "SMFIC_MACRO";
+    let mut strings = CStrings::new(whole, C);
     let mut out = Vec::new();
-    let mut start = 0;
-    let mut name = None;
-    for nul in memchr::memchr_iter(0, whole) {
-        let s = whole.slice(start..nul);
-        start = nul + 1;
-        match name.take() {
-            None => name = Some(s),
-            Some(n) => out.push((n, s)),
-        }
-    }
-    if start < whole.len() {
-        return Err(CommandError::Truncated {
-            command: C,
-            detail: "string not NUL-terminated",
-        });
-    }
-    if name.is_some() {
-        return Err(CommandError::Malformed {
-            command: C,
-            detail: "macro name without a value",
-        });
+    while let Some(name) = strings.next() {
+        let name = name?;
+        let Some(value) = strings.next() else {
+            return Err(CommandError::Malformed {
+                command: C,
+                detail: "macro name without a value",
+            });
+        };
+        out.push((name, value?));
     }
     Ok(out)
 }
