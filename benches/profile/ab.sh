@@ -4,7 +4,8 @@
 # preallocated audit file) and warmed up with 2 000 messages. Per round: msgs/s, the daemon's
 # CPU µs per message (all threads' run time from /proc/PID/task/*/schedstat, in nanoseconds)
 # and its split into user and system (/proc/PID/stat, sampled at the clock tick: only a
-# rough split). Then each build's means and B/A. Env: SYNC.
+# rough split; a thread that ends during a round drops out of both). Then each build's
+# means and B/A. Env: SYNC.
 # Copy the binaries out of target/ first (see README: "A/B of two builds").
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
