@@ -504,6 +504,35 @@ async fn small_modifications_wait_for_the_pending_verdict_and_are_dropped_when_i
     mta.quit().await;
 }
 
+/// The handler's work after its verdict (markgate's log line) runs once the answer has been
+/// written: the MTA reads the answer while that work is still waiting for it. When the milter
+/// layer answers 451 instead of the handler's verdict, the work is not run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_after_a_verdict_runs_once_the_mta_has_the_answer_and_not_after_a_451() {
+    let srv = start_tcp().await;
+    let mut mta = srv.postfix_session().await;
+    let edits = mta.message("edit@example.org", b"x\r\n").await;
+    mta.abort().await;
+    let answer = mta.message("laterafter@example.org", b"x\r\n").await;
+    srv.handler.after.answer_read();
+    assert_eq!(answer, edits, "the edits and the verdict");
+    mta.abort().await;
+    // The connection is served in order: its next answer comes after the work has ended.
+    mta.still_accepts().await;
+    assert_eq!(*srv.handler.after.ran.lock().unwrap(), vec![true]);
+
+    let answer = mta.message("laterafterbad@example.org", b"x\r\n").await;
+    assert!(is_tempfail(&answer), "only the 451: {answer:?}");
+    mta.abort().await;
+    mta.still_accepts().await;
+    assert_eq!(
+        *srv.handler.after.ran.lock().unwrap(),
+        vec![true],
+        "the work of a verdict that was not sent does not run"
+    );
+    mta.quit().await;
+}
+
 /// A pending verdict is under the end-of-message rules: PROGRESS while it is slow, 451 when it
 /// outlasts the timeout or panics, and the connection goes on. Large modifications went out
 /// first; small ones leave with the first PROGRESS.

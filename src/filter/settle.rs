@@ -7,7 +7,9 @@
 //! verdict is a pending future that resolves once the record is durable, or to a 4xx when it
 //! cannot be made durable (the MTA then drops the modifications it already has, and retries
 //! the message). The promise is unchanged: no accept reaches the MTA before its record is on
-//! disk. Must not: decide anything about the message (the verdict is `filter`'s), or know the
+//! disk. The `message decided` line goes to the milter layer as the verdict's tail
+//! ([`Settled::then`]), written once the answer is on its way, so the MTA never waits for the
+//! log. Must not: decide anything about the message (the verdict is `filter`'s), or know the
 //! protocol (the milter layer sends what it is given).
 
 use std::time::Instant;
@@ -21,7 +23,7 @@ use crate::alert::AlertHandle;
 use crate::audit::PendingAck;
 use crate::filter::Notices;
 use crate::metrics::Metrics;
-use crate::milter::handler::{LaterVerdict, Modification, Outcome, Staged, Verdict};
+use crate::milter::handler::{LaterVerdict, Modification, Outcome, Settled, Staged, Verdict};
 use crate::policy::decide::{Decision, Direction, LevelSource};
 
 /// Pending on its first poll, ready on the next. The task is woken at once, the ordinary way:
@@ -65,7 +67,11 @@ impl Settle {
         } = outcome;
         let edits = modifications.len();
         let verdict = match pending {
-            None => LaterVerdict::Now(self.finish(verdict, edits, None)),
+            None => {
+                let (verdict, decided) = self.finish(verdict, edits, None);
+                decided.log();
+                LaterVerdict::Now(verdict)
+            }
             Some(pending) => LaterVerdict::Later(Box::pin(async move {
                 // Not ready on the first poll, so the milter layer sends the modifications
                 // first: the record is only handed to the writer (and, when the writer is
@@ -80,9 +86,17 @@ impl Settle {
         }
     }
 
-    async fn after_ack(self, verdict: Verdict, edits: usize, pending: PendingAck) -> Verdict {
+    /// The verdict once the record is durable; the log line (and freeing the message's state)
+    /// is left for after the answer is written, so the MTA does not wait for it.
+    async fn after_ack(self, verdict: Verdict, edits: usize, pending: PendingAck) -> Settled {
         match pending.wait().await {
-            Ok(ack) => self.finish(verdict, edits, ack.seq),
+            Ok(ack) => {
+                let (verdict, decided) = self.finish(verdict, edits, ack.seq);
+                Settled {
+                    verdict,
+                    then: Some(Box::new(move || decided.log())),
+                }
+            }
             Err(e) => {
                 error!(queue_id = self.meta.queue_id.as_deref().unwrap_or(""), error = %e, "audit record not written; answering 4xx so the mail is retried, not passed unaudited");
                 count(
@@ -91,14 +105,14 @@ impl Settle {
                     Some(&self.eval.decision),
                     "tempfail",
                 );
-                Verdict::Tempfail(Some(tempfail_reply("audit trail unavailable")))
+                Verdict::Tempfail(Some(tempfail_reply("audit trail unavailable"))).into()
             }
         }
     }
 
     /// The record is durable (or there is no audit trail): raise what the decision raises,
-    /// count and log it, and give the verdict.
-    fn finish(self, verdict: Verdict, edits: usize, audit_seq: Option<u64>) -> Verdict {
+    /// count it, and give the verdict with its log line still to write.
+    fn finish(self, verdict: Verdict, edits: usize, audit_seq: Option<u64>) -> (Verdict, Decided) {
         let Settle {
             alerts,
             notices,
@@ -124,6 +138,21 @@ impl Settle {
                 verdict_name(&eval.verdict)
             },
         );
+        (verdict, Decided { eval, meta, edits })
+    }
+}
+
+/// A decided message's `message decided` log line, still to be written. It owns the
+/// message's evaluation, so writing it also frees that.
+struct Decided {
+    eval: Box<Evaluation>,
+    meta: MessageMeta,
+    edits: usize,
+}
+
+impl Decided {
+    fn log(self) {
+        let Decided { eval, meta, edits } = self;
         info!(
             queue_id = meta.queue_id.as_deref().unwrap_or(""),
             from = %eval.envelope.sender,
@@ -139,7 +168,6 @@ impl Settle {
             mode = ?eval.decision.mode,
             "message decided"
         );
-        verdict
     }
 }
 
@@ -148,7 +176,13 @@ impl Settle {
 pub(super) async fn resolve(staged: Staged) -> Result<Outcome, crate::milter::HandlerError> {
     let verdict = match staged.verdict {
         LaterVerdict::Now(v) => v,
-        LaterVerdict::Later(p) => p.await?,
+        LaterVerdict::Later(p) => {
+            let settled = p.await?;
+            if let Some(then) = settled.then {
+                then();
+            }
+            settled.verdict
+        }
     };
     let modifications: Vec<Modification> = match verdict {
         Verdict::Tempfail(_) => Vec::new(),

@@ -446,7 +446,7 @@ async fn the_record_is_written_only_once_the_modifications_are_out() {
         "the first poll must not write the record"
     );
     assert_eq!(lines(), 0);
-    assert_eq!(later.await.unwrap(), Verdict::Continue);
+    assert_eq!(later.await.unwrap().verdict, Verdict::Continue);
     assert_eq!(lines(), 1, "the verdict comes once the record is written");
     audit.shutdown().await.unwrap();
 }

@@ -17,6 +17,8 @@
 //! are large (`SEND_AHEAD_MIN`): then they are written at once, so the MTA applies them while we
 //! wait, and the verdict follows in a second write. That wait is under the same rule: error, panic or the end-of-message timeout
 //! (counted from the end-of-message command) answers 451, and PROGRESS is sent meanwhile.
+//! What the handler leaves for after its verdict ([`Settled::then`](super::handler::Settled))
+//! runs once that verdict is written, on the same task: the MTA never waits for it.
 
 use std::future::Future;
 use std::io;
@@ -390,8 +392,12 @@ where
                 wait_with_progress(stream, out, session, config, peer, task, started).await?
             }
         };
+        let mut then = None;
         let verdict = match joined {
-            Ok(Ok(Ok(v))) => verdict_reply(v),
+            Ok(Ok(Ok(settled))) => {
+                then = settled.then;
+                verdict_reply(settled.verdict)
+            }
             Ok(Ok(Err(e))) => Err(format!("handler failed: {e}")),
             Ok(Err(Panicked)) => Err("handler panicked while its verdict was pending".into()),
             Err(timed_out) => Err(timed_out),
@@ -421,11 +427,19 @@ where
                 // if they went out meanwhile).
                 error!(peer = %self.peer, %reason,
                     "verdict after the modifications failed; answering 451 4.3.0");
+                // Not the handler's answer that goes out: its tail is not run.
+                then = None;
                 self.drop_held(held);
                 self.encode_tempfail()?;
             }
         }
-        self.flush().await
+        let sent = self.flush().await;
+        if let Some(then) = then
+            && catch_unwind(AssertUnwindSafe(then)).is_err()
+        {
+            error!(peer = %self.peer, "the handler's work after its answer panicked");
+        }
+        sent
     }
 
     /// Forget modifications held back in `out` from offset `held` on (nothing when a PROGRESS

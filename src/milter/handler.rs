@@ -252,7 +252,39 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// A final verdict that is not known yet. Dropping it cancels the wait (the milter layer does
 /// that on timeout, answering 4xx).
 pub type PendingVerdict =
-    Pin<Box<dyn Future<Output = Result<Verdict, HandlerError>> + Send + 'static>>;
+    Pin<Box<dyn Future<Output = Result<Settled, HandlerError>> + Send + 'static>>;
+
+/// Work a handler leaves for after its final answer: nothing the MTA must wait for (markgate's
+/// per-message log line, and freeing the message's state).
+pub type AfterAnswer = Box<dyn FnOnce() + Send + 'static>;
+
+/// What a [`PendingVerdict`] resolves to.
+pub struct Settled {
+    /// The final answer.
+    pub verdict: Verdict,
+    /// Run on the connection's task once the answer has been written to the MTA (or the write
+    /// failed), under `catch_unwind`. The MTA has its answer by then: at one connection that
+    /// turns the work into time the MTA spends on its side anyway.
+    pub then: Option<AfterAnswer>,
+}
+
+impl From<Verdict> for Settled {
+    fn from(verdict: Verdict) -> Self {
+        Settled {
+            verdict,
+            then: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Settled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settled")
+            .field("verdict", &self.verdict)
+            .field("then", &self.then.as_ref().map(|_| ".."))
+            .finish()
+    }
+}
 
 /// The final verdict of a [`Staged`] answer.
 pub enum LaterVerdict {

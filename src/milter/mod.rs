@@ -35,7 +35,7 @@ pub mod server;
 pub mod session;
 
 pub use handler::{
-    ConnectionFacts, Handler, HandlerError, LaterVerdict, Macros, MessageSink, Modification,
-    NewBody, Outcome, PendingVerdict, SmtpReply, Staged, Verdict,
+    AfterAnswer, ConnectionFacts, Handler, HandlerError, LaterVerdict, Macros, MessageSink,
+    Modification, NewBody, Outcome, PendingVerdict, Settled, SmtpReply, Staged, Verdict,
 };
 pub use server::{ListenSpec, ListenSpecError, Server, ServerConfig};

@@ -13,7 +13,7 @@ use markgate::milter::mta::MtaClient;
 use markgate::milter::reply::Reply;
 use markgate::milter::{
     ConnectionFacts, Handler, HandlerError, LaterVerdict, ListenSpec, Macros, MessageSink,
-    Modification, NewBody, Outcome, Server, ServerConfig, SmtpReply, Staged, Verdict,
+    Modification, NewBody, Outcome, Server, ServerConfig, Settled, SmtpReply, Staged, Verdict,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -41,11 +41,44 @@ pub struct Seen {
 /// gate opens; `laterpanic` → the modifications, then a panic; `laterslow` → the
 /// modifications, then a verdict that takes 3 s; with `big` in the sender, the modifications
 /// are a header and the 150 000-byte body (large enough to be sent ahead of the verdict).
+/// With `after` in the sender the verdict comes at once, with work for after the answer
+/// ([`AfterProbe`]); `laterafterbad` gives a verdict that cannot be sent (a 550 reject with a
+/// 450 code).
 #[derive(Default)]
 pub struct TestHandler {
     pub seen: Mutex<Vec<Seen>>,
     pub begun: Mutex<usize>,
     pub gate: Arc<tokio::sync::Notify>,
+    pub after: Arc<AfterProbe>,
+}
+
+/// What the work after a verdict saw: it waits (at most 10 s; the test runtime must be
+/// multi-threaded) until the test says it has read the answer, and records whether it had.
+#[derive(Default)]
+pub struct AfterProbe {
+    answer_read: Mutex<bool>,
+    read: std::sync::Condvar,
+    /// One entry per run: whether the answer had been read before the wait ended.
+    pub ran: Mutex<Vec<bool>>,
+}
+
+impl AfterProbe {
+    /// The test has the answer.
+    pub fn answer_read(&self) {
+        *self.answer_read.lock().unwrap() = true;
+        self.read.notify_all();
+    }
+
+    fn wait_for_the_answer(&self) {
+        let read = self.answer_read.lock().unwrap();
+        let (read, _) = self
+            .read
+            .wait_timeout_while(read, Duration::from_secs(10), |read| !*read)
+            .unwrap();
+        let was = *read;
+        drop(read);
+        self.ran.lock().unwrap().push(was);
+    }
 }
 
 pub struct TestSink {
@@ -167,6 +200,29 @@ impl Handler for TestHandler {
             message.has(b"panic"),
             message.has(b"slow"),
         );
+        if message.has(b"after") {
+            let probe = self.after.clone();
+            let verdict = if message.has(b"bad") {
+                Verdict::Reject(Some(SmtpReply {
+                    code: 450,
+                    enhanced: None,
+                    lines: vec!["not a rejection code".into()],
+                }))
+            } else {
+                Verdict::Continue
+            };
+            let settled = Settled {
+                verdict,
+                // A blocked worker would stall the runtime's I/O (and so the test's MTA).
+                then: Some(Box::new(move || {
+                    tokio::task::block_in_place(|| probe.wait_for_the_answer())
+                })),
+            };
+            return Ok(Staged {
+                modifications: edit_mods(),
+                verdict: LaterVerdict::Later(Box::pin(async move { Ok(settled) })),
+            });
+        }
         let gate = self.gate.clone();
         let verdict = async move {
             if panics {
@@ -178,9 +234,9 @@ impl Handler for TestHandler {
                 gate.notified().await;
             }
             if fail {
-                return Err::<Verdict, HandlerError>("the durable write failed".into());
+                return Err::<Settled, HandlerError>("the durable write failed".into());
             }
-            Ok(Verdict::Continue)
+            Ok(Verdict::Continue.into())
         };
         let modifications = if message.has(b"big") {
             vec![
