@@ -67,10 +67,12 @@ impl Settle {
         } = outcome;
         let edits = modifications.len();
         let verdict = match pending {
+            // Known now, but still handed over as a settled verdict: the milter layer sends it
+            // in the same write as the modifications and writes the log line after it, as it
+            // does once a record is durable.
             None => {
-                let (verdict, decided) = self.finish(verdict, edits, None);
-                decided.log();
-                LaterVerdict::Now(verdict)
+                let settled = self.finish(verdict, edits, None);
+                LaterVerdict::Later(Box::pin(std::future::ready(Ok(settled))))
             }
             Some(pending) => LaterVerdict::Later(Box::pin(async move {
                 // Not ready on the first poll, so the milter layer sends the modifications
@@ -90,13 +92,7 @@ impl Settle {
     /// is left for after the answer is written, so the MTA does not wait for it.
     async fn after_ack(self, verdict: Verdict, edits: usize, pending: PendingAck) -> Settled {
         match pending.wait().await {
-            Ok(ack) => {
-                let (verdict, decided) = self.finish(verdict, edits, ack.seq);
-                Settled {
-                    verdict,
-                    then: Some(Box::new(move || decided.log())),
-                }
-            }
+            Ok(ack) => self.finish(verdict, edits, ack.seq),
             Err(e) => {
                 error!(queue_id = self.meta.queue_id.as_deref().unwrap_or(""), error = %e, "audit record not written; answering 4xx so the mail is retried, not passed unaudited");
                 count(
@@ -111,8 +107,8 @@ impl Settle {
     }
 
     /// The record is durable (or there is no audit trail): raise what the decision raises,
-    /// count it, and give the verdict with its log line still to write.
-    fn finish(self, verdict: Verdict, edits: usize, audit_seq: Option<u64>) -> (Verdict, Decided) {
+    /// count it, and give the verdict with its log line left for after the answer.
+    fn finish(self, verdict: Verdict, edits: usize, audit_seq: Option<u64>) -> Settled {
         let Settle {
             alerts,
             notices,
@@ -138,7 +134,11 @@ impl Settle {
                 verdict_name(&eval.verdict)
             },
         );
-        (verdict, Decided { eval, meta, edits })
+        let decided = Decided { eval, meta, edits };
+        Settled {
+            verdict,
+            then: Some(Box::new(move || decided.log())),
+        }
     }
 }
 

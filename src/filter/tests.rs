@@ -499,6 +499,45 @@ fn an_unreadable_body_is_an_error_not_a_pass() {
     assert!(matches!(e.verdict, PolicyVerdict::Reject { .. }));
 }
 
+/// The `message decided` line is the verdict's tail, with an audit trail and without one:
+/// nothing is logged when the verdict is known, the line comes when the milter layer runs the
+/// tail after sending the answer.
+#[tokio::test]
+async fn the_decided_line_is_left_for_after_the_answer() {
+    use crate::milter::handler::LaterVerdict;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = audit_at(&dir.path().join("audit.jsonl"));
+    for trail in [Some(audit.clone()), None] {
+        let (logs, _guard) = crate::test_logs::Logs::capture();
+        let f = Filter::fixed(builtin(), Config::default(), trail.clone());
+        let c = conn();
+        let mut m = f.begin_message(&c).unwrap();
+        m.tx = transaction(&[("Subject", "RESTRICTED: x")], b"body\r\n", &[PARTNER]);
+        let staged = f.end_of_message_staged(&c, m).await.unwrap();
+        let LaterVerdict::Later(later) = staged.verdict else {
+            panic!("the verdict carries its tail (audit: {})", trail.is_some());
+        };
+        let settled = later.await.unwrap();
+        assert_eq!(settled.verdict, Verdict::Continue);
+        assert!(
+            !logs.text().contains("message decided"),
+            "nothing logged before the answer: {}",
+            logs.text()
+        );
+        let then = settled
+            .then
+            .expect("the log line is left for after the answer");
+        then();
+        assert_eq!(
+            logs.text().matches("message decided").count(),
+            1,
+            "{}",
+            logs.text()
+        );
+    }
+    audit.shutdown().await.unwrap();
+}
+
 #[test]
 fn the_policy_snapshot_is_taken_at_mail_and_kept() {
     let f = Filter::fixed(builtin(), Config::default(), None);
