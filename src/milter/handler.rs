@@ -264,7 +264,9 @@ pub struct Settled {
     pub verdict: Verdict,
     /// Run on the connection's task once the answer has been written to the MTA (or the write
     /// failed), under `catch_unwind`. The MTA has its answer by then: at one connection that
-    /// turns the work into time the MTA spends on its side anyway.
+    /// turns the work into time the MTA spends on its side anyway. Dropped unrun when the
+    /// milter layer cannot send this verdict (it is invalid, or encoding the 451 in its place
+    /// fails): the MTA then hears 451, not the verdict the work describes.
     pub then: Option<AfterAnswer>,
 }
 
