@@ -123,6 +123,8 @@ pub struct AuditStats {
     pub batches: u64,
     /// Records their producer wrote itself, the writer thread being idle (each also a batch).
     pub inline_records: u64,
+    /// Waits for more records after a large batch (`[audit] gather_after`).
+    pub gather_waits: u64,
     /// `fsync` calls made.
     pub fsyncs: u64,
     /// Duration of the last `fsync`, microseconds.
@@ -149,6 +151,7 @@ struct Shared {
     records_written: AtomicU64,
     batches: AtomicU64,
     inline_records: AtomicU64,
+    gather_waits: AtomicU64,
     /// Records between `submit` and their answer ([`InFlight`]).
     in_flight: std::sync::atomic::AtomicUsize,
     fsyncs: AtomicU64,
@@ -568,6 +571,7 @@ impl AuditHandle {
             records_written: s.records_written.load(Ordering::Relaxed),
             batches: s.batches.load(Ordering::Relaxed),
             inline_records: s.inline_records.load(Ordering::Relaxed),
+            gather_waits: s.gather_waits.load(Ordering::Relaxed),
             fsyncs: s.fsyncs.load(Ordering::Relaxed),
             last_fsync_micros: s.last_fsync_micros.load(Ordering::Relaxed),
             write_errors: s.write_errors.load(Ordering::Relaxed),
@@ -699,7 +703,13 @@ pub fn open(config: &AuditConfig) -> Result<(AuditHandle, WriterTask), AuditErro
         health: health_rx,
         path: path.clone(),
     };
-    Ok((handle, WriterTask { core, rx }))
+    let gather =
+        (config.sync == SyncMode::Batch && config.gather_after > 0 && config.gather_wait_us > 0)
+            .then(|| Gather {
+                after: config.gather_after,
+                wait: std::time::Duration::from_micros(config.gather_wait_us),
+            });
+    Ok((handle, WriterTask { core, rx, gather }))
 }
 
 /// The writer, opened but not yet running.
@@ -707,6 +717,27 @@ pub fn open(config: &AuditConfig) -> Result<(AuditHandle, WriterTask), AuditErro
 pub struct WriterTask {
     core: Arc<std::sync::Mutex<Writer>>,
     rx: mpsc::Receiver<Request>,
+    gather: Option<Gather>,
+}
+
+/// The wait after a large batch (`[audit] gather_after`, `gather_wait_us`; only with
+/// `sync = "batch"`).
+///
+/// Under heavy load the writer would otherwise sync as often as it can, each batch holding
+/// the few records that came during the last `fsync`, and every `fsync` costs CPU the
+/// connections need (at 64 connections on 2 vCPUs, about 80 µs per batch on the writer thread:
+/// the sync's system time, the disk notifications that exit to the host, the sleep). A batch of
+/// `after` records shows that many messages were waiting for the disk together, so the
+/// processors have other mail to work on: a short wait there lets the next batch grow without
+/// idling them. It is a plain sleep, with the writer's lock free and nothing for producers to
+/// wake: handing a record over costs them no more than before (a wait woken per record was
+/// measured and not kept: BENCHMARKS.md, sessions 25 and 27). The records of the batch just
+/// written were answered before the wait; only records that arrive during it wait, at most
+/// `wait`. Smaller batches never wait, so at low concurrency nothing changes.
+#[derive(Debug, Clone, Copy)]
+struct Gather {
+    after: usize,
+    wait: std::time::Duration,
 }
 
 impl WriterTask {
@@ -735,12 +766,23 @@ impl WriterTask {
             while let Ok(more) = self.rx.try_recv() {
                 batch.push(more);
             }
+            let records = batch
+                .iter()
+                .filter(|r| matches!(r, Request::Record(..)))
+                .count();
             let mut state = lock_writer(&self.core);
             stop = state.process(batch);
             if stop.is_some() {
                 // Under the same lock: no producer writes its own record after the shutdown.
                 state.stopped = true;
                 break;
+            }
+            if let Some(g) = self.gather
+                && records >= g.after
+            {
+                state.shared.gather_waits.fetch_add(1, Ordering::Relaxed);
+                drop(state);
+                std::thread::sleep(g.wait);
             }
         }
         // Refuse what arrives after the shutdown request rather than leaving producers hanging
@@ -1779,5 +1821,113 @@ mod tests {
         let report = verify_files(&[&path]);
         assert!(report.ok(), "{report}");
         assert_eq!(report.records, 1);
+    }
+
+    /// `[audit] gather_after`: a batch of that many records makes the writer wait before the
+    /// next one, so the records handed over meanwhile share one `fsync`; a smaller batch, or
+    /// any batch with another sync mode, does not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_batch_makes_the_writer_wait_so_the_next_records_share_one_fsync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.jsonl");
+        let mut c = config(&path);
+        c.queue = 64;
+        c.gather_after = 3;
+        let (handle, mut task) = open(&c).expect("open");
+        // Longer than the configuration allows, so a slow machine cannot miss the window.
+        let wait = Duration::from_secs(2);
+        task.gather.as_mut().expect("sync = batch gathers").wait = wait;
+        let first: Vec<_> = (0..3)
+            .map(|i| {
+                let h = handle.clone();
+                tokio::spawn(async move { h.record(named(&format!("a{i}"))).await })
+            })
+            .collect();
+        wait_for("three queued records", || handle.queue_depth() == 3).await;
+        let thread = task.spawn().expect("spawn");
+        for t in first {
+            t.await.expect("join").expect("written");
+        }
+        let answered = Instant::now();
+        // Counted once the batch's answers are out.
+        wait_for("the writer's wait", || handle.stats().gather_waits == 1).await;
+        assert_eq!(handle.stats().batches, 1);
+
+        // Handed over while the writer waits: none is alone, so none writes inline, and all
+        // four wait for the end of the wait and share one batch.
+        let mut pending = Vec::new();
+        for i in 0..4 {
+            pending.push(
+                handle
+                    .submit(named(&format!("b{i}")))
+                    .await
+                    .expect("submit"),
+            );
+        }
+        let waits: Vec<_> = pending
+            .into_iter()
+            .map(|p| tokio::spawn(p.wait()))
+            .collect();
+        let mut acks = Vec::new();
+        for w in waits {
+            acks.push(w.await.expect("join"));
+        }
+        assert!(
+            answered.elapsed() >= wait / 2,
+            "answered after {:?}, before the writer's wait was over",
+            answered.elapsed()
+        );
+        for ack in acks {
+            assert!(ack.expect("written").durable);
+        }
+        wait_for("a wait after the four", || handle.stats().gather_waits == 2).await;
+        let stats = handle.stats();
+        assert_eq!(stats.batches, 2, "the four shared one batch: {stats:?}");
+        assert_eq!(stats.fsyncs, 2, "{stats:?}");
+        assert_eq!(stats.inline_records, 0, "{stats:?}");
+        handle.shutdown().await.expect("shutdown");
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("join")
+            .expect("the writer thread did not panic");
+        let report = verify_files(&[&path]);
+        assert!(report.ok(), "{report}");
+        assert_eq!(report.records, 7);
+
+        // Below the threshold, and with any other sync mode, the writer never waits.
+        for (sync, queued) in [
+            (SyncMode::Batch, 2),
+            (SyncMode::None, 3),
+            (SyncMode::Always, 3),
+        ] {
+            let path = dir.path().join(format!("{sync:?}-{queued}.jsonl"));
+            let mut c = config(&path);
+            c.queue = 64;
+            c.sync = sync;
+            c.gather_after = 3;
+            let (handle, task) = open(&c).expect("open");
+            assert_eq!(task.gather.is_some(), sync == SyncMode::Batch);
+            let producers: Vec<_> = (0..queued)
+                .map(|i| {
+                    let h = handle.clone();
+                    tokio::spawn(async move { h.record(named(&format!("c{i}"))).await })
+                })
+                .collect();
+            wait_for("queued records", || handle.queue_depth() == queued).await;
+            let thread = task.spawn().expect("spawn");
+            for t in producers {
+                t.await.expect("join").expect("written");
+            }
+            handle.shutdown().await.expect("shutdown");
+            tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .expect("join")
+                .expect("the writer thread did not panic");
+            let stats = handle.stats();
+            assert_eq!(
+                stats.gather_waits, 0,
+                "{sync:?}, {queued} records: {stats:?}"
+            );
+        }
     }
 }

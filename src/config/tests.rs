@@ -188,6 +188,23 @@ fn unknown_section_is_an_error() {
 }
 
 #[test]
+fn the_audit_writer_wait_is_bounded() {
+    let c = Config::parse(
+        "[audit]\ngather_after = 0\ngather_wait_us = 10000\n",
+        "test.toml",
+    )
+    .expect("valid");
+    assert_eq!((c.audit.gather_after, c.audit.gather_wait_us), (0, 10_000));
+    assert_err(
+        "[audit]\ngather_wait_us = 20000\n",
+        // Checks across the section's values point at its header, as for `keep = 0`.
+        1,
+        1,
+        &["audit.gather_wait_us", "at most 10000", "found 20000"],
+    );
+}
+
+#[test]
 fn wrong_type_names_what_was_found_and_expected() {
     assert_err(
         "[limits]\nmax_connections = \"many\"\n",
