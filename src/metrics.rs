@@ -86,6 +86,8 @@ struct Inner {
     reloads: Family<ResultLabels, Counter>,
     audit_queue_depth: Gauge,
     audit_fsync: Histogram,
+    audit_fsyncs: Counter,
+    audit_gather_waits: Counter,
     alert_backlog: Gauge,
 }
 
@@ -170,6 +172,18 @@ impl Metrics {
             Unit::Seconds,
             audit_fsync.clone(),
         );
+        let audit_fsyncs = Counter::default();
+        registry.register(
+            "audit_fsyncs",
+            "Audit fsyncs made (with sync = batch each covers a group of records)",
+            audit_fsyncs.clone(),
+        );
+        let audit_gather_waits = Counter::default();
+        registry.register(
+            "audit_gather_waits",
+            "Waits of the audit writer after a batch of [audit] gather_after records",
+            audit_gather_waits.clone(),
+        );
         let alert_backlog = Gauge::default();
         registry.register(
             "alert_backlog",
@@ -202,6 +216,8 @@ impl Metrics {
                 reloads,
                 audit_queue_depth,
                 audit_fsync,
+                audit_fsyncs,
+                audit_gather_waits,
                 alert_backlog,
             }),
         }
@@ -293,6 +309,12 @@ impl Metrics {
         self.inner.audit_fsync.observe(took.as_secs_f64());
     }
 
+    /// The audit writer made `fsyncs` more fsyncs and `waits` more gather waits.
+    pub fn audit_counts(&self, fsyncs: u64, waits: u64) {
+        self.inner.audit_fsyncs.inc_by(fsyncs);
+        self.inner.audit_gather_waits.inc_by(waits);
+    }
+
     /// Alerts waiting to be delivered now.
     pub fn alert_backlog(&self, n: usize) {
         self.inner
@@ -312,7 +334,10 @@ impl Metrics {
         shutdown: impl Future<Output = ()> + Send,
     ) {
         tokio::pin!(shutdown);
-        let mut fsyncs_seen = audit.as_ref().map_or(0, |a| a.stats().fsyncs);
+        let start = audit.as_ref().map(|a| a.stats()).unwrap_or_default();
+        let (mut fsyncs_seen, mut waits_seen) = (start.fsyncs, start.gather_waits);
+        // What happened before the first poll (the start-up records) counts too.
+        self.audit_counts(start.fsyncs, start.gather_waits);
         loop {
             tokio::select! {
                 _ = &mut shutdown => return,
@@ -321,6 +346,11 @@ impl Metrics {
             if let Some(a) = &audit {
                 let s = a.stats();
                 self.audit_queue_depth(s.queue_depth);
+                self.audit_counts(
+                    s.fsyncs.saturating_sub(fsyncs_seen),
+                    s.gather_waits.saturating_sub(waits_seen),
+                );
+                waits_seen = waits_seen.max(s.gather_waits);
                 if s.fsyncs > fsyncs_seen {
                     fsyncs_seen = s.fsyncs;
                     self.audit_fsync(Duration::from_micros(s.last_fsync_micros));
@@ -677,6 +707,8 @@ mod tests {
         m.reload(false);
         m.audit_queue_depth(17);
         m.audit_fsync(Duration::from_millis(2));
+        m.audit_counts(5, 2);
+        m.audit_counts(1, 0);
         m.alert_backlog(4);
 
         let r = http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -722,6 +754,8 @@ mod tests {
         assert_eq!(s(r#"markgate_reloads_total{result="failed"}"#), Some(2.0));
         assert_eq!(s("markgate_audit_queue_depth"), Some(17.0));
         assert_eq!(s("markgate_audit_fsync_duration_seconds_count"), Some(1.0));
+        assert_eq!(s("markgate_audit_fsyncs_total"), Some(6.0));
+        assert_eq!(s("markgate_audit_gather_waits_total"), Some(2.0));
         assert_eq!(s("markgate_alert_backlog"), Some(4.0));
         assert_eq!(
             s(&format!(
@@ -893,9 +927,16 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
             let text = m.render();
-            if sample(&text, "markgate_audit_fsync_duration_seconds_count").unwrap_or(0.0) >= 1.0 {
+            // Five records one after the other: five fsyncs, none a large batch.
+            if sample(&text, "markgate_audit_fsync_duration_seconds_count").unwrap_or(0.0) >= 1.0
+                && sample(&text, "markgate_audit_fsyncs_total") == Some(5.0)
+            {
                 assert_eq!(sample(&text, "markgate_audit_queue_depth"), Some(0.0));
                 assert_eq!(sample(&text, "markgate_alert_backlog"), Some(0.0));
+                assert_eq!(
+                    sample(&text, "markgate_audit_gather_waits_total"),
+                    Some(0.0)
+                );
                 break;
             }
             assert!(
