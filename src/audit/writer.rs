@@ -1610,6 +1610,38 @@ mod tests {
             .collect()
     }
 
+    /// Shut the writer down and wait for its thread, which must not have panicked.
+    async fn stop(handle: &AuditHandle, thread: std::thread::JoinHandle<()>) {
+        handle.shutdown().await.expect("shutdown");
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("join")
+            .expect("the writer thread did not panic");
+    }
+
+    /// Queue `n` records (`{prefix}0`, `{prefix}1`, ...) before the writer runs, start it, and
+    /// wait until all are written: they are its first batch.
+    async fn first_batch(
+        handle: &AuditHandle,
+        task: WriterTask,
+        prefix: &str,
+        n: usize,
+    ) -> std::thread::JoinHandle<()> {
+        let producers: Vec<_> = (0..n)
+            .map(|i| {
+                let h = handle.clone();
+                let name = format!("{prefix}{i}");
+                tokio::spawn(async move { h.record(named(&name)).await })
+            })
+            .collect();
+        wait_for("the queued records", || handle.queue_depth() == n).await;
+        let thread = task.spawn().expect("spawn");
+        for t in producers {
+            t.await.expect("join").expect("written");
+        }
+        thread
+    }
+
     /// Poll `done` for up to a minute (a loaded 2-core machine is slow, never this slow).
     async fn wait_for(what: &str, done: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -1702,11 +1734,7 @@ mod tests {
         assert_eq!(queued.seq, Some(3));
         let last = handle.record(named("last")).await.expect("last record");
         assert_eq!(last.seq, Some(4));
-        handle.shutdown().await.expect("shutdown");
-        tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .expect("join")
-            .expect("the writer thread did not panic");
+        stop(&handle, thread).await;
 
         let on_disk = names_on_disk(&path);
         let names: Vec<&str> = on_disk.iter().map(|(_, n)| n.as_str()).collect();
@@ -1801,11 +1829,7 @@ mod tests {
         // The queued record goes first once the writer runs; the lost one is not there.
         let thread = task.spawn().expect("spawn");
         assert_eq!(queued.await.expect("join").expect("written").seq, Some(1));
-        handle.shutdown().await.expect("shutdown");
-        tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .expect("join")
-            .expect("the writer thread did not panic");
+        stop(&handle, thread).await;
 
         // Stopped: the queue is closed.
         let late = handle.submit(named("dropped late")).await.expect("submit");
@@ -1837,17 +1861,7 @@ mod tests {
         // Longer than the configuration allows, so a slow machine cannot miss the window.
         let wait = Duration::from_secs(2);
         task.gather.as_mut().expect("sync = batch gathers").wait = wait;
-        let first: Vec<_> = (0..3)
-            .map(|i| {
-                let h = handle.clone();
-                tokio::spawn(async move { h.record(named(&format!("a{i}"))).await })
-            })
-            .collect();
-        wait_for("three queued records", || handle.queue_depth() == 3).await;
-        let thread = task.spawn().expect("spawn");
-        for t in first {
-            t.await.expect("join").expect("written");
-        }
+        let thread = first_batch(&handle, task, "a", 3).await;
         let answered = Instant::now();
         // Counted once the batch's answers are out.
         wait_for("the writer's wait", || handle.stats().gather_waits == 1).await;
@@ -1885,11 +1899,7 @@ mod tests {
         assert_eq!(stats.batches, 2, "the four shared one batch: {stats:?}");
         assert_eq!(stats.fsyncs, 2, "{stats:?}");
         assert_eq!(stats.inline_records, 0, "{stats:?}");
-        handle.shutdown().await.expect("shutdown");
-        tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .expect("join")
-            .expect("the writer thread did not panic");
+        stop(&handle, thread).await;
         let report = verify_files(&[&path]);
         assert!(report.ok(), "{report}");
         assert_eq!(report.records, 7);
@@ -1907,22 +1917,8 @@ mod tests {
             c.gather_after = 3;
             let (handle, task) = open(&c).expect("open");
             assert_eq!(task.gather.is_some(), sync == SyncMode::Batch);
-            let producers: Vec<_> = (0..queued)
-                .map(|i| {
-                    let h = handle.clone();
-                    tokio::spawn(async move { h.record(named(&format!("c{i}"))).await })
-                })
-                .collect();
-            wait_for("queued records", || handle.queue_depth() == queued).await;
-            let thread = task.spawn().expect("spawn");
-            for t in producers {
-                t.await.expect("join").expect("written");
-            }
-            handle.shutdown().await.expect("shutdown");
-            tokio::task::spawn_blocking(move || thread.join())
-                .await
-                .expect("join")
-                .expect("the writer thread did not panic");
+            let thread = first_batch(&handle, task, "c", queued).await;
+            stop(&handle, thread).await;
             let stats = handle.stats();
             assert_eq!(
                 stats.gather_waits, 0,
