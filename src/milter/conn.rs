@@ -19,6 +19,10 @@
 //! (counted from the end-of-message command) answers 451, and PROGRESS is sent meanwhile.
 //! What the handler leaves for after its verdict ([`Settled::then`](super::handler::Settled))
 //! runs once that verdict is written, on the same task: the MTA never waits for it.
+//!
+//! Every wait is bounded by one of the connection's two [`Deadline`] timers (one for reads and
+//! writes, one for end-of-message), kept armed from one wait to the next so that a wait that
+//! ends in time costs no timer work ([`super::timer`]).
 
 use std::future::Future;
 use std::io;
@@ -31,7 +35,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
-use tokio::time::{Instant, timeout};
+use tokio::time::Instant;
 use tracing::{debug, error, trace, warn};
 
 use super::codec::{Decoded, FrameDecoder};
@@ -43,6 +47,7 @@ use super::handler::{
 };
 use super::reply::{self, MAX_BODY_CHUNK, Reply};
 use super::session::{Session, Step};
+use super::timer::Deadline;
 
 /// Per-connection settings (derived from `ServerConfig`).
 #[derive(Debug, Clone)]
@@ -89,6 +94,8 @@ pub async fn serve_connection<S, H>(
         inbuf: BytesMut::with_capacity(8192),
         out: BytesMut::with_capacity(1024),
         steps: Vec::with_capacity(4),
+        io_timer: Deadline::new(),
+        eom_timer: Deadline::new(),
     };
     match conn.run().await {
         Ok(()) => debug!(peer = %conn.peer, "milter connection closed"),
@@ -115,6 +122,10 @@ struct Conn<S, H: Handler> {
     out: BytesMut,
     /// The steps of the command being processed (kept to reuse its allocation).
     steps: Vec<Step>,
+    /// Bounds each read and write (the read timeout).
+    io_timer: Deadline,
+    /// Bounds each end-of-message wait and paces its PROGRESS packets.
+    eom_timer: Deadline,
 }
 
 /// Why a connection was closed for cause.
@@ -160,25 +171,28 @@ where
                 self.inbuf.reserve(8192);
             }
             let read_timeout = self.config.read_timeout;
-            let wait = if self.inbuf.is_empty() {
-                read_timeout
+            let deadline = if self.inbuf.is_empty() {
+                Instant::now() + read_timeout
             } else {
-                let started = *packet_started.get_or_insert_with(Instant::now);
-                read_timeout.saturating_sub(started.elapsed())
+                *packet_started.get_or_insert_with(Instant::now) + read_timeout
             };
             let mut shutdown = self.shutdown.clone();
             let n = tokio::select! {
-                r = timeout(wait, self.stream.read_buf(&mut self.inbuf)) => match r {
-                    Err(_) if !self.inbuf.is_empty() => return Err(format!(
-                        "a packet from the MTA took longer than {read_timeout:?} to arrive \
-                         (read timeout)"
-                    )),
-                    Err(_) => return Err(format!(
-                        "no packet from the MTA for {read_timeout:?} (read timeout)"
-                    )),
-                    Ok(Err(e)) => return Err(format!("read error: {e}")),
-                    Ok(Ok(n)) => n,
+                biased;
+                r = self.stream.read_buf(&mut self.inbuf) => match r {
+                    Err(e) => return Err(format!("read error: {e}")),
+                    Ok(n) => n,
                 },
+                () = self.io_timer.until(deadline) => {
+                    return Err(if self.inbuf.is_empty() {
+                        format!("no packet from the MTA for {read_timeout:?} (read timeout)")
+                    } else {
+                        format!(
+                            "a packet from the MTA took longer than {read_timeout:?} to arrive \
+                             (read timeout)"
+                        )
+                    });
+                }
                 changed = shutdown.changed(), if idle && self.shutdown_watch => {
                     // A dropped sender can never signal shutdown: stop watching it.
                     if changed.is_err() {
@@ -387,9 +401,16 @@ where
                     session,
                     config,
                     peer,
+                    io_timer,
+                    eom_timer,
                     ..
                 } = self;
-                wait_with_progress(stream, out, session, config, peer, task, started).await?
+                let io = Io {
+                    stream,
+                    out,
+                    timer: io_timer,
+                };
+                wait_with_progress(io, eom_timer, session, config, peer, task, started).await?
             }
         };
         let mut then = None;
@@ -540,6 +561,8 @@ where
             config,
             peer,
             handler,
+            io_timer,
+            eom_timer,
             ..
         } = self;
         let handler = &**handler;
@@ -551,8 +574,13 @@ where
                 .map_err(|e| format!("handler failed: {e}"))?;
             staged_to_replies(staged).await
         }));
+        let io = Io {
+            stream,
+            out,
+            timer: io_timer,
+        };
         Ok(
-            match wait_with_progress(stream, out, session, config, peer, task, started).await? {
+            match wait_with_progress(io, eom_timer, session, config, peer, task, started).await? {
                 Ok(Ok(r)) => r,
                 Ok(Err(Panicked)) => Err("handler panicked in end_of_message".into()),
                 Err(timed_out) => Err(timed_out),
@@ -561,7 +589,12 @@ where
     }
 
     async fn flush(&mut self) -> Result<(), CloseReason> {
-        flush(&mut self.stream, &mut self.out, self.config.read_timeout).await
+        let io = Io {
+            stream: &mut self.stream,
+            out: &mut self.out,
+            timer: &mut self.io_timer,
+        };
+        flush(io, self.config.read_timeout).await
     }
 }
 
@@ -569,38 +602,54 @@ where
 /// write failed); the inner one is the timeout.
 type WaitResult<T> = Result<Result<Result<T, Panicked>, String>, CloseReason>;
 
+/// The connection's writing side: the stream, what is queued for it, and the timer that
+/// bounds a write. Borrowed apart from the rest of [`Conn`] while a handler future borrows the
+/// session.
+struct Io<'a, S> {
+    stream: &'a mut S,
+    out: &'a mut BytesMut,
+    timer: &'a mut Deadline,
+}
+
 /// Poll `task` until it ends or the end-of-message timeout (counted from `started`) runs out,
 /// sending PROGRESS every `progress_interval` meanwhile. On timeout the task is dropped, which
 /// cancels it. A free function over the connection's parts, so that `task` may borrow the
-/// session (the connection facts) while PROGRESS is written.
+/// session (the connection facts) while PROGRESS is written. `timer` is the connection's
+/// end-of-message timer: a verdict that comes in time leaves it armed for the next message.
 async fn wait_with_progress<S: AsyncWrite + Unpin, F: Future + ?Sized>(
-    stream: &mut S,
-    out: &mut BytesMut,
+    io: Io<'_, S>,
+    timer: &mut Deadline,
     session: &Session,
     config: &ConnConfig,
     peer: &str,
     mut task: CatchPanic<F>,
     started: Instant,
 ) -> WaitResult<F::Output> {
+    let Io {
+        stream,
+        out,
+        timer: io_timer,
+    } = io;
     let eom_timeout = config.eom_timeout;
     let every = config.progress_interval;
-    let deadline = tokio::time::sleep_until(started + eom_timeout);
-    let progress = tokio::time::sleep(every);
-    tokio::pin!(deadline, progress);
+    let deadline = started + eom_timeout;
+    let mut progress_at = (!every.is_zero()).then(|| started + every);
     loop {
+        // The end-of-message deadline wins over a PROGRESS due at the same time.
+        let wake = progress_at.map_or(deadline, |p| p.min(deadline));
         tokio::select! {
             biased;
             joined = &mut task => return Ok(Ok(joined)),
-            _ = &mut deadline => {
-                return Ok(Err(format!("end_of_message took longer than {eom_timeout:?}")));
-            }
-            _ = &mut progress, if !every.is_zero() => {
-                let next = progress.deadline() + every;
-                progress.as_mut().reset(next);
+            () = timer.until(wake) => {
+                if wake >= deadline {
+                    return Ok(Err(format!("end_of_message took longer than {eom_timeout:?}")));
+                }
+                progress_at = Some(wake + every);
                 if let Some(p) = session.progress() {
                     trace!(peer = %peer, "sending progress");
                     p.encode(out);
-                    flush(stream, out, config.read_timeout).await?;
+                    let io = Io { stream: &mut *stream, out: &mut *out, timer: &mut *io_timer };
+                    flush(io, config.read_timeout).await?;
                 }
             }
         }
@@ -609,24 +658,21 @@ async fn wait_with_progress<S: AsyncWrite + Unpin, F: Future + ?Sized>(
 
 /// Write `out` to the MTA and clear it. One `write` for everything queued: the replies to
 /// the commands just read, or a whole end-of-message answer.
-async fn flush<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    out: &mut BytesMut,
-    t: Duration,
-) -> Result<(), CloseReason> {
+async fn flush<S: AsyncWrite + Unpin>(io: Io<'_, S>, t: Duration) -> Result<(), CloseReason> {
+    let Io { stream, out, timer } = io;
     if out.is_empty() {
         return Ok(());
     }
-    match timeout(t, stream.write_all(out)).await {
-        Err(_) => return Err(format!("write to the MTA blocked for {t:?}")),
-        Ok(Err(e)) => return Err(format!("write error: {e}")),
-        Ok(Ok(())) => {}
+    match timer.bounded(t, stream.write_all(out)).await {
+        None => return Err(format!("write to the MTA blocked for {t:?}")),
+        Some(Err(e)) => return Err(format!("write error: {e}")),
+        Some(Ok(())) => {}
     }
     out.clear();
-    match timeout(t, stream.flush()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(format!("write error: {e}")),
-        Err(_) => Err(format!("write to the MTA blocked for {t:?}")),
+    match timer.bounded(t, stream.flush()).await {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(format!("write error: {e}")),
+        None => Err(format!("write to the MTA blocked for {t:?}")),
     }
 }
 

@@ -8,7 +8,7 @@
 //!
 //! Layers, bottom up: [`codec`](crate::milter::codec) (bytes ↔ frames) → [`command`](crate::milter::command) / [`reply`](crate::milter::reply) (frames ↔ typed
 //! values) → [`flags`](crate::milter::flags) (negotiation) and [`macros`](crate::milter::macros) → [`session`](crate::milter::session) (pure state machine) →
-//! [`conn`](crate::milter::conn) (one connection's I/O, timeouts, failure rule) → [`server`](crate::milter::server) (listeners).
+//! [`conn`](crate::milter::conn) (one connection's I/O, timeouts, failure rule; its timers are [`timer`](crate::milter::timer)) → [`server`](crate::milter::server) (listeners).
 //! [`mta`](crate::milter::mta) is the other side of the wire (an MTA-side client) for tests and load generation.
 //!
 //! # Logging policy
@@ -33,6 +33,7 @@ pub mod mta;
 pub mod reply;
 pub mod server;
 pub mod session;
+pub mod timer;
 
 pub use handler::{
     AfterAnswer, ConnectionFacts, Handler, HandlerError, LaterVerdict, Macros, MessageSink,
