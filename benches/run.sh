@@ -289,7 +289,10 @@ if [ "$only" = all ] || [ "$only" = targets ]; then
 	for round in 1 2 3 4 5; do
 		# markgate-nosync: the same daemon with `sync = "none"` (records written, never
 		# fsynced: not a setting to run), to show what bounds markgate where the flush does.
-		for name in libmilter-disclaimer markgate markgate-nosync; do
+		# markgate-ledger-off: the same daemon without the thread ledger (`backend = "off"`,
+		# the flush kept), to show in the same rounds what the ledger, work the reference
+		# does not do, costs against it.
+		for name in libmilter-disclaimer markgate markgate-nosync markgate-ledger-off; do
 			echo "== targets: $name (round $round)" >&2
 			start "$name" unix
 			# 8/1: 8 connections, each closed after one message and opened again, as Postfix
