@@ -695,6 +695,33 @@ async fn read_timeout_closes_an_idle_connection() {
     expect_closed(&mut mta.client).await;
 }
 
+/// Timeouts configured far beyond any wait (`read = "18446744073709551615s"`) are far
+/// deadlines, not an overflow: the connection serves messages and shuts down as usual.
+#[tokio::test]
+async fn huge_timeouts_serve_messages_and_shut_down() {
+    let mut srv = start(
+        "inet:127.0.0.1:0",
+        ServerConfig {
+            read_timeout: Duration::MAX,
+            eom_timeout: Duration::MAX,
+            shutdown_grace: Duration::MAX,
+            ..test_config()
+        },
+    )
+    .await;
+    let mut mta = srv.postfix_session().await;
+    for _ in 0..2 {
+        assert_eq!(
+            mta.message("a@example.org", b"x\r\n").await,
+            vec![Reply::Continue]
+        );
+    }
+    mta.quit().await;
+    srv.shutdown();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), &mut srv.task).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+}
+
 #[tokio::test]
 async fn unix_socket_mode_stale_file_and_removal() {
     let dir = tempfile::tempdir().unwrap();

@@ -47,7 +47,7 @@ use super::handler::{
 };
 use super::reply::{self, MAX_BODY_CHUNK, Reply};
 use super::session::{Session, Step};
-use super::timer::Deadline;
+use super::timer::{self, Deadline};
 
 /// Per-connection settings (derived from `ServerConfig`).
 #[derive(Debug, Clone)]
@@ -171,11 +171,12 @@ where
                 self.inbuf.reserve(8192);
             }
             let read_timeout = self.config.read_timeout;
-            let deadline = if self.inbuf.is_empty() {
-                Instant::now() + read_timeout
+            let waiting_since = if self.inbuf.is_empty() {
+                Instant::now()
             } else {
-                *packet_started.get_or_insert_with(Instant::now) + read_timeout
+                *packet_started.get_or_insert_with(Instant::now)
             };
+            let deadline = timer::after(waiting_since, read_timeout);
             let mut shutdown = self.shutdown.clone();
             let n = tokio::select! {
                 biased;
@@ -632,8 +633,8 @@ async fn wait_with_progress<S: AsyncWrite + Unpin, F: Future + ?Sized>(
     } = io;
     let eom_timeout = config.eom_timeout;
     let every = config.progress_interval;
-    let deadline = started + eom_timeout;
-    let mut progress_at = (!every.is_zero()).then(|| started + every);
+    let deadline = timer::after(started, eom_timeout);
+    let mut progress_at = (!every.is_zero()).then(|| timer::after(started, every));
     loop {
         // The end-of-message deadline wins over a PROGRESS due at the same time.
         let wake = progress_at.map_or(deadline, |p| p.min(deadline));
@@ -644,7 +645,7 @@ async fn wait_with_progress<S: AsyncWrite + Unpin, F: Future + ?Sized>(
                 if wake >= deadline {
                     return Ok(Err(format!("end_of_message took longer than {eom_timeout:?}")));
                 }
-                progress_at = Some(wake + every);
+                progress_at = Some(timer::after(wake, every));
                 if let Some(p) = session.progress() {
                     trace!(peer = %peer, "sending progress");
                     p.encode(out);

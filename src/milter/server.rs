@@ -345,7 +345,7 @@ impl Server {
         if open > 0 {
             info!(open, grace = ?config.shutdown_grace, "waiting for milter connections to finish");
         }
-        let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+        let deadline = super::timer::after(tokio::time::Instant::now(), config.shutdown_grace);
         loop {
             tokio::select! {
                 next = tasks.join_next() => match next {

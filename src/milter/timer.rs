@@ -21,6 +21,13 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep, sleep_until};
 
+/// `start + limit`, or a time some thirty years ahead when that sum does not fit (a limit
+/// nobody will wait out, configured as a huge number): never a panic on the connection.
+pub fn after(start: Instant, limit: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+    start.checked_add(limit.min(FAR)).unwrap_or(start)
+}
+
 /// A deadline timer reused across waits (see the module doc).
 #[derive(Default)]
 pub struct Deadline {
@@ -59,7 +66,7 @@ impl Deadline {
         if let Poll::Ready(v) = first {
             return Some(v);
         }
-        let deadline = Instant::now() + limit;
+        let deadline = after(Instant::now(), limit);
         tokio::select! {
             biased;
             v = &mut work => Some(v),
@@ -131,6 +138,19 @@ mod tests {
         let quick = tokio::time::sleep(Duration::from_secs(2));
         assert_eq!(t.bounded(Duration::from_secs(3), quick).await, Some(()));
         assert_eq!(Instant::now(), start + Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_limit_is_a_far_deadline_not_a_panic() {
+        let start = Instant::now();
+        assert!(after(start, Duration::MAX) > start + Duration::from_secs(86_400 * 365));
+        let mut t = Deadline::new();
+        let quick = tokio::time::sleep(Duration::from_secs(2));
+        assert_eq!(t.bounded(Duration::MAX, quick).await, Some(()));
+        // A far deadline armed, then a near one: brought forward as usual.
+        let soon = Instant::now() + Duration::from_secs(1);
+        t.until(soon).await;
+        assert_eq!(Instant::now(), soon);
     }
 
     /// Poll a future once with the test's own context.
