@@ -409,6 +409,16 @@ fn config_defaults_and_errors() {
             .expect_err("bad")
             .contains("alerts.to")
     );
+    let endless = AlertConfig {
+        to: vec!["soc@x.gov.uk".into()],
+        window: u64::MAX,
+        ..AlertConfig::default()
+    };
+    let err = AlertSettings::from_config(&endless).expect_err("a window past a year");
+    assert!(
+        err.contains("alerts.window") && err.contains("at most"),
+        "{err}"
+    );
     let unknown = toml::from_str::<AlertConfig>("enabeld = true\n").expect_err("unknown key");
     assert!(unknown.to_string().contains("enabeld"), "{unknown}");
     assert_eq!(AlertHandle::disabled().raise(incident(1)), Raised::Disabled);

@@ -28,6 +28,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// The longest time any `[alerts]` duration may be.
+const MAX_SECONDS: u64 = 365 * 86_400;
+
 /// Immediately (one mail per incident, rate permitting) or one digest per window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -194,10 +197,16 @@ impl AlertSettings {
             .from
             .parse()
             .map_err(|e| format!("alerts.from: {:?} is not a mail address ({e})", c.from))?;
+        // Bounded above too: the alert task adds these to clock readings and doubles the
+        // retry wait, which a number near 2^64 seconds would overflow.
         let positive = |key: &str, v: u64| {
             if v == 0 {
                 Err(format!(
                     "alerts.{key}: expected a number of seconds above 0"
+                ))
+            } else if v > MAX_SECONDS {
+                Err(format!(
+                    "alerts.{key}: found {v}, expected at most {MAX_SECONDS} seconds (a year)"
                 ))
             } else {
                 Ok(Duration::from_secs(v))
