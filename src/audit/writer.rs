@@ -43,11 +43,10 @@
 //! `docs/audit-format.md`. This module must not decide anything about mail.
 //!
 //! This file holds the producers' side (handle, hand-over, answers) and the writer thread;
-//! [`file`] holds the audit file itself (the `Writer`: chain, commit, rotation, recovery).
+//! `writer/file.rs` holds the audit file itself (the `Writer`: opening and chain recovery,
+//! commit, rotation, outages).
 
-use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,8 +54,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::config::{AuditConfig, SyncMode};
-use super::event::{AuditEvent, ChainResumed, EventKind};
-use super::record::{EncodedEvent, line_hash};
+use super::event::{AuditEvent, EventKind};
+use super::record::EncodedEvent;
 use super::syslog::{SyslogForwarder, SyslogStats};
 
 mod file;
@@ -64,7 +63,7 @@ mod file;
 mod tests;
 
 pub use file::{Recovered, data_len, numbered, recover};
-use file::{Writer, kernel_hostname, open_log, trim_unused_tail};
+use file::{Writer, kernel_hostname};
 
 /// Why a record was not made durable, or the writer could not start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -616,101 +615,22 @@ pub fn start(config: &AuditConfig) -> Result<AuditHandle, AuditError> {
 /// entry point; this split lets tests and the daemon queue records before the writer runs.
 pub fn open(config: &AuditConfig) -> Result<(AuditHandle, WriterTask), AuditError> {
     config.validate().map_err(AuditError::Config)?;
-    let path = config.path.clone();
     let host = config.host.clone().unwrap_or_else(kernel_hostname);
-    // A first run with the built-in default may find /var/log/markgate missing.
-    if let Some(dir) = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-    {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o750)
-            .create(dir)
-            .map_err(|e| AuditError::Open {
-                path: path.display().to_string(),
-                error: format!("cannot create the directory {}: {e}", dir.display()),
-            })?;
-    }
-    let open_error = |e: io::Error| AuditError::Open {
-        path: path.display().to_string(),
-        error: e.to_string(),
-    };
-    // Zeros a preallocating writer left after the last record (it stopped without trimming
-    // them: a crash, SIGKILL, power loss) are not part of the log: cut them, so the chain is
-    // recovered from, and the next record written at, the true end of the data.
-    trim_unused_tail(&path).map_err(open_error)?;
-    let recovered = recover(&path).map_err(open_error)?;
-    let (file, size, file_id) =
-        open_log(&path, config.file_mode, config.preallocate > 0).map_err(open_error)?;
     let shared = Arc::new(Shared::default());
-    shared.last_seq.store(recovered.seq, Ordering::Relaxed);
     let syslog = config
         .syslog
         .enabled
         .then(|| SyslogForwarder::new(&config.syslog, &host, shared.syslog.clone()));
     let (tx, rx) = mpsc::channel(config.queue);
     let (health_tx, health_rx) = watch::channel(SinkHealth::Healthy);
-
-    let mut pending = Vec::new();
-    let mut needs_newline = false;
-    if let Some(fragment) = &recovered.fragment {
-        tracing::error!(
-            path = %path.display(),
-            fragment_len = fragment.len(),
-            resumed_after_seq = recovered.seq,
-            "audit file ends in an incomplete record (crash mid-write); keeping it and resuming \
-             the chain after the last complete record"
-        );
-        needs_newline = true;
-        pending.push(AuditEvent::AuditChainResumed(ChainResumed {
-            path: path.display().to_string(),
-            fragment_len: fragment.len() as u64,
-            fragment_sha256: line_hash(fragment),
-            resumed_after_seq: recovered.seq,
-        }));
-    }
-    if recovered.skipped_bad_lines > 0 {
-        tracing::error!(
-            path = %path.display(),
-            skipped = recovered.skipped_bad_lines,
-            "audit file ends in lines that are not records; the chain resumes after the last \
-             valid record and `markgate audit verify` will report the damage"
-        );
-    }
-
-    let core = Arc::new(std::sync::Mutex::new(Writer {
-        path: path.clone(),
-        sync: config.sync,
-        fail_open: config.fail_open,
-        max_size: config.max_size,
-        preallocate: config.preallocate,
-        allocated: size,
-        keep: config.keep,
-        file_mode: config.file_mode,
-        host,
-        file: Some(file),
-        file_id: Some(file_id),
-        size,
-        seq: recovered.seq,
-        last_hash: recovered.hash,
-        pending,
-        needs_newline,
-        outage: None,
-        open_error: None,
-        syslog,
-        shared: shared.clone(),
-        health: health_tx,
-        direct: false,
-        running: false,
-        stopped: false,
-    }));
+    let writer = Writer::open(config, host, Arc::clone(&shared), syslog, health_tx)?;
+    let core = Arc::new(std::sync::Mutex::new(writer));
     let handle = AuditHandle {
         tx,
         core: Arc::clone(&core),
         shared,
         health: health_rx,
-        path: path.clone(),
+        path: config.path.clone(),
     };
     let gather =
         (config.sync == SyncMode::Batch && config.gather_after > 0 && config.gather_wait_us > 0)

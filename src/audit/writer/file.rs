@@ -3,12 +3,13 @@
 //! retry), keeps the preallocated zeros after the data, and recovers the chain state from
 //! the end of an existing file at start.
 //!
-//! Must not: know about producers, queues or threads (the parent module hands it batches
-//! and answers the producers), or about mail.
+//! It answers each record's producer once the record's batch is durable (or has failed).
+//! Must not: own the queue, the writer thread or the inline path that bring it records
+//! (the parent module's), or know about mail.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,54 +17,56 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::super::config::SyncMode;
-use super::super::event::{AuditEvent, EventKind, Severity, SinkRecovered, SinkTrouble};
+use super::super::config::{AuditConfig, SyncMode};
+use super::super::event::{
+    AuditEvent, ChainResumed, EventKind, Severity, SinkRecovered, SinkTrouble,
+};
 use super::super::record::{EncodedEvent, GENESIS_PREV, Record, line_hash, now_rfc3339};
 use super::super::syslog::{LineMeta, SyslogForwarder};
 use super::{Ack, AckTx, Answer, AuditError, Request, Shared, SinkHealth, send_answers};
 
 #[derive(Debug)]
-pub(super) struct Outage {
-    pub(super) since: String,
-    pub(super) since_instant: Instant,
-    pub(super) error: String,
-    pub(super) failed: u64,
+struct Outage {
+    since: String,
+    since_instant: Instant,
+    error: String,
+    failed: u64,
 }
 
 #[derive(Debug)]
 pub(super) struct Writer {
-    pub(super) path: PathBuf,
-    pub(super) sync: SyncMode,
-    pub(super) fail_open: bool,
-    pub(super) max_size: u64,
+    path: PathBuf,
+    sync: SyncMode,
+    fail_open: bool,
+    max_size: u64,
     /// Zero-filled bytes kept ahead of the data (`[audit] preallocate`; 0: plain appends).
-    pub(super) preallocate: u64,
+    preallocate: u64,
     /// With `preallocate`: the end of the zero-filled, synced region of the current file. Up
     /// to there a record overwrites blocks the file system already has, so `fdatasync` has no
     /// size or extent change to commit.
-    pub(super) allocated: u64,
-    pub(super) keep: u32,
-    pub(super) file_mode: u32,
-    pub(super) host: String,
-    pub(super) file: Option<File>,
-    pub(super) file_id: Option<(u64, u64)>,
+    allocated: u64,
+    keep: u32,
+    file_mode: u32,
+    host: String,
+    file: Option<File>,
+    file_id: Option<(u64, u64)>,
     /// Bytes of the current file known to be committed; a failed batch is cut back to this.
-    pub(super) size: u64,
-    pub(super) seq: u64,
-    pub(super) last_hash: String,
+    size: u64,
+    seq: u64,
+    last_hash: String,
     /// The writer's own records, written ahead of the next batch.
-    pub(super) pending: Vec<AuditEvent>,
+    pending: Vec<AuditEvent>,
     /// The file ends in a fragment that must be terminated before the next line.
-    pub(super) needs_newline: bool,
-    pub(super) outage: Option<Outage>,
+    needs_newline: bool,
+    outage: Option<Outage>,
     /// Why the file is not open, when the last (re)open failed.
-    pub(super) open_error: Option<String>,
-    pub(super) syslog: Option<SyslogForwarder>,
+    open_error: Option<String>,
+    syslog: Option<SyslogForwarder>,
     pub(super) shared: Arc<Shared>,
-    pub(super) health: watch::Sender<SinkHealth>,
+    health: watch::Sender<SinkHealth>,
     /// Answers go straight to their producers (a producer is writing its own record on its
     /// own thread), not through the dispatcher.
-    pub(super) direct: bool,
+    direct: bool,
     /// The writer thread has started: records queued before it go first.
     pub(super) running: bool,
     /// The writer thread has stopped (shutdown): no more records, from any thread.
@@ -84,6 +87,99 @@ struct Line {
 }
 
 impl Writer {
+    /// Open (create) the audit file and recover its chain: cut zeros a crash left after the
+    /// data, read the last record's `seq` and hash (into `shared` too), and queue the
+    /// `audit_chain_resumed` record when the file ends in an incomplete line.
+    pub(super) fn open(
+        config: &AuditConfig,
+        host: String,
+        shared: Arc<Shared>,
+        syslog: Option<SyslogForwarder>,
+        health: watch::Sender<SinkHealth>,
+    ) -> Result<Writer, AuditError> {
+        let path = config.path.clone();
+        // A first run with the built-in default may find /var/log/markgate missing.
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+        {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o750)
+                .create(dir)
+                .map_err(|e| AuditError::Open {
+                    path: path.display().to_string(),
+                    error: format!("cannot create the directory {}: {e}", dir.display()),
+                })?;
+        }
+        let open_error = |e: io::Error| AuditError::Open {
+            path: path.display().to_string(),
+            error: e.to_string(),
+        };
+        // Zeros a preallocating writer left after the last record (it stopped without trimming
+        // them: a crash, SIGKILL, power loss) are not part of the log: cut them, so the chain is
+        // recovered from, and the next record written at, the true end of the data.
+        trim_unused_tail(&path).map_err(open_error)?;
+        let recovered = recover(&path).map_err(open_error)?;
+        let (file, size, file_id) =
+            open_log(&path, config.file_mode, config.preallocate > 0).map_err(open_error)?;
+        shared.last_seq.store(recovered.seq, Ordering::Relaxed);
+
+        let mut pending = Vec::new();
+        let mut needs_newline = false;
+        if let Some(fragment) = &recovered.fragment {
+            tracing::error!(
+                path = %path.display(),
+                fragment_len = fragment.len(),
+                resumed_after_seq = recovered.seq,
+                "audit file ends in an incomplete record (crash mid-write); keeping it and resuming \
+                 the chain after the last complete record"
+            );
+            needs_newline = true;
+            pending.push(AuditEvent::AuditChainResumed(ChainResumed {
+                path: path.display().to_string(),
+                fragment_len: fragment.len() as u64,
+                fragment_sha256: line_hash(fragment),
+                resumed_after_seq: recovered.seq,
+            }));
+        }
+        if recovered.skipped_bad_lines > 0 {
+            tracing::error!(
+                path = %path.display(),
+                skipped = recovered.skipped_bad_lines,
+                "audit file ends in lines that are not records; the chain resumes after the last \
+                 valid record and `markgate audit verify` will report the damage"
+            );
+        }
+
+        Ok(Writer {
+            path: path.clone(),
+            sync: config.sync,
+            fail_open: config.fail_open,
+            max_size: config.max_size,
+            preallocate: config.preallocate,
+            allocated: size,
+            keep: config.keep,
+            file_mode: config.file_mode,
+            host,
+            file: Some(file),
+            file_id: Some(file_id),
+            size,
+            seq: recovered.seq,
+            last_hash: recovered.hash,
+            pending,
+            needs_newline,
+            outage: None,
+            open_error: None,
+            syslog,
+            shared,
+            health,
+            direct: false,
+            running: false,
+            stopped: false,
+        })
+    }
+
     /// A producer's way to skip the writer thread: when the thread is idle (its queue empty,
     /// the lock free), the producer writes and syncs its own record, under the same lock and
     /// through the same [`Writer::commit`] as a batch, so the chain, rotation and failure rules
@@ -572,11 +668,7 @@ pub fn numbered(path: &Path, n: u32) -> PathBuf {
 /// Open (create) the audit file for writing at its end: `O_APPEND`, or, for a preallocating
 /// writer, positioned writes (it writes at the end of the data, before the zeros, which
 /// `O_APPEND` would not allow).
-pub(super) fn open_log(
-    path: &Path,
-    mode: u32,
-    positioned: bool,
-) -> io::Result<(File, u64, (u64, u64))> {
+fn open_log(path: &Path, mode: u32, positioned: bool) -> io::Result<(File, u64, (u64, u64))> {
     let existed = path.exists();
     let file = OpenOptions::new()
         .create(true)
@@ -622,7 +714,7 @@ fn trim_zeros(file: &File, len: u64) -> io::Result<u64> {
 }
 
 /// [`trim_zeros`] on the file at `path`, if there is one.
-pub(super) fn trim_unused_tail(path: &Path) -> io::Result<()> {
+fn trim_unused_tail(path: &Path) -> io::Result<()> {
     match OpenOptions::new().write(true).read(true).open(path) {
         Ok(f) => {
             let len = f.metadata()?.len();

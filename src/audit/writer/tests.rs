@@ -1,3 +1,4 @@
+use std::fs;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
