@@ -590,12 +590,12 @@ where
     }
 
     async fn flush(&mut self) -> Result<(), CloseReason> {
-        let io = Io {
+        let mut io = Io {
             stream: &mut self.stream,
             out: &mut self.out,
             timer: &mut self.io_timer,
         };
-        flush(io, self.config.read_timeout).await
+        flush(&mut io, self.config.read_timeout).await
     }
 }
 
@@ -618,7 +618,7 @@ struct Io<'a, S> {
 /// session (the connection facts) while PROGRESS is written. `timer` is the connection's
 /// end-of-message timer: a verdict that comes in time leaves it armed for the next message.
 async fn wait_with_progress<S: AsyncWrite + Unpin, F: Future + ?Sized>(
-    io: Io<'_, S>,
+    mut io: Io<'_, S>,
     timer: &mut Deadline,
     session: &Session,
     config: &ConnConfig,
@@ -626,11 +626,6 @@ async fn wait_with_progress<S: AsyncWrite + Unpin, F: Future + ?Sized>(
     mut task: CatchPanic<F>,
     started: Instant,
 ) -> WaitResult<F::Output> {
-    let Io {
-        stream,
-        out,
-        timer: io_timer,
-    } = io;
     let eom_timeout = config.eom_timeout;
     let every = config.progress_interval;
     let deadline = timer::after(started, eom_timeout);
@@ -648,9 +643,8 @@ async fn wait_with_progress<S: AsyncWrite + Unpin, F: Future + ?Sized>(
                 progress_at = Some(timer::after(wake, every));
                 if let Some(p) = session.progress() {
                     trace!(peer = %peer, "sending progress");
-                    p.encode(out);
-                    let io = Io { stream: &mut *stream, out: &mut *out, timer: &mut *io_timer };
-                    flush(io, config.read_timeout).await?;
+                    p.encode(io.out);
+                    flush(&mut io, config.read_timeout).await?;
                 }
             }
         }
@@ -659,7 +653,7 @@ async fn wait_with_progress<S: AsyncWrite + Unpin, F: Future + ?Sized>(
 
 /// Write `out` to the MTA and clear it. One `write` for everything queued: the replies to
 /// the commands just read, or a whole end-of-message answer.
-async fn flush<S: AsyncWrite + Unpin>(io: Io<'_, S>, t: Duration) -> Result<(), CloseReason> {
+async fn flush<S: AsyncWrite + Unpin>(io: &mut Io<'_, S>, t: Duration) -> Result<(), CloseReason> {
     let Io { stream, out, timer } = io;
     if out.is_empty() {
         return Ok(());

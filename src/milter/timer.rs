@@ -21,11 +21,17 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep, sleep_until};
 
-/// `start + limit`, or a time some thirty years ahead when that sum does not fit (a limit
-/// nobody will wait out, configured as a huge number): never a panic on the connection.
+/// `start + limit`, with the limit capped at thirty years: a limit nobody will wait out,
+/// configured as a huge number, must not overflow `Instant` (a panic on the connection).
 pub fn after(start: Instant, limit: Duration) -> Instant {
     const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
-    start.checked_add(limit.min(FAR)).unwrap_or(start)
+    start + limit.min(FAR)
+}
+
+/// Poll `f` once with the caller's context: `Ready` with its output, or `Pending` (its waker
+/// is then registered as for any poll).
+async fn poll_once<F: Future + ?Sized>(mut f: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await
 }
 
 /// A deadline timer reused across waits (see the module doc).
@@ -62,8 +68,7 @@ impl Deadline {
     /// that is ready at once (most writes) reads no clock and touches no timer.
     pub async fn bounded<F: Future>(&mut self, limit: Duration, work: F) -> Option<F::Output> {
         let mut work = pin!(work);
-        let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
-        if let Poll::Ready(v) = first {
+        if let Poll::Ready(v) = poll_once(work.as_mut()).await {
             return Some(v);
         }
         let deadline = after(Instant::now(), limit);
@@ -97,7 +102,7 @@ mod tests {
         let armed = Instant::now() + Duration::from_secs(100);
         {
             let mut waiting = pin!(t.until(armed));
-            assert!(futures_poll_once(waiting.as_mut()).await.is_pending());
+            assert!(poll_once(waiting.as_mut()).await.is_pending());
         }
         let sooner = Instant::now() + Duration::from_secs(5);
         t.until(sooner).await;
@@ -111,7 +116,7 @@ mod tests {
         // A wait for 10 s that ends (dropped) at once leaves the timer armed at 10 s.
         {
             let mut first = pin!(t.until(start + Duration::from_secs(10)));
-            assert!(futures_poll_once(first.as_mut()).await.is_pending());
+            assert!(poll_once(first.as_mut()).await.is_pending());
         }
         // The next wait is for 25 s: the timer fires at 10 s, is re-armed, and the wait
         // ends at 25 s, not before.
@@ -151,10 +156,5 @@ mod tests {
         let soon = Instant::now() + Duration::from_secs(1);
         t.until(soon).await;
         assert_eq!(Instant::now(), soon);
-    }
-
-    /// Poll a future once with the test's own context.
-    async fn futures_poll_once<F: Future + ?Sized>(mut f: Pin<&mut F>) -> Poll<F::Output> {
-        std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await
     }
 }
